@@ -1,0 +1,155 @@
+"""The local single-machine Ray cluster, and how this project's tools connect to a cluster.
+
+Token authentication stays on: ``up`` makes sure a token exists (``~/.ray/auth_token``) and starts the
+head with ``RAY_AUTH_MODE=token``; every client here (jobs, CLI, tests) sets ``RAY_AUTH_MODE=token``
+when a token is available, which is what ``ray job submit`` from another shell needs too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from maas import settings
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+TOKEN_ENV = "RAY_AUTH_TOKEN"
+TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+
+
+def token_path() -> Path:
+    return Path(os.environ.get(TOKEN_PATH_ENV, Path.home() / ".ray" / "auth_token")).expanduser()
+
+
+def auth_env() -> dict[str, str]:
+    """Environment a Ray client needs for this machine's clusters: token mode when a token exists."""
+    if os.environ.get(AUTH_MODE_ENV):
+        return {}
+    if os.environ.get(TOKEN_ENV) or token_path().is_file():
+        return {AUTH_MODE_ENV: "token"}
+    return {}
+
+
+def use_client_auth() -> None:
+    """Put :func:`auth_env` into this process's environment (call before ``import ray``)."""
+    os.environ.update(auth_env())
+
+
+def ensure_token() -> Path:
+    """Create ``~/.ray/auth_token`` (mode 0600) if no token exists yet; never print the token."""
+    path = token_path()
+    if not path.is_file() and not os.environ.get(TOKEN_ENV):
+        from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(generate_new_authentication_token())
+    return path
+
+
+def connect(address: str | None = None) -> None:
+    """``ray.init`` against ``address``, ``RAY_ADDRESS`` or the cluster ``maas cluster up`` started;
+    with none of them, a local cluster for this process's lifetime."""
+    use_client_auth()
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=address, logging_level=logging.WARNING, configure_logging=True)
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    running: bool
+    gcs_address: str | None
+    dashboard_url: str
+
+
+def local_state() -> ClusterState:
+    from ray._private.services import find_gcs_addresses
+
+    addresses = sorted(find_gcs_addresses())
+    return ClusterState(
+        running=bool(addresses),
+        gcs_address=addresses[0] if addresses else None,
+        dashboard_url=settings.dashboard_url(),
+    )
+
+
+def up(*, num_cpus: int | None = None, ha_proxy: bool = True) -> ClusterState:
+    """Start the local Ray head (idempotent): dashboard on 127.0.0.1:8265, token auth, HAProxy ingress."""
+    state = local_state()
+    if state.running:
+        return state
+    ensure_token()
+    env = dict(os.environ, **{AUTH_MODE_ENV: "token"})
+    if ha_proxy:
+        env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    cmd = [
+        _ray_bin(), "start", "--head",
+        "--dashboard-host", settings.DASHBOARD_HOST,
+        "--dashboard-port", str(settings.DASHBOARD_PORT),
+        "--disable-usage-stats",
+    ]
+    if num_cpus is not None:
+        cmd += ["--num-cpus", str(num_cpus)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ray start failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return local_state()
+
+
+def down() -> bool:
+    """Stop the local cluster and everything it started, HAProxy included (idempotent).
+
+    Returns whether anything was running.
+    """
+    was_running = local_state().running
+    subprocess.run([_ray_bin(), "stop", "--force"], capture_output=True, text=True)
+    killed = _kill_leftover_haproxy()
+    return was_running or killed
+
+
+def _kill_leftover_haproxy() -> bool:
+    """``ray stop --force`` leaves Serve's HAProxy running and holding the HTTP port; end it."""
+    killed = False
+    for pid, cmdline in _processes():
+        if "haproxy" in Path(cmdline[0]).name and any("serve" in a or "ray" in a for a in cmdline):
+            try:
+                os.kill(pid, signal.SIGTERM)
+                killed = True
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 5
+    while killed and time.monotonic() < deadline and any(
+        "haproxy" in Path(c[0]).name for _, c in _processes()
+    ):
+        time.sleep(0.1)
+    return killed
+
+
+def _processes() -> list[tuple[int, list[str]]]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        args = [a for a in raw.decode(errors="replace").split("\0") if a]
+        if args:
+            out.append((int(entry.name), args))
+    return out
+
+
+def _ray_bin() -> str:
+    candidate = Path(sys.executable).with_name("ray")
+    return str(candidate) if candidate.exists() else "ray"

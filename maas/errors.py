@@ -1,0 +1,63 @@
+"""Domain errors. Each carries the HTTP status it maps to; serving turns them into JSON in one place."""
+
+from __future__ import annotations
+
+
+class MaasError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+    http_status: int = 500
+
+
+class InvalidInput(MaasError):
+    """The request or argument does not match what was expected."""
+
+    http_status = 400
+
+
+class ModelNotFound(MaasError):
+    """No model of that name in the registry."""
+
+    http_status = 404
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Model '{name}' not found")
+        self.name = name
+
+
+class VersionNotFound(MaasError):
+    """The model exists, the version (or label) does not."""
+
+    http_status = 404
+
+    def __init__(self, name: str, version: int | str) -> None:
+        super().__init__(f"Model '{name}' has no version {version}")
+        self.name = name
+        self.version = version
+
+
+class LabelNotFound(MaasError):
+    http_status = 404
+
+    def __init__(self, name: str, label: str) -> None:
+        super().__init__(f"Model '{name}' has no label '{label}'")
+        self.name = name
+        self.label = label
+
+
+class RegistryConflict(MaasError):
+    """A write lost a race with another writer (for example two publishers of one version)."""
+
+    http_status = 409
+
+
+class InferenceError(MaasError):
+    """The model failed on input that passed validation."""
+
+    http_status = 500
+
+
+class ConfigError(MaasError):
+    """A configuration value is invalid; the message says which and what was received."""
+
+    http_status = 400

@@ -1,0 +1,328 @@
+"""The model registry: versioned SavedModels with metadata and labels, on any ``pyarrow.fs`` URI.
+
+Layout (TF Serving can use ``<root>/<model>`` as its base path unchanged)::
+
+    <root>/<model>/<version>/saved_model.pb      # TensorFlow SavedModel
+    <root>/<model>/<version>/variables/...
+    <root>/<model>/<version>/metadata.json       # written last: a version exists once this exists
+    <root>/<model>/labels.json                   # {"labels": {"stable": {...}}, "history": [...]}
+
+Versions are positive integers, allocated in order and never rewritten. Publishing is atomic: on a
+local file system the version is assembled in a hidden staging folder and renamed into place (a
+rename onto an existing, non-empty version fails, so two publishers never share a number); on object
+stores, which have no rename, readers ignore a version until its ``metadata.json`` is written, and
+that file is written last.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from maas.errors import InvalidInput, LabelNotFound, ModelNotFound, RegistryConflict, VersionNotFound
+from maas.settings import maas_home
+from maas.signature import Signature
+
+METADATA_FILE = "metadata.json"
+LABELS_FILE = "labels.json"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_LABEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_PUBLISH_ATTEMPTS = 20
+
+
+def validate_model_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidInput(
+            "Model names are 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit. "
+            f"Received: {name!r}"
+        )
+    return name
+
+
+def validate_label(label: str) -> str:
+    if not isinstance(label, str) or not _LABEL_RE.match(label):
+        raise InvalidInput(
+            f"Labels are lower-case letters, digits, '_' or '-', starting with a letter. Received: {label!r}"
+        )
+    return label
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One published version and its metadata."""
+
+    model: str
+    version: int
+    metadata: dict[str, Any]
+
+    @property
+    def signature(self) -> Signature:
+        return Signature.from_dict(self.metadata["signature"])
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.metadata.get("metrics", {})
+
+
+@dataclass(frozen=True)
+class Label:
+    version: int
+    weight: float = 1.0  # share of traffic for a canary label, in [0, 1]
+    updated_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "weight": self.weight, "updated_at": self.updated_at}
+
+
+@dataclass
+class _LabelsDoc:
+    labels: dict[str, Label] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Registry:
+    """Read and write models under one root URI (a local path, ``file://``, ``s3://``, ``gs://``...)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        if "://" not in uri:
+            uri = str(Path(uri).expanduser().resolve())
+        self._fs, self._root = pafs.FileSystem.from_uri(uri)
+        self._root = self._root.rstrip("/")
+        self._is_local = isinstance(self._fs, pafs.LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.uri!r})"
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        infos = self._fs.get_file_info(pafs.FileSelector(self._root, allow_not_found=True))
+        names = [i.base_name for i in infos if i.type == pafs.FileType.Directory and _NAME_RE.match(i.base_name)]
+        return sorted(n for n in names if self.versions(n))
+
+    def versions(self, model: str) -> list[int]:
+        """Published versions of ``model``, ascending; empty if the model does not exist."""
+        model_dir = self._model_dir(model)
+        infos = self._fs.get_file_info(pafs.FileSelector(model_dir, allow_not_found=True))
+        candidates = sorted(
+            int(i.base_name) for i in infos if i.type == pafs.FileType.Directory and i.base_name.isdigit()
+        )
+        if not candidates:
+            return []
+        markers = self._fs.get_file_info([f"{model_dir}/{v}/{METADATA_FILE}" for v in candidates])
+        return [v for v, m in zip(candidates, markers) if m.type == pafs.FileType.File and v > 0]
+
+    def get(self, model: str, version: int | None = None) -> ModelVersion:
+        """A version's metadata; ``version=None`` means the one traffic goes to by default."""
+        if version is None:
+            version = self.default_version(model)
+        path = f"{self._model_dir(model)}/{int(version)}/{METADATA_FILE}"
+        try:
+            with self._fs.open_input_stream(path) as f:
+                metadata = json.loads(f.read())
+        except FileNotFoundError:
+            if not self.versions(model):
+                raise ModelNotFound(model) from None
+            raise VersionNotFound(model, version) from None
+        return ModelVersion(model=model, version=int(version), metadata=metadata)
+
+    def latest(self, model: str) -> int:
+        versions = self.versions(model)
+        if not versions:
+            raise ModelNotFound(model)
+        return versions[-1]
+
+    def default_version(self, model: str) -> int:
+        """The ``stable`` label if set, else the latest version (what TF Serving serves by default)."""
+        labels = self.labels(model)
+        if "stable" in labels:
+            return labels["stable"].version
+        return self.latest(model)
+
+    def resolve(self, model: str, *, version: int | None = None, label: str | None = None) -> int:
+        """Turn a request's version or label into a published version number, or raise a 404 error."""
+        if version is not None and label is not None:
+            raise InvalidInput("Give a version or a label, not both")
+        if label is not None:
+            labels = self.labels(model)
+            if label not in labels:
+                if not self.versions(model):
+                    raise ModelNotFound(model)
+                raise LabelNotFound(model, label)
+            return labels[label].version
+        versions = self.versions(model)
+        if not versions:
+            raise ModelNotFound(model)
+        if version is None:
+            return self.default_version(model)
+        if int(version) not in versions:
+            raise VersionNotFound(model, version)
+        return int(version)
+
+    def local_path(self, model: str, version: int) -> str:
+        """A local directory holding the version's SavedModel (downloaded once if the registry is remote)."""
+        src = f"{self._model_dir(model)}/{int(version)}"
+        if self._is_local:
+            return src
+        key = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+        dst = maas_home() / "cache" / key / model / str(int(version))
+        if not (dst / METADATA_FILE).exists():
+            tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}")
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(src, str(tmp), source_filesystem=self._fs, destination_filesystem=pafs.LocalFileSystem())
+            try:
+                tmp.rename(dst)
+            except OSError:  # another process finished the same download first
+                _rmtree(tmp)
+        return str(dst)
+
+    # ---- publishing ----------------------------------------------------------------------------
+
+    def publish(self, model: str, saved_model_dir: str, metadata: dict[str, Any]) -> ModelVersion:
+        """Copy a local SavedModel folder in as the next version; return it with its metadata.
+
+        ``metadata`` must hold at least ``signature`` (see :class:`maas.signature.Signature`).
+        """
+        validate_model_name(model)
+        src = Path(saved_model_dir)
+        if not (src / "saved_model.pb").is_file():
+            raise InvalidInput(f"Not a SavedModel folder (no saved_model.pb): {saved_model_dir}")
+        Signature.from_dict(metadata["signature"])  # fail before copying anything
+        local = pafs.LocalFileSystem()
+        model_dir = self._model_dir(model)
+        self._fs.create_dir(model_dir, recursive=True)
+        for _ in range(_PUBLISH_ATTEMPTS):
+            version = max(self._all_version_dirs(model), default=0) + 1
+            full = dict(metadata)
+            full.update(
+                model=model,
+                version=version,
+                created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            )
+            body = json.dumps(full, indent=2, sort_keys=True).encode()
+            if self._is_local:
+                staging = f"{model_dir}/.staging-{uuid.uuid4().hex}"
+                pafs.copy_files(str(src), staging, source_filesystem=local, destination_filesystem=self._fs)
+                self._write_bytes(f"{staging}/{METADATA_FILE}", body)
+                try:
+                    self._fs.move(staging, f"{model_dir}/{version}")
+                except OSError:  # lost the race for this number: try the next one
+                    self._fs.delete_dir(staging)
+                    continue
+            else:
+                target = f"{model_dir}/{version}"
+                if self._fs.get_file_info(target).type != pafs.FileType.NotFound:
+                    continue
+                pafs.copy_files(str(src), target, source_filesystem=local, destination_filesystem=self._fs)
+                self._write_bytes(f"{target}/{METADATA_FILE}", body)
+            return ModelVersion(model=model, version=version, metadata=full)
+        raise RegistryConflict(f"Could not allocate a version for '{model}' after {_PUBLISH_ATTEMPTS} attempts")
+
+    # ---- labels --------------------------------------------------------------------------------
+
+    def labels(self, model: str) -> dict[str, Label]:
+        return self._read_labels(model).labels
+
+    def label_history(self, model: str) -> list[dict[str, Any]]:
+        return self._read_labels(model).history
+
+    def set_label(self, model: str, label: str, version: int, *, weight: float = 1.0) -> Label:
+        validate_label(label)
+        if not 0.0 <= weight <= 1.0:
+            raise InvalidInput(f"A label's weight is a share of traffic in [0, 1]. Received: {weight}")
+        if int(version) not in self.versions(model):
+            if not self.versions(model):
+                raise ModelNotFound(model)
+            raise VersionNotFound(model, version)
+        doc = self._read_labels(model)
+        new = Label(version=int(version), weight=float(weight), updated_at=_now())
+        previous = doc.labels.get(label)
+        doc.labels[label] = new
+        doc.history.append(
+            {"at": new.updated_at, "label": label, "version": new.version, "weight": new.weight,
+             "previous": previous.version if previous else None}
+        )
+        self._write_labels(model, doc)
+        return new
+
+    def remove_label(self, model: str, label: str) -> None:
+        doc = self._read_labels(model)
+        if label not in doc.labels:
+            raise LabelNotFound(model, label)
+        previous = doc.labels.pop(label)
+        doc.history.append({"at": _now(), "label": label, "version": None, "weight": None,
+                            "previous": previous.version})
+        self._write_labels(model, doc)
+
+    def promote(self, model: str, version: int | None = None) -> Label:
+        """Point ``stable`` at ``version`` (default: the latest); a canary on that version is retired."""
+        version = self.latest(model) if version is None else int(version)
+        label = self.set_label(model, "stable", version)
+        canary = self.labels(model).get("canary")
+        if canary is not None and canary.version == version:
+            self.remove_label(model, "canary")
+        return label
+
+    def rollback(self, model: str) -> Label:
+        """Point ``stable`` back at the version it held before its latest change."""
+        doc = self._read_labels(model)
+        for event in reversed(doc.history):
+            if event["label"] == "stable" and event["previous"] is not None:
+                current = doc.labels.get("stable")
+                if current is None or event["version"] == current.version:
+                    return self.set_label(model, "stable", event["previous"])
+        raise InvalidInput(f"Model '{model}' has no earlier stable version to roll back to")
+
+    # ---- internals -----------------------------------------------------------------------------
+
+    def _model_dir(self, model: str) -> str:
+        return f"{self._root}/{validate_model_name(model)}"
+
+    def _all_version_dirs(self, model: str) -> list[int]:
+        """Every numbered folder, committed or not: numbers are never reused."""
+        infos = self._fs.get_file_info(pafs.FileSelector(self._model_dir(model), allow_not_found=True))
+        return [int(i.base_name) for i in infos if i.base_name.isdigit()]
+
+    def _read_labels(self, model: str) -> _LabelsDoc:
+        try:
+            with self._fs.open_input_stream(f"{self._model_dir(model)}/{LABELS_FILE}") as f:
+                raw = json.loads(f.read())
+        except FileNotFoundError:
+            return _LabelsDoc()
+        return _LabelsDoc(
+            labels={k: Label(**v) for k, v in raw.get("labels", {}).items()},
+            history=list(raw.get("history", [])),
+        )
+
+    def _write_labels(self, model: str, doc: _LabelsDoc) -> None:
+        body = {"labels": {k: v.to_dict() for k, v in doc.labels.items()}, "history": doc.history[-200:]}
+        path = f"{self._model_dir(model)}/{LABELS_FILE}"
+        if self._is_local:  # write then rename: readers see the old or the new file, never half of one
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            self._write_bytes(tmp, json.dumps(body, indent=2).encode())
+            self._fs.move(tmp, path)
+        else:  # an object PUT is atomic
+            self._write_bytes(path, json.dumps(body, indent=2).encode())
+
+    def _write_bytes(self, path: str, data: bytes) -> None:
+        with self._fs.open_output_stream(path) as f:
+            f.write(data)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

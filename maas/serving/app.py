@@ -1,0 +1,197 @@
+"""Ray Serve wiring: one HTTP ingress speaking the TF Serving REST API, and a batching model server.
+
+    Ingress (HTTP, routing, validation)  --handle-->  ModelServer (loaded versions, @serve.batch)
+
+Operational knobs (replicas, autoscaling, CPUs, batch size) live in the Serve config YAML
+(``deployments/serve_config.yaml``); the defaults below make ``serve run deployments.app:build_app``
+work as is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field, PositiveFloat, PositiveInt
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import Response
+
+from maas import settings
+from maas.errors import InvalidInput, MaasError
+from maas.registry import Registry
+from maas.serving import tfserving
+from maas.serving.registry_cache import RegistryCache
+from maas.serving.runtime import LoadedModel, load_saved_model
+
+logger = logging.getLogger("ray.serve")
+
+
+class AppArgs(BaseModel):
+    """Arguments of :func:`build_app` (the ``args:`` block of a Serve config)."""
+
+    registry: str | None = Field(None, description="Registry URI; default $MAAS_HOME/registry.")
+    registry_refresh_s: PositiveFloat = Field(2.0, description="How long version and label look-ups are cached.")
+    max_request_bytes: PositiveInt = Field(16 * 1024 * 1024, description="Larger bodies get HTTP 413.")
+
+    def registry_uri(self) -> str:
+        return self.registry or settings.default_registry_uri()
+
+
+class BatchConfig(BaseModel):
+    """``user_config`` of the ModelServer deployment: changeable without restarting replicas."""
+
+    max_batch_size: PositiveInt = Field(32, description="Most instances-requests combined into one forward pass.")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="Longest wait for a batch to fill.")
+    max_loaded_models: PositiveInt = Field(4, description="Model versions kept loaded per replica (LRU).")
+
+
+@serve.deployment(
+    name="ModelServer",
+    max_ongoing_requests=64,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
+    ray_actor_options={"num_cpus": 0.5},
+    health_check_period_s=10,
+)
+class ModelServer:
+    """Holds loaded model versions (LRU) and runs dynamically batched predictions."""
+
+    def __init__(self, args: AppArgs) -> None:
+        self._registry = Registry(args.registry_uri())
+        self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._loading: dict[tuple[str, int], asyncio.Task[LoadedModel]] = {}
+        self._config = BatchConfig()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self._config = BatchConfig(**user_config)
+        self._run_batch.set_max_batch_size(self._config.max_batch_size)
+        self._run_batch.set_batch_wait_timeout_s(self._config.batch_wait_timeout_s)
+
+    async def predict(self, model: str, version: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return await self._run_batch((model, version), inputs)
+
+    async def loaded(self) -> list[dict[str, Any]]:
+        return [{"model": m.model, "version": m.version, "load_seconds": m.load_seconds} for m in self._models.values()]
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _run_batch(
+        self, keys: list[tuple[str, int]], inputs: list[dict[str, np.ndarray]]
+    ) -> list[dict[str, np.ndarray] | Exception]:
+        results: list[dict[str, np.ndarray] | Exception] = [None] * len(keys)  # type: ignore[list-item]
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        for key, members in groups.items():
+            try:
+                loaded = await self._get(key)
+                merged = {name: np.concatenate([inputs[i][name] for i in members]) for name in inputs[members[0]]}
+                outputs = await asyncio.to_thread(loaded.predict, merged)
+            except Exception as exc:  # one bad group must not fail the others
+                for i in members:
+                    results[i] = exc
+                continue
+            start = 0
+            for i in members:
+                n = next(iter(inputs[i].values())).shape[0]
+                results[i] = {name: value[start : start + n] for name, value in outputs.items()}
+                start += n
+        return results
+
+    async def _get(self, key: tuple[str, int]) -> LoadedModel:
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
+        task = self._loading.get(key)
+        if task is None:
+            model, version = key
+            task = asyncio.ensure_future(
+                asyncio.to_thread(lambda: load_saved_model(model, version, self._registry.local_path(model, version)))
+            )
+            self._loading[key] = task
+        try:
+            loaded = await task
+        finally:
+            self._loading.pop(key, None)
+        self._models[key] = loaded
+        while len(self._models) > self._config.max_loaded_models:
+            evicted, _ = self._models.popitem(last=False)
+            logger.info("evicted %s version %d", *evicted)
+        return loaded
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
+class Ingress:
+    """HTTP entry point: routes, checks requests against the version's signature, answers JSON."""
+
+    def __init__(self, model_server: DeploymentHandle, args: AppArgs) -> None:
+        self._model_server = model_server
+        self._args = args
+        self._registry = RegistryCache(Registry(args.registry_uri()), ttl_s=args.registry_refresh_s)
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            return await self._handle(request)
+        except MaasError as exc:
+            return error_response(exc.http_status, str(exc))
+        except Exception as exc:  # never let one request take the replica down
+            logger.exception("unhandled error on %s %s", request.method, request.url.path)
+            return error_response(500, f"Internal error: {type(exc).__name__}")
+
+    async def _handle(self, request: Request) -> Response:
+        path = request.url.path
+        route = tfserving.match_route(path)
+        if route is None:
+            return error_response(404, f"No route for {request.method} {path}")
+        expected = "POST" if route.kind == "predict" else "GET"
+        if request.method != expected:
+            return error_response(405, f"{request.method} is not allowed on {path}; use {expected}")
+        if route.kind == "status":
+            if route.version is None and route.label is None:
+                versions = self._registry.versions(route.model)
+            else:
+                versions = [self._registry.resolve(route.model, route.version, route.label)]
+            return json_response(tfserving.status_body(versions))
+        version = self._registry.resolve(route.model, route.version, route.label)
+        signature = self._registry.get(route.model, version).signature
+        if route.kind == "metadata":
+            return json_response(tfserving.metadata_body(route.model, version, signature))
+        body = await self._read_body(request)
+        decoded = tfserving.decode_predict(body, signature)
+        outputs = await self._model_server.predict.remote(route.model, version, decoded.inputs)
+        return json_response(tfserving.encode_predict(outputs, decoded.row_format))
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self._args.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+class _PayloadTooLarge(InvalidInput):
+    http_status = 413
+
+
+def json_response(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json")
+
+
+def error_response(status: int, message: str) -> Response:
+    """The one place errors become HTTP: TF Serving's ``{"error": "..."}`` body."""
+    return json_response({"error": message}, status)
+
+
+def build_app(args: AppArgs) -> serve.Application:
+    """Builder for ``serve run`` / ``serve deploy`` (``import_path: deployments.app:build_app``)."""
+    return Ingress.bind(ModelServer.bind(args), args)

@@ -1,0 +1,40 @@
+"""Where things live on disk by default, in one place.
+
+Everything defaults under ``$MAAS_HOME`` (``~/.maas``): absolute paths, so a job started with
+``ray job submit --working-dir .`` (whose current directory is a temporary copy) finds the same
+registry as the shell that submitted it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DASHBOARD_HOST = "127.0.0.1"
+DASHBOARD_PORT = 8265
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 8000
+
+
+def maas_home() -> Path:
+    return Path(os.environ.get("MAAS_HOME", "~/.maas")).expanduser().resolve()
+
+
+def default_registry_uri() -> str:
+    return os.environ.get("MAAS_REGISTRY") or str(maas_home() / "registry")
+
+
+def default_runs_uri() -> str:
+    return os.environ.get("MAAS_RUNS") or str(maas_home() / "runs")
+
+
+def default_data_dir() -> str:
+    return os.environ.get("MAAS_DATA") or str(maas_home() / "data")
+
+
+def dashboard_url() -> str:
+    return os.environ.get("RAY_DASHBOARD_ADDRESS") or f"http://{DASHBOARD_HOST}:{DASHBOARD_PORT}"
+
+
+def serve_url() -> str:
+    return os.environ.get("MAAS_SERVE_URL") or f"http://{SERVE_HOST}:{SERVE_PORT}"

@@ -1,0 +1,154 @@
+"""Input/output signatures of a model version, and the one place where request data is checked
+against them and turned into numpy arrays.
+
+A signature is recorded in each version's metadata when it is published, read from the SavedModel
+itself, so serving never has to guess what the model takes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from maas.errors import InvalidInput
+
+# dtype name (numpy / TensorFlow spelling) -> TensorFlow Serving DataType enum name.
+_TF_SERVING_DTYPES = {
+    "float16": "DT_HALF",
+    "float32": "DT_FLOAT",
+    "float64": "DT_DOUBLE",
+    "int8": "DT_INT8",
+    "int16": "DT_INT16",
+    "int32": "DT_INT32",
+    "int64": "DT_INT64",
+    "uint8": "DT_UINT8",
+    "bool": "DT_BOOL",
+    "string": "DT_STRING",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor. ``shape`` includes the batch dimension first; ``-1`` means any size."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _TF_SERVING_DTYPES:
+            raise ValueError(f"Unsupported dtype for tensor '{self.name}'. Received: {self.dtype!r}")
+        if not self.shape or self.shape[0] != -1:
+            raise ValueError(
+                f"Tensor '{self.name}' must have a leading batch dimension of -1. Received: {self.shape}"
+            )
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """The shape of one instance (without the batch dimension)."""
+        return self.shape[1:]
+
+    @property
+    def tf_serving_dtype(self) -> str:
+        return _TF_SERVING_DTYPES[self.dtype]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
+        return cls(name=data["name"], dtype=data["dtype"], shape=tuple(int(d) for d in data["shape"]))
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The ``serving_default`` signature of a SavedModel."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    method_name: str = field(default="tensorflow/serving/predict")
+
+    def input(self, name: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise InvalidInput(f"Unknown input '{name}'; the model takes {[s.name for s in self.inputs]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+            "method_name": self.method_name,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Signature:
+        return cls(
+            inputs=tuple(TensorSpec.from_dict(s) for s in data["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(s) for s in data["outputs"]),
+            method_name=data.get("method_name", "tensorflow/serving/predict"),
+        )
+
+    @classmethod
+    def from_concrete_function(cls, fn: Any) -> Signature:
+        """Read the signature of a loaded SavedModel's ``serving_default`` concrete function."""
+        _, kwargs = fn.structured_input_signature
+        inputs = tuple(
+            TensorSpec(name=name, dtype=spec.dtype.name, shape=tuple(-1 if d is None else d for d in spec.shape))
+            for name, spec in sorted(kwargs.items())
+        )
+        outputs = tuple(
+            TensorSpec(name=name, dtype=spec.dtype.name, shape=tuple(-1 if d is None else d for d in spec.shape))
+            for name, spec in sorted(fn.structured_outputs.items())
+        )
+        return cls(inputs=inputs, outputs=outputs)
+
+
+def to_batch(value: Any, spec: TensorSpec, *, where: str) -> np.ndarray:
+    """Turn JSON-decoded data for one input into a batch array of ``spec``'s dtype and shape.
+
+    ``where`` names the place in the request for error messages (for example ``instances[3]``).
+    Raises :class:`InvalidInput` naming the problem: ragged lists, wrong types, wrong shape,
+    NaN or infinity.
+    """
+    if spec.dtype == "string":
+        raise InvalidInput(f"{where}: string inputs are not supported")
+    try:
+        array = np.asarray(value)
+    except ValueError as exc:  # ragged nested lists
+        raise InvalidInput(f"{where}: nested lists are ragged (all rows must have the same length)") from exc
+    if array.dtype == object:
+        raise InvalidInput(f"{where}: nested lists are ragged or mix types")
+    if array.dtype.kind not in "biuf":
+        raise InvalidInput(
+            f"{where}: expected numbers of type {spec.dtype} for input '{spec.name}', "
+            f"received values of type {_json_type_name(array)}"
+        )
+    if array.ndim == 0:
+        raise InvalidInput(f"{where}: expected a list for input '{spec.name}', received a single number")
+    expected = spec.item_shape
+    got = array.shape[1:]
+    if len(got) != len(expected) or any(e != -1 and e != g for e, g in zip(expected, got)):
+        raise InvalidInput(
+            f"{where}: input '{spec.name}' expects instances of shape {list(expected)}, "
+            f"received shape {list(got)}"
+        )
+    if np.dtype(spec.dtype).kind in "iub" and array.dtype.kind == "f":
+        raise InvalidInput(f"{where}: input '{spec.name}' expects integers ({spec.dtype}), received floats")
+    out = array.astype(spec.dtype, copy=False)
+    if out.dtype.kind == "f" and not np.isfinite(out).all():
+        raise InvalidInput(f"{where}: input '{spec.name}' contains NaN or infinity")
+    return out
+
+
+def _json_type_name(array: np.ndarray) -> str:
+    kind = array.dtype.kind
+    return {"U": "string", "S": "string", "O": "mixed", "b": "bool"}.get(kind, str(array.dtype))
+
+
+def finite_or_none(x: float) -> float | None:
+    """JSON has no NaN: metrics that are undefined are stored as null."""
+    return None if x is None or math.isnan(x) or math.isinf(x) else float(x)

@@ -1,0 +1,57 @@
+"""What every template provides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+import numpy as np
+
+from maas.signature import TensorSpec
+
+if TYPE_CHECKING:
+    import keras
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """Where a template's data lives: Parquet (or other Ray Data readable) URIs for each split."""
+
+    train: str
+    test: str
+
+
+@dataclass(frozen=True)
+class Template:
+    """A trainable use case.
+
+    ``build_model`` returns an uncompiled Keras model whose first layers hold the preprocessing, so
+    that the exported SavedModel takes raw inputs exactly as clients send them.
+    """
+
+    name: str
+    description: str
+    task: Literal["classification", "regression"]
+    input: TensorSpec
+    output_name: str
+    class_names: tuple[str, ...]
+    label_column: str
+    build_model: Callable[[], "keras.Model"]
+    prepare_data: Callable[[str], DataSplits]
+    features: Callable[[dict[str, np.ndarray]], np.ndarray]
+    default_epochs: int = 10
+    default_batch_size: int = 32
+    default_learning_rate: float = 1e-3
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "task": self.task,
+            "description": self.description,
+            "input": self.input.to_dict(),
+            "classes": list(self.class_names),
+        }

@@ -1,0 +1,1 @@
+"""Training with Ray Train: typed job config, the per-worker loop, evaluation and publishing."""

@@ -1,0 +1,63 @@
+"""The typed configuration of one training job, validated once at the edge."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from maas import settings
+from maas.errors import ConfigError
+from maas.registry import validate_model_name
+from maas.templates import get_template
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    template: str = "digits"
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    epochs: int | None = None  # None: the template's default
+    batch_size: int | None = None  # per worker; None: the template's default
+    learning_rate: float | None = None
+    seed: int = 0
+    data_dir: str = field(default_factory=settings.default_data_dir)
+    registry: str = field(default_factory=settings.default_registry_uri)
+    storage_path: str = field(default_factory=settings.default_runs_uri)
+    model_name: str | None = None  # None: the template's name
+    run_name: str | None = None  # None: "<model>-<UTC time>"; reuse a name to resume that run
+    max_failures: int = 2
+
+    def __post_init__(self) -> None:
+        template = get_template(self.template)  # raises on an unknown name
+        _check(self.num_workers >= 1, "num_workers must be at least 1", self.num_workers)
+        _check(self.cpus_per_worker > 0, "cpus_per_worker must be positive", self.cpus_per_worker)
+        _check(self.epochs is None or self.epochs >= 1, "epochs must be at least 1", self.epochs)
+        _check(self.batch_size is None or self.batch_size >= 1, "batch_size must be at least 1", self.batch_size)
+        _check(
+            self.learning_rate is None or 0 < self.learning_rate < 10,
+            "learning_rate must be in (0, 10)",
+            self.learning_rate,
+        )
+        _check(self.max_failures >= -1, "max_failures must be -1 (forever) or more", self.max_failures)
+        # Fill template defaults so that everything downstream reads concrete values.
+        object.__setattr__(self, "epochs", self.epochs or template.default_epochs)
+        object.__setattr__(self, "batch_size", self.batch_size or template.default_batch_size)
+        object.__setattr__(self, "learning_rate", self.learning_rate or template.default_learning_rate)
+        object.__setattr__(self, "model_name", validate_model_name(self.model_name or template.name))
+        if self.run_name is None:
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+            object.__setattr__(self, "run_name", f"{self.model_name}-{stamp}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return cls(**data)
+
+
+def _check(ok: bool, message: str, received: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{message}. Received: {received!r}")

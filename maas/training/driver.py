@@ -1,0 +1,163 @@
+"""The driver side of a training job: data, ``TensorflowTrainer``, then publishing to the registry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from maas.registry import ModelVersion, Registry
+from maas.templates import DataSplits, get_template
+from maas.training.config import TrainConfig
+from maas.training.loop import EXPORT_DIR, EXPORT_INFO_FILE, train_loop_per_worker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    version: ModelVersion
+    metrics: dict[str, Any]
+    checkpoint_path: str
+
+
+def run_training(config: TrainConfig) -> TrainOutcome:
+    """Train ``config.template`` on the connected Ray cluster and publish the result as a new version.
+
+    The caller connects to Ray (``ray.init``) first.
+    """
+    import ray
+    import ray.data
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    template = get_template(config.template)
+    splits = template.prepare_data(config.data_dir)
+    datasets = _load_datasets(splits, reserved_cpus=config.num_workers * config.cpus_per_worker)
+
+    trainer = TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train_config": config.to_dict()},
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=config.run_name,
+            storage_path=config.storage_path,
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            worker_runtime_env={"env_vars": _worker_env()},
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {config.run_name} finished without a checkpoint")
+
+    with result.checkpoint.as_directory() as ckpt_dir:
+        export_info = json.loads(Path(ckpt_dir, EXPORT_INFO_FILE).read_text())
+        metadata = {
+            "template": template.name,
+            "task": template.task,
+            "classes": list(template.class_names),
+            "signature": export_info["signature"],
+            "metrics": export_info["evaluation"],
+            "training": {k: v for k, v in result.metrics.items() if not k.startswith("test_")},
+            "params": {
+                k: v
+                for k, v in config.to_dict().items()
+                if k in ("num_workers", "use_gpu", "cpus_per_worker", "epochs", "batch_size", "learning_rate", "seed")
+            },
+            "data": {"train": splits.train, "test": splits.test, "fingerprint": data_fingerprint(splits)},
+            "ray": {
+                "job_id": ray.get_runtime_context().get_job_id(),
+                "submission_id": _submission_id(),
+                "run_name": config.run_name,
+                "checkpoint": result.checkpoint.path,
+            },
+            "libraries": library_versions(),
+        }
+        version = Registry(config.registry).publish(config.model_name, str(Path(ckpt_dir, EXPORT_DIR)), metadata)
+    return TrainOutcome(version=version, metrics=export_info["evaluation"], checkpoint_path=result.checkpoint.path)
+
+
+def _load_datasets(splits: DataSplits, *, reserved_cpus: float) -> dict[str, Any]:
+    """Ray Data datasets for the splits.
+
+    Ray Data streams blocks to the workers while they train, using CPUs that the training workers
+    do not hold. When the workers hold every CPU of the cluster (2 workers on 2 cores), no read task
+    could ever be scheduled and the run would hang, so the data is read up front into the object
+    store instead (shards still stream from there to each worker).
+    """
+    import ray
+    import ray.data
+
+    datasets = {"train": ray.data.read_parquet(splits.train), "test": ray.data.read_parquet(splits.test)}
+    spare = ray.cluster_resources().get("CPU", 0.0) - reserved_cpus
+    if spare < 1.0:
+        logger.info("%.1f CPUs left beside the training workers: reading the data up front", spare)
+        datasets = {name: ds.materialize() for name, ds in datasets.items()}
+    return datasets
+
+
+def _worker_env() -> dict[str, str]:
+    """Quiet TensorFlow's C++ logging in workers unless MAAS_VERBOSE is set."""
+    if os.environ.get("MAAS_VERBOSE"):
+        return {"MAAS_VERBOSE": "1"}
+    return {"TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _submission_id() -> str | None:
+    """The ``ray job submit`` id, when the driver runs as a submitted job (Ray puts it in the job config)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return None
+    return json.loads(raw).get("metadata", {}).get("job_submission_id")
+
+
+def data_fingerprint(splits: DataSplits) -> str:
+    """SHA-256 over the bytes of every data file (local files; other URIs by their path)."""
+    digest = hashlib.sha256()
+    for uri in (splits.train, splits.test):
+        path = Path(uri)
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        for file in files:
+            if file.is_file():
+                digest.update(file.name.encode())
+                digest.update(file.read_bytes())
+            elif not path.exists():
+                digest.update(uri.encode())
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import pyarrow
+    import ray
+    import tensorflow as tf
+
+    import maas
+
+    try:
+        import keras
+
+        keras_version = keras.__version__
+    except ImportError:  # pragma: no cover
+        keras_version = "absent"
+    return {
+        "maas": maas.__version__,
+        "ray": ray.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras_version,
+        "numpy": numpy.__version__,
+        "pyarrow": pyarrow.__version__,
+        "python": platform.python_version(),
+    }

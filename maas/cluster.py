@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -37,20 +38,29 @@ def auth_env() -> dict[str, str]:
 
 
 def use_client_auth() -> None:
-    """Put :func:`auth_env` into this process's environment (call before ``import ray``)."""
-    os.environ.update(auth_env())
+    """Put :func:`auth_env` into this process's environment.
+
+    Ray reads ``RAY_AUTH_MODE`` when it is first imported; if it already was (and a token appeared
+    since), its cached configuration is refreshed the way ``ray.init`` does it.
+    """
+    env = auth_env()
+    os.environ.update(env)
+    if env and "ray._raylet" in sys.modules:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 def ensure_token() -> Path:
     """Create ``~/.ray/auth_token`` (mode 0600) if no token exists yet; never print the token."""
     path = token_path()
     if not path.is_file() and not os.environ.get(TOKEN_ENV):
-        from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
-
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(generate_new_authentication_token())
+            f.write(secrets.token_hex(32))  # 256 bits, as `ray get-auth-token --generate`
+    use_client_auth()
     return path
 
 
@@ -90,6 +100,8 @@ def up(*, num_cpus: int | None = None, ha_proxy: bool = True) -> ClusterState:
         return state
     ensure_token()
     env = dict(os.environ, **{AUTH_MODE_ENV: "token"})
+    # Jobs run `python -m jobs.…` with the cluster's PATH: make that this environment's Python.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if ha_proxy:
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     cmd = [

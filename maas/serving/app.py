@@ -192,6 +192,10 @@ def error_response(status: int, message: str) -> Response:
     return json_response({"error": message}, status)
 
 
-def build_app(args: AppArgs) -> serve.Application:
-    """Builder for ``serve run`` / ``serve deploy`` (``import_path: deployments.app:build_app``)."""
+def build_app(args: AppArgs | dict[str, Any] | None = None) -> serve.Application:
+    """Builder for ``serve run`` / ``serve deploy`` (``import_path: deployments.app:build_app``).
+
+    Serve hands the config's ``args:`` block over as a dict; it is validated into :class:`AppArgs`.
+    """
+    args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
     return Ingress.bind(ModelServer.bind(args), args)

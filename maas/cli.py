@@ -1,0 +1,284 @@
+"""``maas``: the platform's command line. Every verb has ``--help``.
+
+    maas cluster up|down|status        local Ray cluster (dashboard http://127.0.0.1:8265)
+    maas train --template digits       submit a training job to the cluster (ray job submit)
+    maas models list|show|promote|rollback|label|unlabel
+    maas deploy                        apply deployments/serve_config.yaml (serve deploy)
+    maas predict digits --instances '[[...]]'
+    maas demo                          the whole path, end to end
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from maas import settings
+from maas.cli_support import fail, run_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    from maas.cluster import use_client_auth
+
+    use_client_auth()  # before anything imports Ray: clients of a token-auth cluster need RAY_AUTH_MODE
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    return run_cli(lambda: handler(args))
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from maas.training.arguments import add_train_arguments
+
+    p = argparse.ArgumentParser(prog="maas", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(title="verbs", metavar="VERB")
+
+    c = sub.add_parser("cluster", help="start, stop or inspect the local Ray cluster")
+    csub = c.add_subparsers(title="actions", metavar="ACTION")
+    up = csub.add_parser("up", help="start a single-machine Ray head (idempotent)")
+    up.add_argument("--num-cpus", type=int, default=None, help="logical CPUs (default: all cores)")
+    up.add_argument("--no-ha-proxy", action="store_true", help="use Serve's default proxy instead of HAProxy")
+    up.set_defaults(handler=_cluster_up)
+    csub.add_parser("down", help="stop Ray and everything it started (idempotent)").set_defaults(handler=_cluster_down)
+    csub.add_parser("status", help="what runs: Ray, Serve applications").set_defaults(handler=_cluster_status)
+
+    t = sub.add_parser("train", help="train a template as a Ray job and publish a version",
+                       description="Submits `python -m jobs.train …` to the running cluster (as `ray job submit`) "
+                                   "and follows its logs.")
+    add_train_arguments(t)
+    t.add_argument("--local", action="store_true", help="run in this process instead of submitting a job")
+    t.set_defaults(handler=_train)
+
+    m = sub.add_parser("models", help="list, inspect and label model versions")
+    m.add_argument("--registry", default=None, help=f"registry URI (default: {settings.default_registry_uri()})")
+    msub = m.add_subparsers(title="actions", metavar="ACTION")
+    msub.add_parser("list", help="models, versions and labels").set_defaults(handler=_models_list)
+    show = msub.add_parser("show", help="one version's metadata as JSON")
+    show.add_argument("model")
+    show.add_argument("--version", type=int, default=None, help="default: the stable label, else the latest")
+    show.set_defaults(handler=_models_show)
+    promote = msub.add_parser("promote", help="point the 'stable' label at a version")
+    promote.add_argument("model")
+    promote.add_argument("version", type=int, nargs="?", default=None, help="default: the latest")
+    promote.set_defaults(handler=_models_promote)
+    rollback = msub.add_parser("rollback", help="point 'stable' back at its previous version")
+    rollback.add_argument("model")
+    rollback.set_defaults(handler=_models_rollback)
+    label = msub.add_parser("label", help="set a label (for example canary) on a version")
+    label.add_argument("model")
+    label.add_argument("label")
+    label.add_argument("version", type=int)
+    label.add_argument("--weight", type=float, default=1.0, help="share of traffic for a canary, in [0, 1]")
+    label.set_defaults(handler=_models_label)
+    unlabel = msub.add_parser("unlabel", help="remove a label")
+    unlabel.add_argument("model")
+    unlabel.add_argument("label")
+    unlabel.set_defaults(handler=_models_unlabel)
+
+    d = sub.add_parser("deploy", help="deploy the Serve application (serve deploy of deployments/serve_config.yaml)")
+    d.add_argument("--config", default=None, help="Serve config YAML (default: deployments/serve_config.yaml)")
+    d.add_argument("--registry", default=None, help=f"registry URI (default: {settings.default_registry_uri()})")
+    d.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's, 8000)")
+    d.set_defaults(handler=_deploy)
+    sub.add_parser("undeploy", help="remove the Serve applications").set_defaults(handler=_undeploy)
+
+    pr = sub.add_parser("predict", help="send a TF Serving :predict request and print the answer")
+    pr.add_argument("model")
+    which = pr.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, default=None)
+    which.add_argument("--label", default=None)
+    data = pr.add_mutually_exclusive_group(required=True)
+    data.add_argument("--instances", help="JSON list of instances")
+    data.add_argument("--file", help="JSON file holding a full request body, or - for standard input")
+    pr.add_argument("--url", default=None, help=f"service URL (default: {settings.serve_url()})")
+    pr.set_defaults(handler=_predict)
+
+    demo = sub.add_parser("demo", help="cluster, 2-worker training, publish, deploy, HTTP predictions")
+    demo.add_argument("--num-workers", type=int, default=2)
+    demo.add_argument("--epochs", type=int, default=None)
+    demo.add_argument("--samples", type=int, default=20, help="held-out digits to send over HTTP")
+    demo.set_defaults(handler=_demo)
+    return p
+
+
+# ---- cluster -------------------------------------------------------------------------------------
+
+
+def _cluster_up(args: argparse.Namespace) -> int:
+    from maas import cluster
+
+    before = cluster.local_state().running
+    state = cluster.up(num_cpus=args.num_cpus, ha_proxy=not args.no_ha_proxy)
+    print(("Ray already running" if before else "Ray started") + f" at {state.gcs_address}")
+    print(f"Dashboard: {state.dashboard_url}  (token auth on; token in {cluster.token_path()})")
+    return 0
+
+
+def _cluster_down(args: argparse.Namespace) -> int:
+    from maas import cluster
+
+    print("Ray stopped" if cluster.down() else "Ray was not running")
+    return 0
+
+
+def _cluster_status(args: argparse.Namespace) -> int:
+    from maas import cluster
+
+    state = cluster.local_state()
+    if not state.running:
+        print("Ray: not running (start it with `maas cluster up`)")
+        return 1
+    print(f"Ray: running at {state.gcs_address}; dashboard {state.dashboard_url}")
+    try:
+        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+        cluster.use_client_auth()
+        apps = ServeSubmissionClient(state.dashboard_url).get_serve_details().get("applications", {})
+    except Exception as exc:  # dashboard still starting, or Serve never started
+        print(f"Serve: unknown ({type(exc).__name__})")
+        return 0
+    if not apps:
+        print("Serve: no applications (deploy with `maas deploy`)")
+    for name, app in apps.items():
+        print(f"Serve app {name}: {app.get('status')} at {settings.serve_url()}{app.get('route_prefix') or ''}")
+        for dname, dep in app.get("deployments", {}).items():
+            running = sum(1 for r in dep.get("replicas", []) if r.get("state") == "RUNNING")
+            print(f"  {dname}: {dep.get('status')}, {running} replica(s) running")
+    return 0
+
+
+# ---- training ------------------------------------------------------------------------------------
+
+
+def _train(args: argparse.Namespace) -> int:
+    import os
+
+    from maas.training.arguments import config_from_args, to_argv
+
+    config_from_args(args)  # validate here: a bad option fails in one line before anything is submitted
+    if args.local:
+        import jobs.train
+
+        return jobs.train.main(to_argv(args))
+    from maas import cluster, jobclient
+
+    if not cluster.local_state().running and "RAY_ADDRESS" not in os.environ:
+        fail("no Ray cluster is running: start one with `maas cluster up` (or use --local)")
+    outcome = jobclient.submit("jobs.train", to_argv(args))
+    print(f"Job {outcome.submission_id}: {outcome.status}")
+    return 0 if outcome.status == "SUCCEEDED" else 1
+
+
+# ---- models --------------------------------------------------------------------------------------
+
+
+def _registry(args: argparse.Namespace):
+    from maas.registry import Registry
+
+    return Registry(args.registry or settings.default_registry_uri())
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    models = reg.models()
+    if not models:
+        print(f"No models in {reg.uri}")
+        return 0
+    for name in models:
+        labels = reg.labels(name)
+        print(name)
+        for v in reg.versions(name):
+            meta = reg.get(name, v)
+            tags = ",".join(f"{k}" + (f"({lab.weight:g})" if k != "stable" else "") for k, lab in labels.items()
+                            if lab.version == v)
+            acc = meta.metrics.get("accuracy")
+            score = f"accuracy {acc:.4f}" if isinstance(acc, (int, float)) else ""
+            print(f"  v{v:<4} {meta.metadata.get('created_at', ''):<26} {score:<18} {tags}")
+    return 0
+
+
+def _models_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_registry(args).get(args.model, args.version).metadata, indent=2))
+    return 0
+
+
+def _models_promote(args: argparse.Namespace) -> int:
+    label = _registry(args).promote(args.model, args.version)
+    print(f"{args.model}: stable -> version {label.version}")
+    return 0
+
+
+def _models_rollback(args: argparse.Namespace) -> int:
+    label = _registry(args).rollback(args.model)
+    print(f"{args.model}: stable rolled back to version {label.version}")
+    return 0
+
+
+def _models_label(args: argparse.Namespace) -> int:
+    label = _registry(args).set_label(args.model, args.label, args.version, weight=args.weight)
+    print(f"{args.model}: {args.label} -> version {label.version} (weight {label.weight:g})")
+    return 0
+
+
+def _models_unlabel(args: argparse.Namespace) -> int:
+    _registry(args).remove_label(args.model, args.label)
+    print(f"{args.model}: label {args.label} removed")
+    return 0
+
+
+# ---- serving -------------------------------------------------------------------------------------
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from maas import deploy
+
+    config = deploy.load_serve_config(args.config or deploy.DEFAULT_CONFIG, registry=args.registry, port=args.port)
+    deploy.deploy(config)
+    port = config.get("http_options", {}).get("port", settings.SERVE_PORT)
+    print(f"Deployed: http://{settings.SERVE_HOST}:{port}/v1/models/<name>:predict")
+    return 0
+
+
+def _undeploy(args: argparse.Namespace) -> int:
+    from maas import deploy
+
+    deploy.undeploy()
+    print("Serve applications removed")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from maas.client import HTTPError, TFServingClient
+
+    client = TFServingClient(args.url or "")
+    try:
+        if args.instances is not None:
+            body = {"instances": json.loads(args.instances)}
+        else:
+            raw = sys.stdin.read() if args.file == "-" else open(args.file).read()
+            body = json.loads(raw)
+    except (json.JSONDecodeError, OSError) as exc:
+        fail(f"cannot read the request: {exc}")
+    path = client._model_path(args.model, args.version, args.label) + ":predict"
+    try:
+        print(json.dumps(client.request("POST", path, body)))
+    except HTTPError as exc:
+        fail(exc.message if exc.status < 500 else str(exc))
+    except OSError as exc:
+        fail(f"cannot reach {client.base_url}: {exc}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from maas.demo import run_demo
+
+    return run_demo(num_workers=args.num_workers, epochs=args.epochs, samples=args.samples)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Apply the Serve config YAML to the running cluster, as ``serve deploy`` does, and wait until ready."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from maas import settings
+from maas.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deployments" / "serve_config.yaml"
+APP_NAME = "maas"
+
+
+def load_serve_config(path: str | Path = DEFAULT_CONFIG, *, registry: str | None = None,
+                      port: int | None = None) -> dict[str, Any]:
+    """Read a Serve config and apply overrides; validated against Serve's own schema."""
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"Cannot read Serve config {path}: {exc}") from None
+    for app in config.get("applications", []):
+        if app.get("name") == APP_NAME:
+            app.setdefault("args", {})["registry"] = registry or app["args"].get("registry") or \
+                settings.default_registry_uri()
+    if port is not None:
+        config.setdefault("http_options", {})["port"] = port
+    try:
+        ServeDeploySchema.model_validate(config)
+    except Exception as exc:
+        raise ConfigError(f"Invalid Serve config {path}: {exc}") from None
+    return config
+
+
+def deploy(config: dict[str, Any], *, dashboard: str | None = None, timeout_s: float = 300) -> dict[str, Any]:
+    """Submit ``config`` through the dashboard (``serve deploy``) and wait for every app to run."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    from maas.cluster import use_client_auth
+
+    use_client_auth()
+    client = ServeSubmissionClient(dashboard or settings.dashboard_url())
+    submitted_at = time.time() - 1.0
+    client.deploy_applications(config)
+    names = [app["name"] for app in config["applications"]]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        details = client.get_serve_details()
+        # Only the status of this submission counts, not that of an earlier deploy of the same app.
+        apps = {
+            name: app for name, app in details.get("applications", {}).items()
+            if (app.get("last_deployed_time_s") or 0) >= submitted_at
+        }
+        statuses = {n: apps.get(n, {}).get("status") for n in names}
+        failed = {n: apps[n].get("message", "") for n, s in statuses.items() if s == "DEPLOY_FAILED"}
+        if failed:
+            raise RuntimeError(f"Serve deployment failed: {failed}")
+        if all(s == "RUNNING" for s in statuses.values()):
+            return details
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve applications not running after {timeout_s:.0f}s: {statuses}")
+        time.sleep(1.0)
+
+
+def undeploy(*, dashboard: str | None = None) -> None:
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    from maas.cluster import use_client_auth
+
+    use_client_auth()
+    ServeSubmissionClient(dashboard or settings.dashboard_url()).delete_applications()

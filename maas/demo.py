@@ -78,4 +78,5 @@ def _held_out_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _example_instance(image: np.ndarray) -> str:
-    return "[" + ",".join("[" + ",".join(f"{v:g}" for v in row) + "]" for row in image) + "]"
+    """One instance (an 8x8 image) as the JSON ``instances`` list that holds it."""
+    return "[[" + ",".join("[" + ",".join(f"{v:g}" for v in row) + "]" for row in image) + "]]"

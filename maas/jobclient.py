@@ -47,7 +47,8 @@ def submit(
     logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
     client = JobSubmissionClient(dashboard or settings.dashboard_url())
     env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if os.environ.get(k)}
-    submission_id = client.submit_job(
+    submission_id = _submit_when_ready(
+        client,
         entrypoint=shlex.join(["python", "-m", module, *args]),
         runtime_env={"working_dir": str(PROJECT_ROOT), "env_vars": env_vars},
     )
@@ -60,6 +61,18 @@ def submit(
         time.sleep(0.5)
         status = client.get_job_status(submission_id)
     return JobOutcome(submission_id=submission_id, status=str(status.value), logs=client.get_job_logs(submission_id))
+
+
+def _submit_when_ready(client, *, ready_timeout_s: float = 60, **job) -> str:  # noqa: ANN001
+    """Submit; right after a cluster starts its job agent may not be up yet, so retry that case."""
+    deadline = time.monotonic() + ready_timeout_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 async def _follow(client, submission_id: str, show: Callable[[str], bool] | None) -> None:  # noqa: ANN001

@@ -89,6 +89,8 @@ def decode_predict(body: bytes, signature: Signature) -> PredictRequest:
 def _decode_rows(instances: Any, signature: Signature) -> dict[str, np.ndarray]:
     if not isinstance(instances, list):
         raise InvalidInput("'instances' must be a list")
+    if not instances:
+        raise InvalidInput("Request has no instances")
     specs = signature.inputs
     if instances and all(isinstance(i, dict) for i in instances):
         names = {s.name for s in specs}

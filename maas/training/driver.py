@@ -89,23 +89,38 @@ def run_training(config: TrainConfig) -> TrainOutcome:
     return TrainOutcome(version=version, metrics=export_info["evaluation"], checkpoint_path=result.checkpoint.path)
 
 
-def _load_datasets(splits: DataSplits, *, reserved_cpus: float) -> dict[str, Any]:
-    """Ray Data datasets for the splits.
+# Data sets smaller than this are read once into the object store and streamed to the workers from
+# there each epoch; re-reading small Parquet files every epoch costs more than it saves.
+CACHE_BELOW_BYTES = 256 * 1024 * 1024
 
-    Ray Data streams blocks to the workers while they train, using CPUs that the training workers
-    do not hold. When the workers hold every CPU of the cluster (2 workers on 2 cores), no read task
-    could ever be scheduled and the run would hang, so the data is read up front into the object
-    store instead (shards still stream from there to each worker).
+
+def _load_datasets(splits: DataSplits, *, reserved_cpus: float) -> dict[str, Any]:
+    """Ray Data datasets for the splits, streamed to each worker's shard.
+
+    Ray Data reads with CPUs that the training workers do not hold. When the workers hold every CPU
+    of the cluster (2 workers on 2 cores) no read task could ever be scheduled and the run would
+    hang, so the data is then read up front into the object store; small data sets are too.
     """
     import ray
     import ray.data
 
     datasets = {"train": ray.data.read_parquet(splits.train), "test": ray.data.read_parquet(splits.test)}
     spare = ray.cluster_resources().get("CPU", 0.0) - reserved_cpus
-    if spare < 1.0:
-        logger.info("%.1f CPUs left beside the training workers: reading the data up front", spare)
+    size = sum(_size_bytes(uri) for uri in (splits.train, splits.test))
+    if spare < 1.0 or size < CACHE_BELOW_BYTES:
+        logger.info("caching %d bytes of data in the object store (%.1f spare CPUs)", size, spare)
         datasets = {name: ds.materialize() for name, ds in datasets.items()}
     return datasets
+
+
+def _size_bytes(uri: str) -> int:
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return info.size or 0
+    return sum(i.size or 0 for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)))
 
 
 def _worker_env() -> dict[str, str]:

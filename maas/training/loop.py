@@ -28,6 +28,7 @@ from maas.training.config import TrainConfig
 STATE_FILE = "train_state.json"
 EXPORT_DIR = "saved_model"
 EXPORT_INFO_FILE = "export.json"
+REPLICA_FINGERPRINT_PREFIX = "weights-sha256-rank"
 _TF_CKPT_PREFIX = "tf_state/ckpt"
 
 
@@ -130,13 +131,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "num_workers": world,
         }
         final = epoch + 1 == config.epochs
-        with tempfile.TemporaryDirectory() as tmp:
-            # Every worker writes (saving may involve collectives); only rank 0's copy is reported.
-            state.write(os.path.join(tmp, _TF_CKPT_PREFIX))
-            Path(tmp, STATE_FILE).write_text(json.dumps({"epoch": epoch + 1}))
-            if final and rank == 0:
-                metrics.update(_export_and_evaluate(model, template, tmp))
+        with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as scratch:
+            # Rank 0 reports the training state; every worker adds the fingerprint of its own
+            # weights (Ray merges the workers' files into one checkpoint), so a checkpoint shows
+            # that the replicas agree. Every worker writes the TF state (saving may involve
+            # collectives); only rank 0's copy is kept.
+            state.write(os.path.join(tmp if rank == 0 else scratch, _TF_CKPT_PREFIX))
+            Path(tmp, f"{REPLICA_FINGERPRINT_PREFIX}{rank}.txt").write_text(fingerprint)
             if rank == 0:
+                Path(tmp, STATE_FILE).write_text(json.dumps({"epoch": epoch + 1}))
+                if final:
+                    metrics.update(_export_and_evaluate(model, template, tmp))
                 print(
                     f"[maas] epoch {epoch + 1}/{config.epochs} loss={metrics['loss']:.4f} "
                     f"train_accuracy={metrics['train_accuracy']:.4f} "
@@ -144,7 +149,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     + (f" test_accuracy={metrics['test_accuracy']:.4f}" if final else ""),
                     flush=True,
                 )
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if rank == 0 else None)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
 def _export_and_evaluate(model: Any, template: Any, ckpt_dir: str) -> dict[str, Any]:

@@ -1,0 +1,129 @@
+"""Shared fixtures. Tiers: unit tests need nothing; ``cluster`` tests share ONE real local Ray
+cluster per pytest run (started on first use, with its own dashboard and Serve ports so that a
+``make demo`` cluster on the same machine is left alone)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def maas_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private MAAS_HOME for the whole run (registry, runs, data), exported for every process."""
+    home = tmp_path_factory.mktemp("maas_home")
+    os.environ["MAAS_HOME"] = str(home)
+    return home
+
+
+@dataclass(frozen=True)
+class TestCluster:
+    dashboard_url: str
+    serve_port: int
+    home: Path
+
+    @property
+    def serve_url(self) -> str:
+        return f"http://127.0.0.1:{self.serve_port}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(maas_home: Path):
+    """One real local Ray cluster (token auth on, dashboard for the job and Serve REST APIs)."""
+    from maas.cluster import ensure_token
+
+    ensure_token()
+    # Jobs run `python -m jobs.train`: that must be this environment's Python.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    # HAProxy's stats and metrics ports and the replicas' direct-ingress ports default to fixed
+    # numbers; move them so a `make demo` cluster running beside the tests does not collide.
+    os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
+    os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = "32000"
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = "33000"
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"] = "42000"
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"] = "43000"
+    import ray
+    from ray.cluster_utils import Cluster
+
+    dashboard_port = free_port()
+    # Own ports throughout, so that a `make demo` cluster on this machine is neither used nor hurt.
+    ray_cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 4,  # logical CPUs: 2 training workers beside the Serve replicas, on 2 cores
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": dashboard_port,
+            "dashboard_agent_listen_port": free_port(),
+            "metrics_export_port": free_port(),
+            "runtime_env_agent_port": free_port(),
+        },
+    )
+    ray.init(address=ray_cluster.address, logging_level="WARNING")
+    cluster = TestCluster(
+        dashboard_url=f"http://127.0.0.1:{dashboard_port}", serve_port=free_port(), home=maas_home
+    )
+    os.environ["RAY_DASHBOARD_ADDRESS"] = cluster.dashboard_url
+    os.environ["MAAS_SERVE_URL"] = cluster.serve_url
+    _wait_for_dashboard(cluster.dashboard_url)
+    yield cluster
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+        ray_cluster.shutdown()
+
+
+def _wait_for_dashboard(url: str, timeout_s: float = 60) -> None:
+    import time
+
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            JobSubmissionClient(url)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def tiny_saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (untrained) digits SavedModel, exported the way training exports it."""
+    from maas.templates import get_template
+    from maas.training.export import export_saved_model
+
+    path = tmp_path_factory.mktemp("tiny") / "saved_model"
+    template = get_template("digits")
+    export_saved_model(template.build_model(), template, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_digits(ray_cluster: TestCluster):
+    """One real 2-worker Ray Train run on the digits, published to the session registry."""
+    from maas.training.config import TrainConfig
+    from maas.training.driver import run_training
+
+    config = TrainConfig(template="digits", num_workers=2, epochs=6, model_name="digits")
+    return config, run_training(config)

@@ -1,0 +1,136 @@
+"""The Serve application over real HTTP on 127.0.0.1, deployed from deployments/serve_config.yaml
+through the dashboard (as `serve deploy`), serving the version the 2-worker job published."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from maas import deploy
+from maas.client import HTTPError, TFServingClient
+from maas.registry import Registry
+from maas.templates import get_template
+
+pytestmark = pytest.mark.cluster
+MAX_BODY = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster, trained_digits):
+    config, outcome = trained_digits
+    serve_config = deploy.load_serve_config(registry=config.registry, port=ray_cluster.serve_port)
+    serve_config["applications"][0]["args"]["max_request_bytes"] = MAX_BODY
+    deploy.deploy(serve_config, dashboard=ray_cluster.dashboard_url, timeout_s=300)
+    return TFServingClient(ray_cluster.serve_url), Registry(config.registry), outcome.version.version
+
+
+@pytest.fixture(scope="module")
+def held_out() -> tuple[np.ndarray, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    from maas import settings
+
+    template = get_template("digits")
+    table = pq.read_table(template.prepare_data(settings.default_data_dir()).test).to_pydict()
+    x = template.features({"pixels": np.asarray(table["pixels"], dtype=np.float32)})
+    return x[:64], np.asarray(table["label"])[:64]
+
+
+def _raw(url: str, method: str = "POST", body: bytes | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_http_predictions_match_the_saved_model_in_process(service, held_out) -> None:
+    import tensorflow as tf
+
+    client, registry, version = service
+    x, y = held_out
+    http = client.predict("digits", x)
+    fn = tf.saved_model.load(registry.local_path("digits", version)).signatures["serving_default"]
+    local = fn(pixels=tf.constant(x))["probabilities"].numpy()
+    np.testing.assert_allclose(http, local, rtol=1e-5, atol=1e-6)
+    assert (http.argmax(1) == y).mean() >= 0.9
+
+
+def test_concurrent_single_instance_requests_are_batched_and_correct(service, held_out) -> None:
+    client, _, _ = service
+    x, _ = held_out
+    expected = client.predict("digits", x[:32]).argmax(1)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda i: client.predict("digits", x[i : i + 1])[0], range(32), timeout=60))
+    assert [int(a.argmax()) for a in answers] == expected.tolist()
+
+
+def test_versions_columnar_format_status_and_metadata(service, held_out) -> None:
+    client, _, version = service
+    x, _ = held_out
+    by_version = client.predict("digits", x[:3], version=version)
+    status, body = _raw(f"{client.base_url}/v1/models/digits/versions/{version}:predict",
+                        body=json.dumps({"inputs": {"pixels": x[:3].tolist()}}).encode())
+    assert status == 200 and np.allclose(body["outputs"], by_version, atol=1e-6)
+    assert client.status("digits")["model_version_status"][0]["state"] == "AVAILABLE"
+    assert client.status("digits", version=version)["model_version_status"][0]["version"] == str(version)
+    meta = client.metadata("digits")
+    assert meta["model_spec"]["name"] == "digits"
+    sig = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert sig["inputs"]["pixels"]["dtype"] == "DT_FLOAT"
+
+
+def test_label_route_follows_the_registry_without_redeploy(service, held_out) -> None:
+    client, registry, version = service
+    x, _ = held_out
+    registry.set_label("digits", "canary", version, weight=0.1)
+    deadline = time.monotonic() + 15
+    while True:  # the ingress re-reads labels every registry_refresh_s (2 s)
+        try:
+            out = client.predict("digits", x[:2], label="canary")
+            break
+        except HTTPError as exc:
+            assert exc.status == 404 and time.monotonic() < deadline, exc
+            time.sleep(0.5)
+    assert out.shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "path, body, status, message",
+    [
+        ("/v1/models/digits:predict", b"{oops", 400, "not valid JSON"),
+        ("/v1/models/digits:predict", json.dumps({"instances": [list(range(64))]}).encode(), 400,
+         r"expects instances of shape [8, 8], received shape [64]"),
+        ("/v1/models/digits:predict", json.dumps({"instances": [[["x"] * 8] * 8]}).encode(), 400, "type string"),
+        ("/v1/models/digits:predict", json.dumps({"instances": [[[1] * 8] * 7 + [[1]]]}).encode(), 400, "ragged"),
+        ("/v1/models/digits:predict", json.dumps({"rows": []}).encode(), 400, "exactly one of 'instances'"),
+        ("/v1/models/nope:predict", json.dumps({"instances": [[[0] * 8] * 8]}).encode(), 404, "'nope' not found"),
+        ("/v1/models/digits/versions/999:predict", json.dumps({"instances": [[[0] * 8] * 8]}).encode(), 404,
+         "no version 999"),
+        ("/v1/models/digits/labels/nolabel:predict", json.dumps({"instances": [[[0] * 8] * 8]}).encode(), 404,
+         "no label 'nolabel'"),
+        ("/v1/models/digits/versions/abc:predict", b"{}", 400, "positive integer"),
+        ("/v2/unknown", b"{}", 404, "No route"),
+        ("/v1/models/digits:predict", b"[" + b"0," * (MAX_BODY // 2) + b"0]", 413, "exceeds the limit"),
+    ],
+)
+def test_bad_requests_get_json_errors(service, path: str, body: bytes, status: int, message: str) -> None:
+    client, _, _ = service
+    got_status, got = _raw(client.base_url + path, body=body)
+    assert got_status == status
+    assert message in got["error"]
+
+
+def test_wrong_method_and_service_survives_bad_input(service, held_out) -> None:
+    client, _, _ = service
+    status, body = _raw(f"{client.base_url}/v1/models/digits:predict", method="GET")
+    assert status == 405 and "use POST" in body["error"]
+    x, _ = held_out
+    assert client.predict("digits", x[:1]).shape == (1, 10)  # still serving after every bad request

@@ -1,0 +1,106 @@
+"""`maas cluster up|down|status` on the default ports, idempotent, leaving nothing behind.
+
+Runs first (file name) and only when no Ray cluster runs on this machine: `ray stop --force` stops
+every Ray process here, so it must never run beside another cluster (yours, or this run's shared one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from maas.cluster import local_state
+
+MAAS = str(Path(sys.executable).with_name("maas"))
+
+pytestmark = pytest.mark.skipif(
+    local_state().running, reason="a Ray cluster already runs on this machine; not stopping it"
+)
+
+
+def _maas(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MAAS, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def _live_haproxy() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if cmd and Path(cmd.decode(errors="replace")).name == "haproxy":
+                pids.append(int(entry.name))
+    return pids
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _get_json(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _up_deploy_and_answer(env: dict[str, str]) -> None:
+    up = _maas("cluster", "up", env=env)
+    assert up.returncode == 0, up.stderr
+    assert "Dashboard: http://127.0.0.1:8265" in up.stdout
+    deployed = _maas("deploy", env=env)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    status, body = _get_json("http://127.0.0.1:8000/v1/models/absent")  # through HAProxy to the ingress
+    assert status == 404 and "'absent' not found" in body["error"]
+    assert _live_haproxy(), "Serve should run its HAProxy ingress"
+
+
+def test_cluster_up_down_is_idempotent_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_DASHBOARD"))}
+    env["MAAS_HOME"] = str(tmp_path)
+    try:
+        _up_deploy_and_answer(env)
+        again = _maas("cluster", "up", env=env)
+        assert again.returncode == 0 and "already running" in again.stdout
+        status = _maas("cluster", "status", env=env)
+        assert status.returncode == 0 and "Serve app maas: RUNNING" in status.stdout
+        # Another shell's client, with only the token file: the job API answers.
+        code = "from ray.job_submission import JobSubmissionClient as C; print(len(C('http://127.0.0.1:8265').list_jobs()))"
+        client = subprocess.run([sys.executable, "-c", code], env=dict(env, RAY_AUTH_MODE="token"),
+                                capture_output=True, text=True, timeout=120)
+        assert client.returncode == 0, client.stderr[-2000:]
+
+        down = _maas("cluster", "down", env=env)
+        assert down.returncode == 0 and "Ray stopped" in down.stdout
+        assert not local_state().running
+        assert not _live_haproxy()
+        deadline = time.monotonic() + 10
+        while not _port_free(8000) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _port_free(8000), "port 8000 still held after `cluster down`"
+        assert "not running" in _maas("cluster", "down", env=env).stdout
+        assert _maas("cluster", "status", env=env).returncode == 1
+
+        # The HAProxy finding: a restart after a stop must serve again (no stale proxy on port 8000).
+        _up_deploy_and_answer(env)
+    finally:
+        _maas("cluster", "down", env=env)
+    assert not _live_haproxy()

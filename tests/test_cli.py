@@ -1,0 +1,77 @@
+"""The `maas` and `python -m jobs.train` command lines: help, one-line errors with exit code 2,
+and the registry verbs on a real registry. No Ray cluster needed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maas.registry import Registry
+from maas.signature import Signature, TensorSpec
+
+MAAS = str(Path(sys.executable).with_name("maas"))
+SIG = Signature(inputs=(TensorSpec("pixels", "float32", (-1, 8, 8)),),
+                outputs=(TensorSpec("probabilities", "float32", (-1, 10)),))
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [[], ["cluster"], ["cluster", "up"], ["cluster", "down"], ["cluster", "status"], ["train"], ["models"],
+     ["models", "list"], ["models", "show"], ["models", "promote"], ["models", "rollback"], ["models", "label"],
+     ["models", "unlabel"], ["deploy"], ["undeploy"], ["predict"], ["demo"]],
+)
+def test_every_verb_has_help(verb: list[str]) -> None:
+    proc = run(MAAS, *verb, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: maas" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([MAAS, "train", "--epochs", "0"], "error: epochs must be at least 1. Received: 0"),
+        ([MAAS, "train", "--cpus-per-worker", "-1"], "error: cpus_per_worker must be positive. Received: -1.0"),
+        ([MAAS, "train", "--model-name", "a/b"], "Received: 'a/b'"),
+        ([MAAS, "predict", "digits", "--instances", "[[1,"], "error: cannot read the request"),
+        ([sys.executable, "-m", "jobs.train", "--epochs", "0"], "error: epochs must be at least 1. Received: 0"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(args: list[str], message: str) -> None:
+    proc = run(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_unknown_template_is_rejected_by_the_parser() -> None:
+    proc = run(sys.executable, "-m", "jobs.train", "--template", "nope")
+    assert proc.returncode == 2 and "invalid choice: 'nope'" in proc.stderr
+
+
+def test_models_verbs_on_a_real_registry(tmp_path: Path, tiny_saved_model: Path) -> None:
+    reg = Registry(str(tmp_path))
+    for _ in range(2):
+        reg.publish("digits", str(tiny_saved_model), {"signature": SIG.to_dict(), "metrics": {"accuracy": 0.97}})
+    base = [MAAS, "models", "--registry", str(tmp_path)]
+    listing = run(*base, "list")
+    assert listing.returncode == 0 and "v1" in listing.stdout and "accuracy 0.9700" in listing.stdout
+    assert run(*base, "promote", "digits", "1").stdout.strip() == "digits: stable -> version 1"
+    assert run(*base, "promote", "digits").stdout.strip() == "digits: stable -> version 2"
+    assert run(*base, "label", "digits", "canary", "1", "--weight", "0.1").returncode == 0
+    assert "canary(0.1)" in run(*base, "list").stdout
+    assert run(*base, "rollback", "digits").stdout.strip() == "digits: stable rolled back to version 1"
+    shown = json.loads(run(*base, "show", "digits").stdout)
+    assert shown["version"] == 1
+    assert run(*base, "unlabel", "digits", "canary").returncode == 0
+    missing = run(*base, "show", "nope")
+    assert missing.returncode == 2 and missing.stderr.strip() == "error: Model 'nope' not found"
+    bad = run(*base, "show", "digits", "--version", "9")
+    assert bad.returncode == 2 and "no version 9" in bad.stderr

@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +135,20 @@ def test_wrong_method_and_service_survives_bad_input(service, held_out) -> None:
     assert status == 405 and "use POST" in body["error"]
     x, _ = held_out
     assert client.predict("digits", x[:1]).shape == (1, 10)  # still serving after every bad request
+
+
+def test_a_corrupt_version_fails_alone_with_a_clear_error(service, tiny_saved_model, held_out) -> None:
+    from maas.signature import Signature, TensorSpec
+
+    client, registry, _ = service
+    signature = Signature(inputs=(get_template("digits").input,),
+                          outputs=(TensorSpec("probabilities", "float32", (-1, 10)),))
+    broken = registry.publish("broken", str(tiny_saved_model), {"signature": signature.to_dict()})
+    (Path(registry.local_path("broken", broken.version)) / "saved_model.pb").write_bytes(b"not a graph")
+    status, body = _raw(f"{client.base_url}/v1/models/broken:predict",
+                        body=json.dumps({"instances": [[[0] * 8] * 8]}).encode())
+    assert status == 500
+    assert body["error"].startswith(f"broken version {broken.version} could not be loaded")
+    assert "Traceback" not in body["error"]
+    x, _ = held_out
+    assert client.predict("digits", x[:1]).shape == (1, 10)

@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt
 from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
 from maas import settings
-from maas.errors import InvalidInput, MaasError
+from maas.errors import InferenceError, InvalidInput, MaasError
 from maas.registry import Registry
 from maas.serving import tfserving
 from maas.serving.registry_cache import RegistryCache
@@ -73,7 +75,10 @@ class ModelServer:
         self._run_batch.set_batch_wait_timeout_s(self._config.batch_wait_timeout_s)
 
     async def predict(self, model: str, version: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return await self._run_batch((model, version), inputs)
+        result = await self._run_batch((model, version), inputs)
+        if isinstance(result, Exception):  # the batch hands a failed group's error back as a value
+            raise result
+        return result
 
     async def loaded(self) -> list[dict[str, Any]]:
         return [{"model": m.model, "version": m.version, "load_seconds": m.load_seconds} for m in self._models.values()]
@@ -115,6 +120,10 @@ class ModelServer:
             self._loading[key] = task
         try:
             loaded = await task
+        except MaasError:
+            raise
+        except Exception as exc:  # a missing or corrupt artifact: say which, keep serving the others
+            raise InferenceError(f"{key[0]} version {key[1]} could not be loaded: {type(exc).__name__}: {exc}") from exc
         finally:
             self._loading.pop(key, None)
         self._models[key] = loaded
@@ -136,8 +145,12 @@ class Ingress:
     async def __call__(self, request: Request) -> Response:
         try:
             return await self._handle(request)
-        except MaasError as exc:
-            return error_response(exc.http_status, str(exc))
+        except MaasError as exc:  # raised here, or in ModelServer and re-raised through the handle
+            return error_response(exc.http_status, _message(exc))
+        except BackPressureError:
+            return error_response(503, "Model server queues are full; retry later", retry_after_s=1)
+        except (DeploymentUnavailableError, ReplicaUnavailableError, RayActorError):
+            return error_response(503, "Model server is unavailable; retry later", retry_after_s=1)
         except Exception as exc:  # never let one request take the replica down
             logger.exception("unhandled error on %s %s", request.method, request.url.path)
             return error_response(500, f"Internal error: {type(exc).__name__}")
@@ -183,13 +196,22 @@ class _PayloadTooLarge(InvalidInput):
     http_status = 413
 
 
-def json_response(body: dict[str, Any], status: int = 200) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json")
+def json_response(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json", headers=headers
+    )
 
 
-def error_response(status: int, message: str) -> Response:
+def error_response(status: int, message: str, *, retry_after_s: int | None = None) -> Response:
     """The one place errors become HTTP: TF Serving's ``{"error": "..."}`` body."""
-    return json_response({"error": message}, status)
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return json_response({"error": message}, status, headers)
+
+
+def _message(exc: BaseException) -> str:
+    """An error's own message, without the remote traceback Ray adds to errors from other replicas."""
+    cause = exc.cause if isinstance(exc, RayTaskError) else None
+    return str(cause) if isinstance(cause, BaseException) else str(exc)
 
 
 def build_app(args: AppArgs | dict[str, Any] | None = None) -> serve.Application:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -24,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from maas.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)  # Ray Train shows workers' INFO records in the job's logs
 
 STATE_FILE = "train_state.json"
 EXPORT_DIR = "saved_model"
@@ -81,7 +84,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state.read(os.path.join(ckpt_dir, _TF_CKPT_PREFIX)).expect_partial()
             start_epoch = json.loads(Path(ckpt_dir, STATE_FILE).read_text())["epoch"]
         if rank == 0:
-            print(f"[maas] resumed from checkpoint after epoch {start_epoch}", flush=True)
+            logger.info("[maas] resumed from checkpoint after epoch %d", start_epoch)
 
     in_spec = tf.TensorSpec((None, *template.input.item_shape), template.input.dtype)
 
@@ -142,12 +145,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 Path(tmp, STATE_FILE).write_text(json.dumps({"epoch": epoch + 1}))
                 if final:
                     metrics.update(_export_and_evaluate(model, template, tmp))
-                print(
+                logger.info(
                     f"[maas] epoch {epoch + 1}/{config.epochs} loss={metrics['loss']:.4f} "
                     f"train_accuracy={metrics['train_accuracy']:.4f} "
                     f"{metrics['samples_per_second']:.0f} samples/s ({elapsed:.1f}s)"
-                    + (f" test_accuracy={metrics['test_accuracy']:.4f}" if final else ""),
-                    flush=True,
+                    + (f" test_accuracy={metrics['test_accuracy']:.4f}" if final else "")
                 )
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 

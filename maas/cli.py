@@ -1,6 +1,6 @@
 """``maas``: the platform's command line. Every verb has ``--help``.
 
-    maas cluster up|down|status        local Ray cluster (dashboard http://127.0.0.1:8265)
+    maas cluster up|down|status|env    local Ray cluster (dashboard http://127.0.0.1:8265)
     maas train --template digits       submit a training job to the cluster (ray job submit)
     maas models list|show|promote|rollback|label|unlabel
     maas deploy                        apply deployments/serve_config.yaml (serve deploy)
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from typing import Callable
 
@@ -46,6 +48,11 @@ def _build_parser() -> argparse.ArgumentParser:
     up.set_defaults(handler=_cluster_up)
     csub.add_parser("down", help="stop Ray and everything it started (idempotent)").set_defaults(handler=_cluster_down)
     csub.add_parser("status", help="what runs: Ray, Serve applications").set_defaults(handler=_cluster_status)
+    csub.add_parser(
+        "env", help="print the exports that let plain Ray tools in this shell reach the cluster",
+        description='eval "$(maas cluster env)" and then `ray job submit --working-dir . -- python -m jobs.train` '
+                    "works as is (token auth, dashboard address). The token itself is never printed.",
+    ).set_defaults(handler=_cluster_env)
 
     t = sub.add_parser("train", help="train a template as a Ray job and publish a version",
                        description="Submits `python -m jobs.train …` to the running cluster (as `ray job submit`) "
@@ -126,6 +133,18 @@ def _cluster_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster_env(args: argparse.Namespace) -> int:
+    from maas import cluster
+
+    exports = {"RAY_ADDRESS": settings.dashboard_url()}
+    mode = os.environ.get(cluster.AUTH_MODE_ENV)  # main() set it to "token" when a token exists
+    if mode:
+        exports[cluster.AUTH_MODE_ENV] = mode
+    for key, value in exports.items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
 def _cluster_status(args: argparse.Namespace) -> int:
     from maas import cluster
 
@@ -156,8 +175,6 @@ def _cluster_status(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import os
-
     from maas.training.arguments import config_from_args, to_argv
 
     config_from_args(args)  # validate here: a bad option fails in one line before anything is submitted
@@ -264,7 +281,7 @@ def _predict(args: argparse.Namespace) -> int:
             body = json.loads(raw)
     except (json.JSONDecodeError, OSError) as exc:
         fail(f"cannot read the request: {exc}")
-    path = client._model_path(args.model, args.version, args.label) + ":predict"
+    path = client.model_path(args.model, args.version, args.label) + ":predict"
     try:
         print(json.dumps(client.request("POST", path, body)))
     except HTTPError as exc:

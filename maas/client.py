@@ -34,14 +34,14 @@ class TFServingClient:
         """Row-format ``:predict``; returns ``predictions`` as an array."""
         if isinstance(instances, np.ndarray):
             instances = instances.tolist()
-        body = self.request("POST", f"{self._model_path(model, version, label)}:predict", {"instances": instances})
+        body = self.request("POST", f"{self.model_path(model, version, label)}:predict", {"instances": instances})
         return np.asarray(body["predictions"])
 
     def status(self, model: str, *, version: int | None = None) -> dict[str, Any]:
-        return self.request("GET", self._model_path(model, version, None))
+        return self.request("GET", self.model_path(model, version, None))
 
     def metadata(self, model: str, *, version: int | None = None) -> dict[str, Any]:
-        return self.request("GET", f"{self._model_path(model, version, None)}/metadata")
+        return self.request("GET", f"{self.model_path(model, version, None)}/metadata")
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -60,7 +60,7 @@ class TFServingClient:
             raise HTTPError(exc.code, message) from None
 
     @staticmethod
-    def _model_path(model: str, version: int | None, label: str | None) -> str:
+    def model_path(model: str, version: int | None, label: str | None) -> str:
         path = f"/v1/models/{model}"
         if version is not None:
             path += f"/versions/{version}"

@@ -15,6 +15,12 @@ class InvalidInput(MaasError):
     http_status = 400
 
 
+class PayloadTooLarge(InvalidInput):
+    """The request body is over the configured limit."""
+
+    http_status = 413
+
+
 class ModelNotFound(MaasError):
     """No model of that name in the registry."""
 

@@ -20,6 +20,7 @@ import datetime as _dt
 import hashlib
 import json
 import re
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,7 +183,7 @@ class Registry:
             try:
                 tmp.rename(dst)
             except OSError:  # another process finished the same download first
-                _rmtree(tmp)
+                shutil.rmtree(tmp, ignore_errors=True)
         return str(dst)
 
     # ---- publishing ----------------------------------------------------------------------------
@@ -274,13 +275,10 @@ class Registry:
 
     def rollback(self, model: str) -> Label:
         """Point ``stable`` back at the version it held before its latest change."""
-        doc = self._read_labels(model)
-        for event in reversed(doc.history):
-            if event["label"] == "stable" and event["previous"] is not None:
-                current = doc.labels.get("stable")
-                if current is None or event["version"] == current.version:
-                    return self.set_label(model, "stable", event["previous"])
-        raise InvalidInput(f"Model '{model}' has no earlier stable version to roll back to")
+        changes = [e for e in self._read_labels(model).history if e["label"] == "stable"]
+        if not changes or changes[-1]["previous"] is None:
+            raise InvalidInput(f"Model '{model}' has no earlier stable version to roll back to")
+        return self.set_label(model, "stable", changes[-1]["previous"])
 
     # ---- internals -----------------------------------------------------------------------------
 
@@ -320,9 +318,3 @@ class Registry:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

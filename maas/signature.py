@@ -7,7 +7,6 @@ itself, so serving never has to guess what the model takes.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,8 +146,3 @@ def to_batch(value: Any, spec: TensorSpec, *, where: str) -> np.ndarray:
 def _json_type_name(array: np.ndarray) -> str:
     kind = array.dtype.kind
     return {"U": "string", "S": "string", "O": "mixed", "b": "bool"}.get(kind, str(array.dtype))
-
-
-def finite_or_none(x: float) -> float | None:
-    """JSON has no NaN: metrics that are undefined are stored as null."""
-    return None if x is None or math.isnan(x) or math.isinf(x) else float(x)

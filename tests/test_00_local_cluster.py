@@ -21,6 +21,7 @@ import pytest
 from maas.cluster import local_state
 
 MAAS = str(Path(sys.executable).with_name("maas"))
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(
     local_state().running, reason="a Ray cluster already runs on this machine; not stopping it"
@@ -87,6 +88,16 @@ def test_cluster_up_down_is_idempotent_and_leaves_nothing_behind(tmp_path: Path)
         client = subprocess.run([sys.executable, "-c", code], env=dict(env, RAY_AUTH_MODE="token"),
                                 capture_output=True, text=True, timeout=120)
         assert client.returncode == 0, client.stderr[-2000:]
+        # ...and plain `ray job submit` after `eval "$(maas cluster env)"`.
+        exports = _maas("cluster", "env", env=env).stdout
+        job_env = dict(env, **dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines()))
+        assert job_env["RAY_AUTH_MODE"] == "token" and job_env["RAY_ADDRESS"] == "http://127.0.0.1:8265"
+        submit = subprocess.run(
+            [str(Path(sys.executable).with_name("ray")), "job", "submit", "--working-dir", str(ROOT), "--",
+             "python", "-m", "jobs.train", "--help"],
+            env=job_env, capture_output=True, text=True, timeout=300,
+        )
+        assert submit.returncode == 0 and "usage: python -m jobs.train" in submit.stdout, submit.stderr[-2000:]
 
         down = _maas("cluster", "down", env=env)
         assert down.returncode == 0 and "Ray stopped" in down.stdout

@@ -24,7 +24,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     "verb",
-    [[], ["cluster"], ["cluster", "up"], ["cluster", "down"], ["cluster", "status"], ["train"], ["models"],
+    [[], ["cluster"], ["cluster", "up"], ["cluster", "down"], ["cluster", "status"], ["cluster", "env"], ["train"], ["models"],
      ["models", "list"], ["models", "show"], ["models", "promote"], ["models", "rollback"], ["models", "label"],
      ["models", "unlabel"], ["deploy"], ["undeploy"], ["predict"], ["demo"]],
 )

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from maas import settings
-from maas.errors import InferenceError, InvalidInput, MaasError
+from maas.errors import InferenceError, MaasError, PayloadTooLarge
 from maas.registry import Registry
 from maas.serving import tfserving
 from maas.serving.registry_cache import RegistryCache
@@ -182,18 +182,14 @@ class Ingress:
         limit = self._args.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit} bytes")
+            raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit} bytes")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise _PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes")
+                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
-
-
-class _PayloadTooLarge(InvalidInput):
-    http_status = 413
 
 
 def json_response(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:

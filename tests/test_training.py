@@ -38,6 +38,19 @@ def test_both_replicas_end_with_identical_weights(trained_digits) -> None:
     assert len(set(fingerprints.values())) == 1, fingerprints
 
 
+def test_a_run_resumes_from_its_last_checkpoint(ray_cluster) -> None:
+    from maas.training.config import TrainConfig
+    from maas.training.driver import run_training
+
+    first = TrainConfig(template="digits", num_workers=2, epochs=1, model_name="digits-resume", run_name="resume-me")
+    run_training(first)
+    # Same run name, more epochs: Ray Train hands the last checkpoint back and only epoch 2 runs.
+    second = run_training(TrainConfig(**{**first.to_dict(), "epochs": 2}))
+    training = Registry(first.registry).get("digits-resume", second.version.version).metadata["training"]
+    assert training["epoch"] == 2 and training["resumed_from_epoch"] == 1
+    assert second.version.version == 2
+
+
 def test_checkpoints_every_epoch_and_keeps_the_latest(trained_digits) -> None:
     config, outcome = trained_digits
     run_dir = Path(config.storage_path) / config.run_name

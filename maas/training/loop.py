@@ -132,6 +132,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "samples_per_second": seen / elapsed if elapsed > 0 else 0.0,
             "weights_sha256": fingerprint,
             "num_workers": world,
+            "resumed_from_epoch": start_epoch,  # 0 for a fresh run: epochs are never trained twice
         }
         final = epoch + 1 == config.epochs
         with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as scratch:

@@ -80,9 +80,6 @@ class ModelServer:
             raise result
         return result
 
-    async def loaded(self) -> list[dict[str, Any]]:
-        return [{"model": m.model, "version": m.version, "load_seconds": m.load_seconds} for m in self._models.values()]
-
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _run_batch(
         self, keys: list[tuple[str, int]], inputs: list[dict[str, np.ndarray]]

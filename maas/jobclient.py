@@ -14,7 +14,7 @@ from typing import Callable
 
 from maas import settings
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout, with an editable install
 # Settings that a job on this machine should see the same way as the shell that submitted it.
 _FORWARDED_ENV = ("MAAS_HOME", "MAAS_REGISTRY", "MAAS_RUNS", "MAAS_DATA", "MAAS_VERBOSE")
 
@@ -46,11 +46,11 @@ def submit(
 
     logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
     client = JobSubmissionClient(dashboard or settings.dashboard_url())
-    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if os.environ.get(k)}
+    runtime_env: dict[str, object] = {"env_vars": {k: os.environ[k] for k in _FORWARDED_ENV if os.environ.get(k)}}
+    if (PROJECT_ROOT / "pyproject.toml").is_file():  # a checkout: ship it, as `--working-dir .` does
+        runtime_env["working_dir"] = str(PROJECT_ROOT)
     submission_id = _submit_when_ready(
-        client,
-        entrypoint=shlex.join(["python", "-m", module, *args]),
-        runtime_env={"working_dir": str(PROJECT_ROOT), "env_vars": env_vars},
+        client, entrypoint=shlex.join(["python", "-m", module, *args]), runtime_env=runtime_env
     )
     if follow:
         asyncio.run(_follow(client, submission_id, show))

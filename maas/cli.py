@@ -154,10 +154,9 @@ def _cluster_status(args: argparse.Namespace) -> int:
         return 1
     print(f"Ray: running at {state.gcs_address}; dashboard {state.dashboard_url}")
     try:
-        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+        from maas.deploy import serve_client
 
-        cluster.use_client_auth()
-        apps = ServeSubmissionClient(state.dashboard_url).get_serve_details().get("applications", {})
+        apps = serve_client(state.dashboard_url).get_serve_details().get("applications", {})
     except Exception as exc:  # dashboard still starting, or Serve never started
         print(f"Serve: unknown ({type(exc).__name__})")
         return 0

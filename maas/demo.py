@@ -49,7 +49,7 @@ def run_demo(*, num_workers: int = 2, epochs: int | None = None, samples: int = 
     client = TFServingClient()
 
     print(f"== 4/4 HTTP predictions: POST {client.base_url}/v1/models/{_MODEL}:predict")
-    x_test, y_test = _held_out_digits()
+    x_test, y_test = get_template(_MODEL).held_out(settings.default_data_dir())
     probs = np.concatenate([client.predict(_MODEL, x_test[i : i + 64]) for i in range(0, len(x_test), 64)])
     predicted = probs.argmax(axis=1)
     for i in range(min(samples, len(x_test))):
@@ -64,17 +64,6 @@ def run_demo(*, num_workers: int = 2, epochs: int | None = None, samples: int = 
     print(f"  Try it:     .venv/bin/maas predict digits --instances '{_example_instance(x_test[0])}'")
     print("  Stop it:    make stop   (or .venv/bin/maas cluster down)")
     return 0
-
-
-def _held_out_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The test split the job held out, as raw 8x8 pixels (0..16) exactly as clients send them."""
-    import pyarrow.parquet as pq
-
-    template = get_template(_MODEL)
-    splits = template.prepare_data(settings.default_data_dir())
-    table = pq.read_table(splits.test).to_pydict()
-    x = template.features({"pixels": np.asarray(table["pixels"], dtype=np.float32)})
-    return x, np.asarray(table["label"])
 
 
 def _example_instance(image: np.ndarray) -> str:

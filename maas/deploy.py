@@ -37,14 +37,19 @@ def load_serve_config(path: str | Path = DEFAULT_CONFIG, *, registry: str | None
     return config
 
 
-def deploy(config: dict[str, Any], *, dashboard: str | None = None, timeout_s: float = 300) -> dict[str, Any]:
-    """Submit ``config`` through the dashboard (``serve deploy``) and wait for every app to run."""
+def serve_client(dashboard: str | None = None):  # noqa: ANN201 (Ray's ServeSubmissionClient)
+    """Serve's REST client for the cluster's dashboard (what ``serve deploy`` / ``serve status`` use)."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     from maas.cluster import use_client_auth
 
     use_client_auth()
-    client = ServeSubmissionClient(dashboard or settings.dashboard_url())
+    return ServeSubmissionClient(dashboard or settings.dashboard_url())
+
+
+def deploy(config: dict[str, Any], *, dashboard: str | None = None, timeout_s: float = 300) -> dict[str, Any]:
+    """Submit ``config`` through the dashboard (``serve deploy``) and wait for every app to run."""
+    client = serve_client(dashboard)
     submitted_at = time.time() - 1.0
     client.deploy_applications(config)
     names = [app["name"] for app in config["applications"]]
@@ -68,9 +73,4 @@ def deploy(config: dict[str, Any], *, dashboard: str | None = None, timeout_s: f
 
 
 def undeploy(*, dashboard: str | None = None) -> None:
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
-    from maas.cluster import use_client_auth
-
-    use_client_auth()
-    ServeSubmissionClient(dashboard or settings.dashboard_url()).delete_applications()
+    serve_client(dashboard).delete_applications()

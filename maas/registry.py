@@ -31,6 +31,7 @@ import pyarrow.fs as pafs
 from maas.errors import InvalidInput, LabelNotFound, ModelNotFound, RegistryConflict, VersionNotFound
 from maas.settings import maas_home
 from maas.signature import Signature
+from maas.storage import resolve_uri
 
 METADATA_FILE = "metadata.json"
 LABELS_FILE = "labels.json"
@@ -94,10 +95,7 @@ class Registry:
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        if "://" not in uri:
-            uri = str(Path(uri).expanduser().resolve())
-        self._fs, self._root = pafs.FileSystem.from_uri(uri)
-        self._root = self._root.rstrip("/")
+        self._fs, self._root = resolve_uri(uri)
         self._is_local = isinstance(self._fs, pafs.LocalFileSystem)
 
     def __repr__(self) -> str:

@@ -33,14 +33,10 @@ def service(ray_cluster, trained_digits):
 
 @pytest.fixture(scope="module")
 def held_out() -> tuple[np.ndarray, np.ndarray]:
-    import pyarrow.parquet as pq
-
     from maas import settings
 
-    template = get_template("digits")
-    table = pq.read_table(template.prepare_data(settings.default_data_dir()).test).to_pydict()
-    x = template.features({"pixels": np.asarray(table["pixels"], dtype=np.float32)})
-    return x[:64], np.asarray(table["label"])[:64]
+    x, y = get_template("digits").held_out(settings.default_data_dir())
+    return x[:64], y[:64]
 
 
 def _raw(url: str, method: str = "POST", body: bytes | None = None) -> tuple[int, dict]:

@@ -92,7 +92,7 @@ def _decode_rows(instances: Any, signature: Signature) -> dict[str, np.ndarray]:
     if not instances:
         raise InvalidInput("Request has no instances")
     specs = signature.inputs
-    if instances and all(isinstance(i, dict) for i in instances):
+    if all(isinstance(i, dict) for i in instances):
         names = {s.name for s in specs}
         for i, inst in enumerate(instances):
             if set(inst) != names:

@@ -43,6 +43,14 @@ class Template:
     default_batch_size: int = 32
     default_learning_rate: float = 1e-3
 
+    def held_out(self, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
+        """The held-out test split as (raw inputs exactly as clients send them, labels)."""
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self.prepare_data(data_dir).test)
+        batch = {name: np.asarray(table.column(name).to_pylist()) for name in table.column_names}
+        return self.features(batch), batch[self.label_column]
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from maas.registry import ModelVersion, Registry
+from maas.storage import resolve_uri
 from maas.templates import DataSplits, get_template
 from maas.training.config import TrainConfig
 from maas.training.loop import EXPORT_DIR, EXPORT_INFO_FILE, train_loop_per_worker
@@ -116,7 +117,7 @@ def _load_datasets(splits: DataSplits, *, reserved_cpus: float) -> dict[str, Any
 def _size_bytes(uri: str) -> int:
     import pyarrow.fs as pafs
 
-    fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
+    fs, path = resolve_uri(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
         return info.size or 0

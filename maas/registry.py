@@ -9,9 +9,14 @@ Layout (TF Serving can use ``<root>/<model>`` as its base path unchanged)::
 
 Versions are positive integers, allocated in order and never rewritten. Publishing is atomic: on a
 local file system the version is assembled in a hidden staging folder and renamed into place (a
-rename onto an existing, non-empty version fails, so two publishers never share a number); on object
-stores, which have no rename, readers ignore a version until its ``metadata.json`` is written, and
-that file is written last.
+rename onto an existing, non-empty version fails, so two publishers never share a number).
+
+Object stores (S3, GCS) have no rename. There a publisher first claims a number: it writes
+``<model>/.claims/<version>.<random>`` and lists the claims for that number; it owns the number only
+if its claim is the only one, otherwise it withdraws and tries the next number after a random pause.
+With the read-after-write and list-after-write consistency that S3 and GCS guarantee, two publishers
+can never both see themselves alone, so no two ever write into the same version. Readers ignore a
+version until its ``metadata.json`` exists, and that file is written last, after every other file.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import random
 import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +42,7 @@ from maas.storage import resolve_uri
 
 METADATA_FILE = "metadata.json"
 LABELS_FILE = "labels.json"
+CLAIMS_DIR = ".claims"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _LABEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _PUBLISH_ATTEMPTS = 20
@@ -199,7 +207,7 @@ class Registry:
         local = pafs.LocalFileSystem()
         model_dir = self._model_dir(model)
         self._fs.create_dir(model_dir, recursive=True)
-        for _ in range(_PUBLISH_ATTEMPTS):
+        for attempt in range(_PUBLISH_ATTEMPTS):
             version = max(self._all_version_dirs(model), default=0) + 1
             full = dict(metadata)
             full.update(
@@ -218,11 +226,12 @@ class Registry:
                     self._fs.delete_dir(staging)
                     continue
             else:
-                target = f"{model_dir}/{version}"
-                if self._fs.get_file_info(target).type != pafs.FileType.NotFound:
+                if not self._claim(model, version):
+                    time.sleep(random.uniform(0.01, 0.05) * (1 + attempt))
                     continue
+                target = f"{model_dir}/{version}"
                 pafs.copy_files(str(src), target, source_filesystem=local, destination_filesystem=self._fs)
-                self._write_bytes(f"{target}/{METADATA_FILE}", body)
+                self._write_bytes(f"{target}/{METADATA_FILE}", body)  # last: the version now exists
             return ModelVersion(model=model, version=version, metadata=full)
         raise RegistryConflict(f"Could not allocate a version for '{model}' after {_PUBLISH_ATTEMPTS} attempts")
 
@@ -284,9 +293,32 @@ class Registry:
         return f"{self._root}/{validate_model_name(model)}"
 
     def _all_version_dirs(self, model: str) -> list[int]:
-        """Every numbered folder, committed or not: numbers are never reused."""
+        """Every number taken, committed or not (numbered folders and claims): numbers are never reused."""
         infos = self._fs.get_file_info(pafs.FileSelector(self._model_dir(model), allow_not_found=True))
-        return [int(i.base_name) for i in infos if i.base_name.isdigit()]
+        taken = [int(i.base_name) for i in infos if i.base_name.isdigit()]
+        if not self._is_local:
+            taken += [version for version, _ in self._claims(model)]
+        return taken
+
+    def _claims(self, model: str) -> list[tuple[int, str]]:
+        selector = pafs.FileSelector(f"{self._model_dir(model)}/{CLAIMS_DIR}", allow_not_found=True)
+        claims = []
+        for info in self._fs.get_file_info(selector):
+            number, _, token = info.base_name.partition(".")
+            if number.isdigit() and token:
+                claims.append((int(number), token))
+        return claims
+
+    def _claim(self, model: str, version: int) -> bool:
+        """Own ``version`` on an object store, or withdraw and return False (see the module docstring)."""
+        token = uuid.uuid4().hex
+        path = f"{self._model_dir(model)}/{CLAIMS_DIR}/{version}.{token}"
+        self._write_bytes(path, _now().encode())
+        rivals = [t for v, t in self._claims(model) if v == version and t != token]
+        if rivals:
+            self._fs.delete_file(path)
+            return False
+        return True
 
     def _read_labels(self, model: str) -> _LabelsDoc:
         try:

@@ -1,12 +1,16 @@
 """Shared fixtures. Tiers: unit tests need nothing; ``cluster`` tests share ONE real local Ray
-cluster per pytest run (started on first use, with its own dashboard and Serve ports so that a
-``make demo`` cluster on the same machine is left alone)."""
+cluster per pytest run: a head and two worker nodes (``ray.cluster_utils.Cluster``), started on first
+use with their own ports so that a ``make demo`` cluster on the same machine is left alone."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
+import time
+import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +34,55 @@ def maas_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @dataclass(frozen=True)
+class S3Server:
+    """A real S3-compatible server (moto in server mode) on 127.0.0.1."""
+
+    endpoint: str
+
+    def new_bucket(self) -> str:
+        """Create an empty bucket; return its ``s3://`` URI."""
+        import pyarrow.fs as pafs
+
+        name = f"maas-test-{uuid.uuid4().hex[:12]}"
+        pafs.S3FileSystem(
+            endpoint_override=self.endpoint.removeprefix("http://"), scheme="http", allow_bucket_creation=True
+        ).create_dir(name)
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> S3Server:
+    """moto's S3 server on a loopback port, reached through the standard AWS variables, which every
+    process started afterwards (the Ray nodes included) inherits, as instances inherit a role."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto S3 server did not start on {endpoint}") from None
+            time.sleep(0.2)
+    os.environ.update(
+        AWS_ENDPOINT_URL_S3=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",  # never look for an instance role off this machine
+    )
+    yield S3Server(endpoint)
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@dataclass(frozen=True)
 class TestCluster:
     dashboard_url: str
     serve_port: int
@@ -40,15 +93,21 @@ class TestCluster:
         return f"http://127.0.0.1:{self.serve_port}"
 
 
+WORKER_NODES = 2
+
+
 @pytest.fixture(scope="session")
-def ray_cluster(maas_home: Path):
-    """One real local Ray cluster (token auth on, dashboard for the job and Serve REST APIs)."""
+def ray_cluster(maas_home: Path, s3_server: S3Server):
+    """One real local Ray cluster of three nodes: a head (dashboard for the job and Serve REST APIs,
+    Serve's proxy) and two worker nodes; token auth on. It starts after the S3 server so that every
+    node inherits the storage settings, as nodes of a real cluster inherit their instance role."""
     from maas.cluster import ensure_token
 
     ensure_token()
     # Jobs run `python -m jobs.train`: that must be this environment's Python.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     # HAProxy's stats and metrics ports and the replicas' direct-ingress ports default to fixed
     # numbers; move them so a `make demo` cluster running beside the tests does not collide.
     os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
@@ -65,7 +124,7 @@ def ray_cluster(maas_home: Path):
     ray_cluster = Cluster(
         initialize_head=True,
         head_node_args={
-            "num_cpus": 4,  # logical CPUs: 2 training workers beside the Serve replicas, on 2 cores
+            "num_cpus": 2,  # logical CPUs (2 per node, 6 in all): training workers beside Serve replicas
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
             "dashboard_port": dashboard_port,
@@ -74,6 +133,14 @@ def ray_cluster(maas_home: Path):
             "runtime_env_agent_port": free_port(),
         },
     )
+    for _ in range(WORKER_NODES):
+        ray_cluster.add_node(
+            num_cpus=2,
+            dashboard_agent_listen_port=free_port(),
+            metrics_export_port=free_port(),
+            runtime_env_agent_port=free_port(),
+        )
+    ray_cluster.wait_for_nodes()
     ray.init(address=ray_cluster.address, logging_level="WARNING")
     cluster = TestCluster(
         dashboard_url=f"http://127.0.0.1:{dashboard_port}", serve_port=free_port(), home=maas_home

@@ -1,16 +1,21 @@
-"""Registry: layout, atomic publish, never-rewritten versions, labels. No Ray needed."""
+"""Registry: layout, atomic publish, never-rewritten versions, labels. No Ray needed.
+
+Tests that take ``root`` run twice: on local disk and on S3 (a real moto server on 127.0.0.1)."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
+from pyarrow.fs import FileSelector, FileType, LocalFileSystem
 
 from maas.errors import InvalidInput, LabelNotFound, ModelNotFound, VersionNotFound
 from maas.registry import Registry
 from maas.signature import Signature, TensorSpec
+from maas.storage import join_uri, resolve_uri
 
 SIG = Signature(
     inputs=(TensorSpec("pixels", "float32", (-1, 8, 8)),),
@@ -20,6 +25,21 @@ SIG = Signature(
 
 def _meta(**extra):
     return {"signature": SIG.to_dict(), "metrics": {"accuracy": 0.9}, **extra}
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty registry root URI on each backend."""
+    if request.param == "local":
+        return str(tmp_path / "registry")
+    return join_uri(request.getfixturevalue("s3_server").new_bucket(), "registry")
+
+
+def _write(uri: str, data: bytes) -> None:
+    fs, path = resolve_uri(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
 
 
 def test_publish_lays_out_tf_serving_base_path(tmp_path: Path, tiny_saved_model: Path) -> None:
@@ -36,8 +56,8 @@ def test_publish_lays_out_tf_serving_base_path(tmp_path: Path, tiny_saved_model:
     assert sorted(p.name for p in (tmp_path / "reg" / "digits").iterdir()) == ["1"]
 
 
-def test_versions_increase_and_are_never_rewritten(tmp_path: Path, tiny_saved_model: Path) -> None:
-    reg = Registry(str(tmp_path))
+def test_versions_increase_and_are_never_rewritten(root: str, tiny_saved_model: Path) -> None:
+    reg = Registry(root)
     first = reg.publish("m", str(tiny_saved_model), _meta(run="a"))
     second = reg.publish("m", str(tiny_saved_model), _meta(run="b"))
     assert (first.version, second.version) == (1, 2)
@@ -46,39 +66,69 @@ def test_versions_increase_and_are_never_rewritten(tmp_path: Path, tiny_saved_mo
     assert reg.latest("m") == 2
 
 
-def test_half_written_version_is_invisible_and_its_number_not_reused(tmp_path: Path, tiny_saved_model: Path) -> None:
-    reg = Registry(str(tmp_path))
+def test_half_written_version_is_invisible_and_its_number_not_reused(root: str, tiny_saved_model: Path) -> None:
+    reg = Registry(root)
     reg.publish("m", str(tiny_saved_model), _meta())
     # A publisher that died after copying files but before its metadata (object-store style).
-    (tmp_path / "m" / "2").mkdir()
-    (tmp_path / "m" / "2" / "saved_model.pb").write_bytes(b"partial")
+    _write(join_uri(root, "m", "2", "saved_model.pb"), b"partial")
     assert reg.versions("m") == [1]
     assert reg.publish("m", str(tiny_saved_model), _meta()).version == 3
 
 
-def test_concurrent_publishers_get_distinct_versions(tmp_path: Path, tiny_saved_model: Path) -> None:
-    reg = Registry(str(tmp_path))
-    results: list[int] = []
+def test_concurrent_publishers_get_distinct_versions_and_readers_never_see_half_a_one(
+    root: str, tiny_saved_model: Path
+) -> None:
+    reg = Registry(root)
+    fs, base = resolve_uri(root)
+    expected_files = sorted(
+        [str(p.relative_to(tiny_saved_model)) for p in tiny_saved_model.rglob("*") if p.is_file()] + ["metadata.json"]
+    )
+    results: dict[int, int] = {}
     errors: list[BaseException] = []
+    publishing = threading.Event()
+    publishing.set()
+    seen: list[tuple[int, list[str]]] = []
 
-    def publish() -> None:
+    def publish(i: int) -> None:
         try:
-            results.append(Registry(str(tmp_path)).publish("m", str(tiny_saved_model), _meta()).version)
+            results[i] = Registry(root).publish("m", str(tiny_saved_model), _meta(publisher=i)).version
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=publish) for _ in range(6)]
-    for t in threads:
+    def read() -> None:  # bounded: stops with the publishers, or after 60 s
+        deadline = time.monotonic() + 60
+        reader = Registry(root)
+        while publishing.is_set() and time.monotonic() < deadline:
+            for v in reader.versions("m"):
+                infos = fs.get_file_info(FileSelector(f"{base}/m/{v}", recursive=True))
+                seen.append((v, sorted(i.path.split(f"/m/{v}/", 1)[1] for i in infos if i.type == FileType.File)))
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    publishers = [threading.Thread(target=publish, args=(i,)) for i in range(6)]
+    for t in readers + publishers:
         t.start()
-    for t in threads:
-        t.join(timeout=60)
+    for t in publishers:
+        t.join(timeout=120)
+    publishing.clear()
+    for t in readers:
+        t.join(timeout=70)
     assert not errors
-    assert sorted(results) == [1, 2, 3, 4, 5, 6]
+    assert sorted(results.values()) == [1, 2, 3, 4, 5, 6]
     assert reg.versions("m") == [1, 2, 3, 4, 5, 6]
+    # Each version holds exactly one publisher's artifact and metadata, never a mix.
+    for i, v in results.items():
+        assert reg.get("m", v).metadata["publisher"] == i
+    # Every version a reader could list was already complete.
+    assert seen, "the readers listed no version while publishing went on"
+    incomplete = [(v, files) for v, files in seen if files != expected_files]
+    assert not incomplete, incomplete[:3]
+    if not isinstance(fs, LocalFileSystem):  # object store: one claim per version; losers withdrew theirs
+        claims = fs.get_file_info(FileSelector(f"{base}/m/.claims"))
+        assert sorted(int(c.base_name.split(".")[0]) for c in claims) == [1, 2, 3, 4, 5, 6]
 
 
-def test_labels_promote_and_rollback(tmp_path: Path, tiny_saved_model: Path) -> None:
-    reg = Registry(str(tmp_path))
+def test_labels_promote_and_rollback(root: str, tiny_saved_model: Path) -> None:
+    reg = Registry(root)
     for _ in range(3):
         reg.publish("m", str(tiny_saved_model), _meta())
     assert reg.default_version("m") == 3  # no stable label: latest
@@ -91,11 +141,13 @@ def test_labels_promote_and_rollback(tmp_path: Path, tiny_saved_model: Path) -> 
     assert "canary" not in reg.labels("m")
     assert reg.rollback("m").version == 1
     assert reg.default_version("m") == 1
-    assert (tmp_path / "m" / "labels.json").is_file()
+    fs, base = resolve_uri(root)
+    assert fs.get_file_info(f"{base}/m/labels.json").is_file
+    assert Registry(root).labels("m")["stable"].version == 1  # a fresh reader sees the same labels
 
 
-def test_lookup_errors_name_the_problem(tmp_path: Path, tiny_saved_model: Path) -> None:
-    reg = Registry(str(tmp_path))
+def test_lookup_errors_name_the_problem(root: str, tmp_path: Path, tiny_saved_model: Path) -> None:
+    reg = Registry(root)
     with pytest.raises(ModelNotFound, match="'nope' not found"):
         reg.resolve("nope")
     reg.publish("m", str(tiny_saved_model), _meta())
@@ -118,3 +170,18 @@ def test_file_uri_works_like_a_path(tmp_path: Path, tiny_saved_model: Path) -> N
     reg = Registry(f"file://{tmp_path}")
     assert reg.publish("m", str(tiny_saved_model), _meta()).version == 1
     assert Registry(str(tmp_path)).versions("m") == [1]
+
+
+def test_remote_versions_are_downloaded_once_and_load_in_tensorflow(
+    s3_server, tiny_saved_model: Path, maas_home: Path
+) -> None:
+    import tensorflow as tf
+
+    root = join_uri(s3_server.new_bucket(), "registry")
+    reg = Registry(root)
+    reg.publish("m", str(tiny_saved_model), _meta())
+    local = Path(reg.local_path("m", 1))
+    assert local.is_relative_to(maas_home / "cache") and (local / "metadata.json").is_file()
+    assert reg.local_path("m", 1) == str(local)
+    fn = tf.saved_model.load(str(local)).signatures["serving_default"]
+    assert fn(pixels=tf.zeros((2, 8, 8)))["probabilities"].shape == (2, 10)

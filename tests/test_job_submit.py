@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_training_job_submitted_through_the_job_client(ray_cluster) -> None:
     outcome = jobclient.submit(
         "jobs.train",
-        # 2 workers x 2 CPUs hold all 4 logical CPUs: the data is read up front (the 2-core path).
+        # 2 workers x 2 CPUs: each fills a whole 2-CPU node of the shared cluster.
         ["--epochs", "2", "--cpus-per-worker", "2", "--model-name", "digits-job"],
         dashboard=ray_cluster.dashboard_url,
         follow=False,

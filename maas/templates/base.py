@@ -47,7 +47,10 @@ class Template:
         """The held-out test split as (raw inputs exactly as clients send them, labels)."""
         import pyarrow.parquet as pq
 
-        table = pq.read_table(self.prepare_data(data_dir).test)
+        from maas.storage import resolve_uri
+
+        fs, path = resolve_uri(self.prepare_data(data_dir).test)
+        table = pq.read_table(path, filesystem=fs)
         batch = {name: np.asarray(table.column(name).to_pylist()) for name in table.column_names}
         return self.features(batch), batch[self.label_column]
 

@@ -6,11 +6,10 @@ returns them (``load_digits().images``: 8x8 values in 0..16); scaling happens in
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from maas.signature import TensorSpec
+from maas.storage import join_uri, uri_exists, write_parquet_atomic
 from maas.templates.base import DataSplits, Template
 
 _SEED = 20240607
@@ -18,29 +17,26 @@ _TEST_FRACTION = 0.2
 
 
 def _prepare_digits(data_dir: str) -> DataSplits:
-    """Write a stratified, seeded 80/20 split of the digits to Parquet, once."""
-    out = Path(data_dir).expanduser() / "digits"
-    train, test = out / "train.parquet", out / "test.parquet"
-    if not (train.exists() and test.exists()):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
+    """Write a stratified, seeded 80/20 split of the digits to Parquet, once, under ``data_dir``
+    (a local folder or any ``pyarrow.fs`` URI: shared storage on a multi-node cluster)."""
+    splits = DataSplits(train=join_uri(data_dir, "digits", "train.parquet"),
+                        test=join_uri(data_dir, "digits", "test.parquet"))
+    if all(uri_exists(uri) for uri in (splits.train, splits.test)):
+        return splits
+    import pyarrow as pa
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
 
-        digits = load_digits()
-        x = digits.data.astype(np.float32)  # (1797, 64), values 0..16
-        y = digits.target.astype(np.int64)
-        x_train, x_test, y_train, y_test = train_test_split(
-            x, y, test_size=_TEST_FRACTION, random_state=_SEED, stratify=y
-        )
-        out.mkdir(parents=True, exist_ok=True)
-        for path, xs, ys in ((train, x_train, y_train), (test, x_test, y_test)):
-            pixels = pa.FixedSizeListArray.from_arrays(pa.array(xs.reshape(-1), pa.float32()), 64)
-            table = pa.table({"pixels": pixels, "label": pa.array(ys)})
-            tmp = path.with_suffix(".tmp")
-            pq.write_table(table, tmp)
-            tmp.rename(path)
-    return DataSplits(train=str(train), test=str(test))
+    digits = load_digits()
+    x = digits.data.astype(np.float32)  # (1797, 64), values 0..16
+    y = digits.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=_TEST_FRACTION, random_state=_SEED, stratify=y
+    )
+    for uri, xs, ys in ((splits.train, x_train, y_train), (splits.test, x_test, y_test)):
+        pixels = pa.FixedSizeListArray.from_arrays(pa.array(xs.reshape(-1), pa.float32()), 64)
+        write_parquet_atomic(pa.table({"pixels": pixels, "label": pa.array(ys)}), uri)
+    return splits
 
 
 def _features(batch: dict[str, np.ndarray]) -> np.ndarray:

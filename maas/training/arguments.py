@@ -6,7 +6,7 @@ import argparse
 
 from maas import settings
 from maas.templates import TEMPLATES
-from maas.training.config import TrainConfig
+from maas.training.config import PLACEMENT_STRATEGIES, TrainConfig
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,12 +19,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learning-rate", type=float, default=None, help="default: the template's")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--data", dest="data_dir", default=None,
-                   help=f"folder for the template's data set (default: {settings.default_data_dir()})")
+                   help="folder or URI (s3://, gs://) for the template's data set; shared storage on a "
+                        f"multi-node cluster (default: {settings.default_data_dir()})")
     p.add_argument("--registry", default=None, help=f"registry URI (default: {settings.default_registry_uri()})")
     p.add_argument("--storage-path", default=None,
                    help=f"Ray Train storage for runs and checkpoints (default: {settings.default_runs_uri()})")
     p.add_argument("--model-name", default=None, help="name to publish under (default: the template's name)")
     p.add_argument("--run-name", default=None, help="Ray Train run name; reuse one to resume that run")
+    p.add_argument("--placement-strategy", default=None, choices=PLACEMENT_STRATEGIES,
+                   help="where Ray puts the workers: PACK (default, fewest nodes) or SPREAD/STRICT_SPREAD (across nodes)")
     p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from (default: 2)")
 
 

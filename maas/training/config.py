@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from maas import settings
 from maas.errors import ConfigError
 from maas.registry import validate_model_name
 from maas.templates import get_template
+
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class TrainConfig:
     model_name: str | None = None  # None: the template's name
     run_name: str | None = None  # None: "<model>-<UTC time>"; reuse a name to resume that run
     max_failures: int = 2
+    # How Ray places the workers: PACK (fewest nodes) or SPREAD / STRICT_SPREAD (one per node).
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
     def __post_init__(self) -> None:
         template = get_template(self.template)  # raises on an unknown name
@@ -40,6 +44,8 @@ class TrainConfig:
             "learning_rate must be in (0, 10)",
             self.learning_rate,
         )
+        _check(self.placement_strategy in PLACEMENT_STRATEGIES,
+               f"placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}", self.placement_strategy)
         _check(self.max_failures >= -1, "max_failures must be -1 (forever) or more", self.max_failures)
         # Fill template defaults so that everything downstream reads concrete values.
         object.__setattr__(self, "epochs", self.epochs or template.default_epochs)

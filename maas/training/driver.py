@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from maas.registry import ModelVersion, Registry
-from maas.storage import resolve_uri
+from maas.storage import is_local, resolve_uri
 from maas.templates import DataSplits, get_template
 from maas.training.config import TrainConfig
-from maas.training.loop import EXPORT_DIR, EXPORT_INFO_FILE, train_loop_per_worker
+from maas.training.loop import EXPORT_DIR, EXPORT_INFO_FILE, WORKER_NODE_PREFIX, train_loop_per_worker
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def run_training(config: TrainConfig) -> TrainOutcome:
     splits = template.prepare_data(config.data_dir)
     datasets = _load_datasets(splits, reserved_cpus=config.num_workers * config.cpus_per_worker)
 
+    storage_fs, storage_path = _storage(config.storage_path)
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config={"train_config": config.to_dict()},
@@ -48,10 +49,12 @@ def run_training(config: TrainConfig) -> TrainOutcome:
             num_workers=config.num_workers,
             use_gpu=config.use_gpu,
             resources_per_worker={"CPU": config.cpus_per_worker},
+            placement_strategy=config.placement_strategy,
         ),
         run_config=RunConfig(
             name=config.run_name,
-            storage_path=config.storage_path,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=config.max_failures),
             worker_runtime_env={"env_vars": _worker_env()},
@@ -75,7 +78,7 @@ def run_training(config: TrainConfig) -> TrainOutcome:
             "params": {
                 k: v
                 for k, v in config.to_dict().items()
-                if k in ("num_workers", "use_gpu", "cpus_per_worker", "epochs", "batch_size", "learning_rate", "seed")
+                if k in ("num_workers", "use_gpu", "cpus_per_worker", "epochs", "batch_size", "learning_rate", "seed", "placement_strategy")
             },
             "data": {"train": splits.train, "test": splits.test, "fingerprint": data_fingerprint(splits)},
             "ray": {
@@ -83,6 +86,7 @@ def run_training(config: TrainConfig) -> TrainOutcome:
                 "submission_id": _submission_id(),
                 "run_name": config.run_name,
                 "checkpoint": result.checkpoint.path,
+                "worker_nodes": _worker_nodes(ckpt_dir),
             },
             "libraries": library_versions(),
         }
@@ -105,7 +109,10 @@ def _load_datasets(splits: DataSplits, *, reserved_cpus: float) -> dict[str, Any
     import ray
     import ray.data
 
-    datasets = {"train": ray.data.read_parquet(splits.train), "test": ray.data.read_parquet(splits.test)}
+    datasets = {}
+    for name, uri in (("train", splits.train), ("test", splits.test)):
+        fs, path = resolve_uri(uri)
+        datasets[name] = ray.data.read_parquet(path, filesystem=fs)
     spare = ray.cluster_resources().get("CPU", 0.0) - reserved_cpus
     size = sum(_size_bytes(uri) for uri in (splits.train, splits.test))
     if spare < 1.0 or size < CACHE_BELOW_BYTES:
@@ -124,6 +131,22 @@ def _size_bytes(uri: str) -> int:
     return sum(i.size or 0 for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)))
 
 
+def _storage(uri: str) -> tuple[Any, str]:
+    """Ray Train's ``(storage_filesystem, storage_path)``: the file system comes from the project's
+    one resolver (so an S3-compatible endpoint set in the environment applies); local paths stay
+    plain paths for Ray to handle itself."""
+    fs, path = resolve_uri(uri)
+    if is_local(uri):
+        return None, path
+    return fs, path
+
+
+def _worker_nodes(ckpt_dir: str) -> list[str]:
+    """The Ray node id of each training worker, by rank, as the workers wrote them into the checkpoint."""
+    files = sorted(Path(ckpt_dir).glob(f"{WORKER_NODE_PREFIX}*.txt"), key=lambda p: int(p.stem.removeprefix(WORKER_NODE_PREFIX)))
+    return [f.read_text() for f in files]
+
+
 def _worker_env() -> dict[str, str]:
     """Quiet TensorFlow's C++ logging in workers unless MAAS_VERBOSE is set."""
     if os.environ.get("MAAS_VERBOSE"):
@@ -140,17 +163,22 @@ def _submission_id() -> str | None:
 
 
 def data_fingerprint(splits: DataSplits) -> str:
-    """SHA-256 over the bytes of every data file (local files; other URIs by their path)."""
+    """SHA-256 over the names and bytes of every data file, on whatever storage holds them."""
+    import pyarrow.fs as pafs
+
     digest = hashlib.sha256()
     for uri in (splits.train, splits.test):
-        path = Path(uri)
-        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        fs, path = resolve_uri(uri)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            files = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if i.is_file)
+        else:
+            files = [path] if info.type == pafs.FileType.File else []
         for file in files:
-            if file.is_file():
-                digest.update(file.name.encode())
-                digest.update(file.read_bytes())
-            elif not path.exists():
-                digest.update(uri.encode())
+            digest.update(file.rsplit("/", 1)[-1].encode())
+            with fs.open_input_stream(file) as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -32,6 +32,7 @@ STATE_FILE = "train_state.json"
 EXPORT_DIR = "saved_model"
 EXPORT_INFO_FILE = "export.json"
 REPLICA_FINGERPRINT_PREFIX = "weights-sha256-rank"
+WORKER_NODE_PREFIX = "node-id-rank"
 _TF_CKPT_PREFIX = "tf_state/ckpt"
 
 
@@ -47,6 +48,7 @@ def weights_fingerprint(weights: list[np.ndarray]) -> str:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import ray
     import ray.train
     from ray.train import Checkpoint
     from ray.train.collective import broadcast_from_rank_zero
@@ -67,6 +69,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    node_id = ray.get_runtime_context().get_node_id()
     keras.utils.set_random_seed(config.seed)
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -142,6 +145,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             # collectives); only rank 0's copy is kept.
             state.write(os.path.join(tmp if rank == 0 else scratch, _TF_CKPT_PREFIX))
             Path(tmp, f"{REPLICA_FINGERPRINT_PREFIX}{rank}.txt").write_text(fingerprint)
+            Path(tmp, f"{WORKER_NODE_PREFIX}{rank}.txt").write_text(node_id)
             if rank == 0:
                 Path(tmp, STATE_FILE).write_text(json.dumps({"epoch": epoch + 1}))
                 if final:

@@ -91,6 +91,9 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default=None, help="Serve config YAML (default: deployments/serve_config.yaml)")
     d.add_argument("--registry", default=None, help=f"registry URI (default: {settings.default_registry_uri()})")
     d.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's, 8000)")
+    d.add_argument("--host", default=None,
+                   help="address the HTTP proxy listens on (default: the config's, 127.0.0.1; "
+                        "0.0.0.0 on a cluster behind a load balancer)")
     d.set_defaults(handler=_deploy)
     sub.add_parser("undeploy", help="remove the Serve applications").set_defaults(handler=_undeploy)
 
@@ -253,10 +256,13 @@ def _models_unlabel(args: argparse.Namespace) -> int:
 def _deploy(args: argparse.Namespace) -> int:
     from maas import deploy
 
-    config = deploy.load_serve_config(args.config or deploy.DEFAULT_CONFIG, registry=args.registry, port=args.port)
+    config = deploy.load_serve_config(args.config or deploy.DEFAULT_CONFIG, registry=args.registry, port=args.port,
+                                      host=args.host)
     deploy.deploy(config)
-    port = config.get("http_options", {}).get("port", settings.SERVE_PORT)
-    print(f"Deployed: http://{settings.SERVE_HOST}:{port}/v1/models/<name>:predict")
+    http = config.get("http_options", {})
+    host = http.get("host", settings.SERVE_HOST)
+    print(f"Deployed: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{http.get('port', settings.SERVE_PORT)}"
+          "/v1/models/<name>:predict")
     return 0
 
 

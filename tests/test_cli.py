@@ -4,11 +4,13 @@ and the registry verbs on a real registry. No Ray cluster needed."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from maas.registry import Registry
 from maas.signature import Signature, TensorSpec
@@ -75,3 +77,16 @@ def test_models_verbs_on_a_real_registry(tmp_path: Path, tiny_saved_model: Path)
     assert missing.returncode == 2 and missing.stderr.strip() == "error: Model 'nope' not found"
     bad = run(*base, "show", "digits", "--version", "9")
     assert bad.returncode == 2 and "no version 9" in bad.stderr
+
+
+def test_unreachable_storage_is_one_line_and_exit_code_2() -> None:
+    closed = free_port()  # nothing listens there: the S3 client is refused at once, on loopback
+    env = dict(os.environ, AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{closed}", AWS_ACCESS_KEY_ID="x",
+               AWS_SECRET_ACCESS_KEY="y", AWS_EC2_METADATA_DISABLED="true")
+    env.pop("MAAS_VERBOSE", None)
+    proc = subprocess.run([MAAS, "models", "--registry", "s3://no-such-bucket/registry", "list"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: storage unavailable:"), proc.stderr
+    assert "no-such-bucket" in lines[0]

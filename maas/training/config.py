@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from maas import settings
 from maas.errors import ConfigError
 from maas.registry import validate_model_name
 from maas.templates import get_template
 
-PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+# How Ray places the training workers: PACK (fewest nodes) or SPREAD / STRICT_SPREAD (across nodes).
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+PLACEMENT_STRATEGIES: tuple[str, ...] = get_args(PlacementStrategy)
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,7 @@ class TrainConfig:
     model_name: str | None = None  # None: the template's name
     run_name: str | None = None  # None: "<model>-<UTC time>"; reuse a name to resume that run
     max_failures: int = 2
-    # How Ray places the workers: PACK (fewest nodes) or SPREAD / STRICT_SPREAD (one per node).
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    placement_strategy: PlacementStrategy = "PACK"
 
     def __post_init__(self) -> None:
         template = get_template(self.template)  # raises on an unknown name

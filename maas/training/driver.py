@@ -19,6 +19,10 @@ from maas.training.loop import EXPORT_DIR, EXPORT_INFO_FILE, WORKER_NODE_PREFIX,
 
 logger = logging.getLogger(__name__)
 
+# The training settings recorded in a version's metadata (paths and names are recorded elsewhere).
+_RECORDED_PARAMS = ("num_workers", "use_gpu", "cpus_per_worker", "placement_strategy", "epochs", "batch_size",
+                    "learning_rate", "seed")
+
 
 @dataclass(frozen=True)
 class TrainOutcome:
@@ -75,11 +79,7 @@ def run_training(config: TrainConfig) -> TrainOutcome:
             "signature": export_info["signature"],
             "metrics": export_info["evaluation"],
             "training": {k: v for k, v in result.metrics.items() if not k.startswith("test_")},
-            "params": {
-                k: v
-                for k, v in config.to_dict().items()
-                if k in ("num_workers", "use_gpu", "cpus_per_worker", "epochs", "batch_size", "learning_rate", "seed", "placement_strategy")
-            },
+            "params": {k: v for k, v in config.to_dict().items() if k in _RECORDED_PARAMS},
             "data": {"train": splits.train, "test": splits.test, "fingerprint": data_fingerprint(splits)},
             "ray": {
                 "job_id": ray.get_runtime_context().get_job_id(),
@@ -143,8 +143,8 @@ def _storage(uri: str) -> tuple[Any, str]:
 
 def _worker_nodes(ckpt_dir: str) -> list[str]:
     """The Ray node id of each training worker, by rank, as the workers wrote them into the checkpoint."""
-    files = sorted(Path(ckpt_dir).glob(f"{WORKER_NODE_PREFIX}*.txt"), key=lambda p: int(p.stem.removeprefix(WORKER_NODE_PREFIX)))
-    return [f.read_text() for f in files]
+    by_rank = {int(f.stem.removeprefix(WORKER_NODE_PREFIX)): f for f in Path(ckpt_dir).glob(f"{WORKER_NODE_PREFIX}*.txt")}
+    return [by_rank[rank].read_text() for rank in sorted(by_rank)]
 
 
 def _worker_env() -> dict[str, str]:

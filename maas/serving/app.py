@@ -162,12 +162,12 @@ class Ingress:
             return error_response(405, f"{request.method} is not allowed on {path}; use {expected}")
         if route.kind == "status":
             if route.version is None and route.label is None:
-                versions = self._registry.versions(route.model)
+                versions = await self._registry.versions(route.model)
             else:
-                versions = [self._registry.resolve(route.model, route.version, route.label)]
+                versions = [await self._registry.resolve(route.model, route.version, route.label)]
             return json_response(tfserving.status_body(versions))
-        version = self._registry.resolve(route.model, route.version, route.label)
-        signature = self._registry.get(route.model, version).signature
+        version = await self._registry.resolve(route.model, route.version, route.label)
+        signature = (await self._registry.get(route.model, version)).signature
         if route.kind == "metadata":
             return json_response(tfserving.metadata_body(route.model, version, signature))
         body = await self._read_body(request)

@@ -3,10 +3,14 @@
 Version metadata never changes once published, so it is cached for good; which versions exist and
 where labels point is re-read at most every ``ttl_s`` seconds, so a promote or rollback reaches
 serving within that time without a redeploy.
+
+The methods are coroutines: a hit answers at once, a miss reads the registry in a worker thread, so
+that a slow store (S3, GCS) never blocks the ingress's event loop and the requests it is serving.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Callable, TypeVar
 
@@ -23,29 +27,29 @@ class RegistryCache:
         self._metadata: dict[tuple[str, int], ModelVersion] = {}
         self._short: dict[tuple, tuple[float, object]] = {}
 
-    def versions(self, model: str) -> list[int]:
-        versions = self._cached(("versions", model), lambda: self._registry.versions(model))
+    async def versions(self, model: str) -> list[int]:
+        versions = await self._cached(("versions", model), lambda: self._registry.versions(model))
         if not versions:
             raise ModelNotFound(model)
         return versions
 
-    def resolve(self, model: str, version: int | None, label: str | None) -> int:
-        return self._cached(
+    async def resolve(self, model: str, version: int | None, label: str | None) -> int:
+        return await self._cached(
             ("resolve", model, version, label),
             lambda: self._registry.resolve(model, version=version, label=label),
         )
 
-    def get(self, model: str, version: int) -> ModelVersion:
+    async def get(self, model: str, version: int) -> ModelVersion:
         key = (model, version)
         if key not in self._metadata:
-            self._metadata[key] = self._registry.get(model, version)
+            self._metadata[key] = await asyncio.to_thread(self._registry.get, model, version)
         return self._metadata[key]
 
-    def _cached(self, key: tuple, load: Callable[[], T]) -> T:
+    async def _cached(self, key: tuple, load: Callable[[], T]) -> T:
         now = time.monotonic()
         hit = self._short.get(key)
         if hit is not None and now - hit[0] < self._ttl_s:
             return hit[1]  # type: ignore[return-value]
-        value = load()  # errors (404s) are not cached: a model published a moment later is found
+        value = await asyncio.to_thread(load)  # errors (404s) are not cached: a model published later is found
         self._short[key] = (now, value)
         return value

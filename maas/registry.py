@@ -65,6 +65,15 @@ def validate_label(label: str) -> str:
     return label
 
 
+def parse_version(text: str | None) -> int | None:
+    """A version as written in a URL or on a command line: a positive integer, or ``None`` if absent."""
+    if text is None:
+        return None
+    if not (text.isdigit() and int(text) > 0):
+        raise InvalidInput(f"Version must be a positive integer. Received: {text!r}")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     """One published version and its metadata."""

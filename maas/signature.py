@@ -14,6 +14,28 @@ import numpy as np
 
 from maas.errors import InvalidInput
 
+# dtype name (numpy / TensorFlow spelling) -> KServe V2 / Open Inference Protocol datatype.
+_V2_DATATYPES = {
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "uint8": "UINT8",
+    "bool": "BOOL",
+    "string": "BYTES",
+}
+
+def v2_datatype(dtype: str) -> str:
+    """The V2 protocol's name (``FP32``...) for a numpy / TensorFlow dtype name (``float32``...)."""
+    try:
+        return _V2_DATATYPES[dtype]
+    except KeyError:
+        raise ValueError(f"No V2 datatype for dtype {dtype!r}") from None
+
+
 # dtype name (numpy / TensorFlow spelling) -> TensorFlow Serving DataType enum name.
 _TF_SERVING_DTYPES = {
     "float16": "DT_HALF",
@@ -54,6 +76,14 @@ class TensorSpec:
     def tf_serving_dtype(self) -> str:
         return _TF_SERVING_DTYPES[self.dtype]
 
+    @property
+    def v2_datatype(self) -> str:
+        return v2_datatype(self.dtype)
+
+    def v2_metadata(self) -> dict[str, Any]:
+        """``{name, datatype, shape}`` as the V2 protocol's model metadata lists a tensor."""
+        return {"name": self.name, "datatype": self.v2_datatype, "shape": list(self.shape)}
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
@@ -75,6 +105,12 @@ class Signature:
             if spec.name == name:
                 return spec
         raise InvalidInput(f"Unknown input '{name}'; the model takes {[s.name for s in self.inputs]}")
+
+    def output(self, name: str) -> TensorSpec:
+        for spec in self.outputs:
+            if spec.name == name:
+                return spec
+        raise InvalidInput(f"Unknown output '{name}'; the model gives {[s.name for s in self.outputs]}")
 
     def to_dict(self) -> dict[str, Any]:
         return {

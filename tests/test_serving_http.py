@@ -148,3 +148,84 @@ def test_a_corrupt_version_fails_alone_with_a_clear_error(service, tiny_saved_mo
     assert "Traceback" not in body["error"]
     x, _ = held_out
     assert client.predict("digits", x[:1]).shape == (1, 10)
+
+
+# ---- KServe V2 / Open Inference Protocol ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def triton(service):
+    """Triton's own HTTP client, unchanged: an existing client of the V2 protocol."""
+    import tritonclient.http as httpclient
+
+    client, _, _ = service
+    return httpclient.InferenceServerClient(url=client.base_url.removeprefix("http://"), network_timeout=60)
+
+
+def test_v2_health_and_metadata_through_an_unchanged_triton_client(service, triton) -> None:
+    _, registry, version = service
+    assert triton.is_server_live() and triton.is_server_ready()
+    assert triton.is_model_ready("digits") and triton.is_model_ready("digits", str(version))
+    assert not triton.is_model_ready("nope")
+    assert "binary_tensor_data" in triton.get_server_metadata()["extensions"]
+    meta = triton.get_model_metadata("digits")
+    assert meta["name"] == "digits" and meta["platform"] == "tensorflow_savedmodel"
+    assert meta["versions"] == [str(v) for v in registry.versions("digits")]
+    assert meta["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 8, 8]}]
+    assert triton.get_model_metadata("digits", str(version))["versions"] == [str(version)]
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary-tensors", "json-tensors"])
+def test_v2_infer_through_an_unchanged_triton_client_matches_v1(service, triton, held_out, binary: bool) -> None:
+    import tritonclient.http as httpclient
+
+    client, _, version = service
+    x, _ = held_out
+    tensor = httpclient.InferInput("pixels", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    wanted = httpclient.InferRequestedOutput("probabilities", binary_data=binary)
+    result = triton.infer("digits", [tensor], outputs=[wanted], model_version=str(version), request_id="r-42")
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities.shape == (len(x), 10) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities, client.predict("digits", x, version=version), rtol=1e-5, atol=1e-6)
+    answer = result.get_response()
+    assert answer["model_name"] == "digits" and answer["model_version"] == str(version) and answer["id"] == "r-42"
+
+
+def test_v2_errors_reach_triton_clients_as_named_problems(triton, held_out) -> None:
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    x, _ = held_out
+    tensor = httpclient.InferInput("pixels", [len(x), 64], "FP32")
+    tensor.set_data_from_numpy(x.reshape(len(x), 64))
+    with pytest.raises(InferenceServerException, match=r"expects shape \[-1, 8, 8\]"):
+        triton.infer("digits", [tensor])
+    with pytest.raises(InferenceServerException, match="'nope' not found"):
+        triton.get_model_metadata("nope")
+
+
+@pytest.mark.parametrize(
+    "method, path, body, status, message",
+    [
+        ("POST", "/v2/models/digits/infer", b"{oops", 400, "not valid JSON"),
+        ("POST", "/v2/models/digits/infer",
+         json.dumps({"inputs": [{"name": "pixels", "shape": [1, 8, 8], "datatype": "INT64", "data": [0] * 64}]}).encode(),
+         400, "expects datatype FP32, received INT64"),
+        ("POST", "/v2/models/digits/infer",
+         json.dumps({"inputs": [{"name": "pixels", "shape": [1, 8, 8], "datatype": "FP32", "data": [0] * 63}]}).encode(),
+         400, "needs 64 values, 'data' has 63"),
+        ("POST", "/v2/models/nope/infer", json.dumps({"inputs": []}).encode(), 404, "'nope' not found"),
+        ("GET", "/v2/models/digits/versions/999", None, 404, "no version 999"),
+        ("GET", "/v2/models/digits/versions/0/ready", None, 400, "positive integer"),
+        ("GET", "/v2/models/digits/infer", None, 405, "use POST"),
+        ("POST", "/v2/health/live", b"{}", 405, "use GET"),
+        ("POST", "/v2/models/digits/infer", b"[" + b"0," * (MAX_BODY // 2) + b"0]", 413, "exceeds the limit"),
+    ],
+)
+def test_v2_bad_requests_get_json_errors(service, method: str, path: str, body: bytes | None, status: int,
+                                         message: str) -> None:
+    client, _, _ = service
+    got_status, got = _raw(client.base_url + path, method=method, body=body)
+    assert got_status == status
+    assert message in got["error"]

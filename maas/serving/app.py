@@ -1,4 +1,5 @@
-"""Ray Serve wiring: one HTTP ingress speaking the TF Serving REST API, and a batching model server.
+"""Ray Serve wiring: one HTTP ingress speaking the TF Serving REST API and the KServe V2 (Open
+Inference) protocol, and a batching model server.
 
     Ingress (HTTP, routing, validation)  --handle-->  ModelServer (loaded versions, @serve.batch)
 
@@ -24,10 +25,11 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
+import maas
 from maas import settings
 from maas.errors import InferenceError, MaasError, PayloadTooLarge
 from maas.registry import Registry
-from maas.serving import tfserving
+from maas.serving import tfserving, v2
 from maas.serving.registry_cache import RegistryCache
 from maas.serving.runtime import LoadedModel, load_saved_model
 
@@ -154,12 +156,21 @@ class Ingress:
 
     async def _handle(self, request: Request) -> Response:
         path = request.url.path
-        route = tfserving.match_route(path)
+        route: tfserving.Route | v2.V2Route | None
+        if path == "/v2" or path.startswith("/v2/"):
+            route = v2.match_route(path)
+        else:
+            route = tfserving.match_route(path)
         if route is None:
             return error_response(404, f"No route for {request.method} {path}")
-        expected = "POST" if route.kind == "predict" else "GET"
-        if request.method != expected:
-            return error_response(405, f"{request.method} is not allowed on {path}; use {expected}")
+        if request.method != route.method:
+            return error_response(405, f"{request.method} is not allowed on {path}; use {route.method}")
+        if isinstance(route, v2.V2Route):
+            return await self._v2(request, route)
+        return await self._tf_serving(request, route)
+
+    async def _tf_serving(self, request: Request, route: tfserving.Route) -> Response:
+        """TensorFlow Serving REST API: ``/v1/models/...``."""
         if route.kind == "status":
             if route.version is None and route.label is None:
                 versions = await self._registry.versions(route.model)
@@ -174,6 +185,33 @@ class Ingress:
         decoded = tfserving.decode_predict(body, signature)
         outputs = await self._model_server.predict.remote(route.model, version, decoded.inputs)
         return json_response(tfserving.encode_predict(outputs, decoded.row_format))
+
+    async def _v2(self, request: Request, route: v2.V2Route) -> Response:
+        """KServe V2 / Open Inference Protocol: ``/v2/...``."""
+        if route.kind == "live":
+            return json_response({"live": True})
+        if route.kind == "ready":
+            try:
+                await self._registry.models()
+            except OSError:
+                logger.warning("model storage unreachable", exc_info=True)
+                return error_response(503, "Model storage is unreachable; not ready", retry_after_s=1)
+            return json_response({"ready": True})
+        if route.kind == "server_metadata":
+            return json_response(v2.server_metadata_body(maas.__version__))
+        assert route.model is not None
+        version = await self._registry.resolve(route.model, route.version, None)
+        if route.kind == "model_ready":
+            return json_response({"name": route.model, "ready": True})
+        signature = (await self._registry.get(route.model, version)).signature
+        if route.kind == "model_metadata":
+            versions = [version] if route.version is not None else await self._registry.versions(route.model)
+            return json_response(v2.model_metadata_body(route.model, versions, signature))
+        body = await self._read_body(request)
+        decoded = v2.decode_infer(body, signature, request.headers.get(v2.HEADER_LENGTH))
+        outputs = await self._model_server.predict.remote(route.model, version, decoded.inputs)
+        content, headers = v2.encode_infer(route.model, version, decoded, outputs)
+        return Response(content, status_code=200, headers=headers)
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self._args.max_request_bytes

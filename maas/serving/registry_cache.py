@@ -27,6 +27,10 @@ class RegistryCache:
         self._metadata: dict[tuple[str, int], ModelVersion] = {}
         self._short: dict[tuple, tuple[float, object]] = {}
 
+    async def models(self) -> list[str]:
+        """Every published model; raises ``OSError`` when the registry's storage cannot be reached."""
+        return await self._cached(("models",), self._registry.models)
+
     async def versions(self, model: str) -> list[int]:
         versions = await self._cached(("versions", model), lambda: self._registry.versions(model))
         if not versions:

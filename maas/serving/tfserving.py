@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from maas.errors import InvalidInput
+from maas.registry import parse_version
 from maas.signature import Signature, TensorSpec, to_batch
 
 _ROUTE = re.compile(
@@ -32,6 +33,10 @@ class Route:
     version: int | None = None
     label: str | None = None
 
+    @property
+    def method(self) -> str:
+        return "POST" if self.kind == "predict" else "GET"
+
 
 def match_route(path: str) -> Route | None:
     """Parse a ``/v1/models/...`` path; ``None`` if it is not a TF Serving route.
@@ -41,13 +46,11 @@ def match_route(path: str) -> Route | None:
     m = _ROUTE.match(path)
     if m is None:
         return None
-    version = m["version"]
-    if version is not None and not (version.isdigit() and int(version) > 0):
-        raise InvalidInput(f"Version must be a positive integer. Received: {version!r}")
+    version = parse_version(m["version"])
     if m["verb"] in ("classify", "regress"):
         raise InvalidInput(f":{m['verb']} is not supported; use :predict")
     kind: RouteKind = "predict" if m["verb"] else ("metadata" if m["metadata"] else "status")
-    return Route(kind=kind, model=m["model"], version=int(version) if version else None, label=m["label"])
+    return Route(kind=kind, model=m["model"], version=version, label=m["label"])
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,225 @@
+"""KServe V2 / Open Inference Protocol REST codec: routes, ``infer`` decoding, response bodies.
+
+Follows https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/ (the REST half of
+the Open Inference Protocol) and its binary tensor data extension: a request whose
+``Inference-Header-Content-Length`` header says how long its JSON part is may carry input tensors as
+raw little-endian bytes after the JSON (``parameters.binary_data_size`` on each such input), and
+outputs asked for with ``binary_data`` (or ``binary_data_output`` for all) come back the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from maas.errors import InvalidInput
+from maas.registry import parse_version
+from maas.signature import Signature, TensorSpec, to_batch, v2_datatype
+
+HEADER_LENGTH = "inference-header-content-length"
+EXTENSIONS = ("binary_tensor_data",)
+PLATFORM = "tensorflow_savedmodel"
+
+_SERVER_ROUTE = re.compile(r"^/v2(?:/health/(?P<health>live|ready))?/?$")
+_MODEL_ROUTE = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?:/(?P<verb>ready|infer))?$")
+
+V2RouteKind = Literal["server_metadata", "live", "ready", "model_metadata", "model_ready", "infer"]
+
+
+@dataclass(frozen=True)
+class V2Route:
+    kind: V2RouteKind
+    model: str | None = None
+    version: int | None = None
+
+    @property
+    def method(self) -> str:
+        return "POST" if self.kind == "infer" else "GET"
+
+
+def match_route(path: str) -> V2Route | None:
+    """Parse a ``/v2...`` path; ``None`` if it is not a V2 route. An invalid version is a 400."""
+    m = _SERVER_ROUTE.match(path)
+    if m is not None:
+        return V2Route(kind=m["health"] or "server_metadata")  # type: ignore[arg-type]
+    m = _MODEL_ROUTE.match(path)
+    if m is None:
+        return None
+    kind: V2RouteKind = {"ready": "model_ready", "infer": "infer", None: "model_metadata"}[m["verb"]]  # type: ignore[assignment]
+    return V2Route(kind=kind, model=m["model"], version=parse_version(m["version"]))
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[str, ...]  # the names asked for, in order
+    binary_outputs: frozenset[str]  # those to return as raw bytes
+
+
+def decode_infer(body: bytes, signature: Signature, header_length: str | None = None) -> InferRequest:
+    """Decode and validate an ``infer`` body (JSON, or JSON plus binary tensors) against ``signature``."""
+    json_part, binary = _split(body, header_length)
+    try:
+        request = json.loads(json_part)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
+        raise InvalidInput("Request must be a JSON object with a non-empty 'inputs' list")
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput(f"'id' must be a string. Received: {request_id!r}")
+
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, tensor in enumerate(request["inputs"]):
+        where = f"inputs[{i}]"
+        name, shape, datatype = _tensor_header(tensor, where)
+        spec = signature.input(name)
+        if name in inputs:
+            raise InvalidInput(f"{where}: input '{name}' is given twice")
+        if datatype != spec.v2_datatype:
+            raise InvalidInput(f"{where}: input '{name}' expects datatype {spec.v2_datatype}, received {datatype}")
+        _check_shape(shape, spec, where)
+        size = _parameters(tensor, where).get("binary_data_size")
+        if size is not None:
+            if binary is None:
+                raise InvalidInput(f"{where}: binary_data_size is set but the request has no "
+                                   "Inference-Header-Content-Length header")
+            array = _from_bytes(binary, offset, size, shape, spec, where)
+            offset += size
+        else:
+            if "data" not in tensor:
+                raise InvalidInput(f"{where}: input '{name}' has no 'data'")
+            array = _from_json(tensor["data"], shape, where)
+        inputs[name] = to_batch(array, spec, where=where)
+    missing = [s.name for s in signature.inputs if s.name not in inputs]
+    if missing:
+        raise InvalidInput(f"Missing inputs {missing}; the model takes {[s.name for s in signature.inputs]}")
+    if binary is not None and offset != len(binary):
+        raise InvalidInput(f"The request carries {len(binary) - offset} binary bytes that no input claims")
+    sizes = {value.shape[0] for value in inputs.values()}
+    if len(sizes) != 1:
+        raise InvalidInput(f"All inputs must have the same batch size. Received sizes {sorted(sizes)}")
+
+    all_binary = bool(_parameters(request, "request").get("binary_data_output", False))
+    wanted = request.get("outputs")
+    if wanted is None:
+        names = tuple(s.name for s in signature.outputs)
+        binary_outputs = frozenset(names if all_binary else ())
+    else:
+        if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
+            raise InvalidInput("'outputs' must be a list of objects with a 'name'")
+        names = tuple(signature.output(o["name"]).name for o in wanted)
+        binary_outputs = frozenset(
+            o["name"] for o in wanted if _parameters(o, f"output '{o['name']}'").get("binary_data", all_binary)
+        )
+    return InferRequest(id=request_id, inputs=inputs, outputs=names, binary_outputs=binary_outputs)
+
+
+def encode_infer(model: str, version: int, request: InferRequest,
+                 outputs: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
+    """The ``infer`` answer as ``(body, headers)``: JSON, or JSON plus binary outputs."""
+    tensors, blobs = [], []
+    for name in request.outputs:
+        value = np.asarray(outputs[name])
+        tensor: dict[str, Any] = {"name": name, "shape": list(value.shape), "datatype": v2_datatype(value.dtype.name)}
+        if name in request.binary_outputs:
+            raw = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            tensor["data"] = value.reshape(-1).tolist()
+        tensors.append(tensor)
+    body: dict[str, Any] = {"model_name": model, "model_version": str(version), "outputs": tensors}
+    if request.id is not None:
+        body["id"] = request.id
+    head = json.dumps(body, separators=(",", ":")).encode()
+    if not blobs:
+        return head, {"content-type": "application/json"}
+    return head + b"".join(blobs), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
+
+
+def server_metadata_body(version: str) -> dict[str, Any]:
+    return {"name": "maas", "version": version, "extensions": list(EXTENSIONS)}
+
+
+def model_metadata_body(model: str, versions: list[int], signature: Signature) -> dict[str, Any]:
+    return {
+        "name": model,
+        "versions": [str(v) for v in versions],
+        "platform": PLATFORM,
+        "inputs": [s.v2_metadata() for s in signature.inputs],
+        "outputs": [s.v2_metadata() for s in signature.outputs],
+    }
+
+
+# ---- internals -------------------------------------------------------------------------------
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes | None]:
+    if header_length is None:
+        return body, None
+    if not header_length.isdigit() or int(header_length) > len(body):
+        raise InvalidInput(
+            f"Inference-Header-Content-Length must be the length of the JSON part, at most {len(body)}. "
+            f"Received: {header_length!r}"
+        )
+    n = int(header_length)
+    return body[:n], body[n:]
+
+
+def _tensor_header(tensor: Any, where: str) -> tuple[str, list[int], str]:
+    if not isinstance(tensor, dict):
+        raise InvalidInput(f"{where}: each input must be an object with name, shape, datatype and data")
+    name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
+    if not isinstance(name, str):
+        raise InvalidInput(f"{where}: 'name' must be a string. Received: {name!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InvalidInput(f"{where}: 'shape' must be a list of non-negative integers. Received: {shape!r}")
+    if not isinstance(datatype, str):
+        raise InvalidInput(f"{where}: 'datatype' must be a string such as FP32. Received: {datatype!r}")
+    return name, shape, datatype
+
+
+def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidInput(f"{where}: 'parameters' must be an object")
+    return params
+
+
+def _check_shape(shape: list[int], spec: TensorSpec, where: str) -> None:
+    if len(shape) != len(spec.shape) or any(e != -1 and e != g for e, g in zip(spec.shape, shape)):
+        raise InvalidInput(f"{where}: input '{spec.name}' expects shape {list(spec.shape)}, received {shape}")
+    if shape[0] == 0:
+        raise InvalidInput(f"{where}: input '{spec.name}' has no instances (batch size 0)")
+
+
+def _from_json(data: Any, shape: list[int], where: str) -> np.ndarray:
+    """Tensor data may be flat or nested; it is read in row-major order and given ``shape``."""
+    try:
+        array = np.asarray(data)
+    except ValueError:
+        raise InvalidInput(f"{where}: 'data' is ragged (nested lists of different lengths)") from None
+    if array.dtype == object:
+        raise InvalidInput(f"{where}: 'data' is ragged or mixes types")
+    if array.size != math.prod(shape):
+        raise InvalidInput(f"{where}: shape {shape} needs {math.prod(shape)} values, 'data' has {array.size}")
+    return array.reshape(shape)
+
+
+def _from_bytes(binary: bytes, offset: int, size: Any, shape: list[int], spec: TensorSpec, where: str) -> np.ndarray:
+    dtype = np.dtype(spec.dtype).newbyteorder("<")
+    expected = math.prod(shape) * dtype.itemsize
+    if not isinstance(size, int) or size != expected:
+        raise InvalidInput(f"{where}: binary_data_size must be {expected} bytes for shape {shape} of "
+                           f"{spec.v2_datatype}. Received: {size!r}")
+    if offset + size > len(binary):
+        raise InvalidInput(f"{where}: the request ends before this input's {size} binary bytes")
+    return np.frombuffer(binary, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)

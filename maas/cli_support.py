@@ -18,8 +18,8 @@ def fail(message: str) -> NoReturn:
 
 def run_cli(fn: Callable[[], int]) -> int:
     """Run a command body; a :class:`MaasError` becomes one ``error: …`` line and exit code 2, and so
-    does storage that cannot be reached (a wrong bucket, endpoint or credentials), unless
-    ``MAAS_VERBOSE`` asks for the traceback."""
+    does something that cannot be reached (storage: a wrong bucket, endpoint or credentials; or the
+    cluster's dashboard), unless ``MAAS_VERBOSE`` asks for the traceback."""
     try:
         return fn()
     except MaasError as exc:
@@ -27,7 +27,7 @@ def run_cli(fn: Callable[[], int]) -> int:
     except OSError as exc:
         if os.environ.get("MAAS_VERBOSE"):
             raise
-        fail("storage unavailable: " + " ".join(str(exc).split()))
+        fail(f"{type(exc).__name__}: " + " ".join(str(exc).split()))  # pyarrow, requests, urllib: all OSError
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

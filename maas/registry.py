@@ -8,15 +8,18 @@ Layout (TF Serving can use ``<root>/<model>`` as its base path unchanged)::
     <root>/<model>/labels.json                   # {"labels": {"stable": {...}}, "history": [...]}
 
 Versions are positive integers, allocated in order and never rewritten. Publishing is atomic: on a
-local file system the version is assembled in a hidden staging folder and renamed into place (a
-rename onto an existing, non-empty version fails, so two publishers never share a number).
+local file system the version is assembled in ``<root>/.staging/`` and renamed into place (a rename
+onto an existing, non-empty version fails, so two publishers never share a number). Temporary files
+never live inside a model's folder, which only ever gains entries: a reader listing it while others
+publish never trips over an entry that vanished between listing and looking.
 
 Object stores (S3, GCS) have no rename. There a publisher first claims a number: it writes
 ``<model>/.claims/<version>.<random>`` and lists the claims for that number; it owns the number only
 if its claim is the only one, otherwise it withdraws and tries the next number after a random pause.
 With the read-after-write and list-after-write consistency that S3 and GCS guarantee, two publishers
-can never both see themselves alone, so no two ever write into the same version. Readers ignore a
-version until its ``metadata.json`` exists, and that file is written last, after every other file.
+can never both see themselves alone, so no two ever write into the same version. Under contention a
+number can be skipped (when all its claimants withdraw); numbers are never shared or reused. Readers
+ignore a version until its ``metadata.json`` exists, and that file is written last, after every other file.
 """
 
 from __future__ import annotations
@@ -43,9 +46,11 @@ from maas.storage import resolve_uri
 METADATA_FILE = "metadata.json"
 LABELS_FILE = "labels.json"
 CLAIMS_DIR = ".claims"
+STAGING_DIR = ".staging"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _LABEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _PUBLISH_ATTEMPTS = 20
+_LIST_ATTEMPTS = 5
 
 
 def validate_model_name(name: str) -> str:
@@ -121,14 +126,14 @@ class Registry:
     # ---- reading -------------------------------------------------------------------------------
 
     def models(self) -> list[str]:
-        infos = self._fs.get_file_info(pafs.FileSelector(self._root, allow_not_found=True))
+        infos = self._list(self._root)
         names = [i.base_name for i in infos if i.type == pafs.FileType.Directory and _NAME_RE.match(i.base_name)]
         return sorted(n for n in names if self.versions(n))
 
     def versions(self, model: str) -> list[int]:
         """Published versions of ``model``, ascending; empty if the model does not exist."""
         model_dir = self._model_dir(model)
-        infos = self._fs.get_file_info(pafs.FileSelector(model_dir, allow_not_found=True))
+        infos = self._list(model_dir)
         candidates = sorted(
             int(i.base_name) for i in infos if i.type == pafs.FileType.Directory and i.base_name.isdigit()
         )
@@ -226,7 +231,7 @@ class Registry:
             )
             body = json.dumps(full, indent=2, sort_keys=True).encode()
             if self._is_local:
-                staging = f"{model_dir}/.staging-{uuid.uuid4().hex}"
+                staging = self._staging_path()
                 pafs.copy_files(str(src), staging, source_filesystem=local, destination_filesystem=self._fs)
                 self._write_bytes(f"{staging}/{METADATA_FILE}", body)
                 try:
@@ -298,21 +303,40 @@ class Registry:
 
     # ---- internals -----------------------------------------------------------------------------
 
+    def _list(self, path: str) -> list[pafs.FileInfo]:
+        """The entries of a folder; none if it does not exist.
+
+        pyarrow's local listing can fail with ENOENT on a folder that exists while another process
+        creates it and moves entries in (a first publish); such a listing is retried, briefly.
+        """
+        for attempt in range(_LIST_ATTEMPTS):
+            try:
+                return self._fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+            except FileNotFoundError:
+                if attempt + 1 == _LIST_ATTEMPTS:
+                    raise
+                time.sleep(0.002 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _staging_path(self) -> str:
+        """A fresh temporary path on the registry's file system, outside every model's folder."""
+        self._fs.create_dir(f"{self._root}/{STAGING_DIR}", recursive=True)
+        return f"{self._root}/{STAGING_DIR}/{uuid.uuid4().hex}"
+
     def _model_dir(self, model: str) -> str:
         return f"{self._root}/{validate_model_name(model)}"
 
     def _all_version_dirs(self, model: str) -> list[int]:
         """Every number taken, committed or not (numbered folders and claims): numbers are never reused."""
-        infos = self._fs.get_file_info(pafs.FileSelector(self._model_dir(model), allow_not_found=True))
+        infos = self._list(self._model_dir(model))
         taken = [int(i.base_name) for i in infos if i.base_name.isdigit()]
         if not self._is_local:
             taken += [version for version, _ in self._claims(model)]
         return taken
 
     def _claims(self, model: str) -> list[tuple[int, str]]:
-        selector = pafs.FileSelector(f"{self._model_dir(model)}/{CLAIMS_DIR}", allow_not_found=True)
         claims = []
-        for info in self._fs.get_file_info(selector):
+        for info in self._list(f"{self._model_dir(model)}/{CLAIMS_DIR}"):
             number, _, token = info.base_name.partition(".")
             if number.isdigit() and token:
                 claims.append((int(number), token))
@@ -344,7 +368,7 @@ class Registry:
         body = {"labels": {k: v.to_dict() for k, v in doc.labels.items()}, "history": doc.history[-200:]}
         path = f"{self._model_dir(model)}/{LABELS_FILE}"
         if self._is_local:  # write then rename: readers see the old or the new file, never half of one
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            tmp = f"{self._staging_path()}.json"
             self._write_bytes(tmp, json.dumps(body, indent=2).encode())
             self._fs.move(tmp, path)
         else:  # an object PUT is atomic

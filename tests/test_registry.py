@@ -52,8 +52,9 @@ def test_publish_lays_out_tf_serving_base_path(tmp_path: Path, tiny_saved_model:
     meta = json.loads((version_dir / "metadata.json").read_text())
     assert meta["version"] == 1 and meta["model"] == "digits" and meta["created_at"]
     assert reg.get("digits", 1).signature == SIG
-    # No staging leftovers beside the versions.
+    # No staging leftovers beside the versions, or anywhere.
     assert sorted(p.name for p in (tmp_path / "reg" / "digits").iterdir()) == ["1"]
+    assert list((tmp_path / "reg" / ".staging").iterdir()) == []
 
 
 def test_versions_increase_and_are_never_rewritten(root: str, tiny_saved_model: Path) -> None:
@@ -98,10 +99,13 @@ def test_concurrent_publishers_get_distinct_versions_and_readers_never_see_half_
     def read() -> None:  # bounded: stops with the publishers, or after 60 s
         deadline = time.monotonic() + 60
         reader = Registry(root)
-        while publishing.is_set() and time.monotonic() < deadline:
-            for v in reader.versions("m"):
-                infos = fs.get_file_info(FileSelector(f"{base}/m/{v}", recursive=True))
-                seen.append((v, sorted(i.path.split(f"/m/{v}/", 1)[1] for i in infos if i.type == FileType.File)))
+        try:
+            while publishing.is_set() and time.monotonic() < deadline:
+                for v in reader.versions("m"):
+                    infos = fs.get_file_info(FileSelector(f"{base}/m/{v}", recursive=True))
+                    seen.append((v, sorted(i.path.split(f"/m/{v}/", 1)[1] for i in infos if i.type == FileType.File)))
+        except BaseException as exc:  # a reader must never fail while publishers work
+            errors.append(exc)
 
     readers = [threading.Thread(target=read) for _ in range(2)]
     publishers = [threading.Thread(target=publish, args=(i,)) for i in range(6)]
@@ -113,8 +117,13 @@ def test_concurrent_publishers_get_distinct_versions_and_readers_never_see_half_
     for t in readers:
         t.join(timeout=70)
     assert not errors
-    assert sorted(results.values()) == [1, 2, 3, 4, 5, 6]
-    assert reg.versions("m") == [1, 2, 3, 4, 5, 6]
+    local = isinstance(fs, LocalFileSystem)
+    versions = sorted(results.values())
+    assert len(set(versions)) == 6 and reg.versions("m") == versions
+    if local:  # an atomic rename hands out numbers without gaps
+        assert versions == [1, 2, 3, 4, 5, 6]
+    else:  # claims under contention may skip a number (all its claimants withdrew), never share one
+        assert versions[0] >= 1
     # Each version holds exactly one publisher's artifact and metadata, never a mix.
     for i, v in results.items():
         assert reg.get("m", v).metadata["publisher"] == i
@@ -122,9 +131,9 @@ def test_concurrent_publishers_get_distinct_versions_and_readers_never_see_half_
     assert seen, "the readers listed no version while publishing went on"
     incomplete = [(v, files) for v, files in seen if files != expected_files]
     assert not incomplete, incomplete[:3]
-    if not isinstance(fs, LocalFileSystem):  # object store: one claim per version; losers withdrew theirs
+    if not local:  # object store: exactly one claim per published version; losers withdrew theirs
         claims = fs.get_file_info(FileSelector(f"{base}/m/.claims"))
-        assert sorted(int(c.base_name.split(".")[0]) for c in claims) == [1, 2, 3, 4, 5, 6]
+        assert sorted(int(c.base_name.split(".")[0]) for c in claims) == versions
 
 
 def test_labels_promote_and_rollback(root: str, tiny_saved_model: Path) -> None:

@@ -17,7 +17,8 @@ Object stores (S3, GCS) have no rename. There a publisher first claims a number:
 ``<model>/.claims/<version>.<random>`` and lists the claims for that number; it owns the number only
 if its claim is the only one, otherwise it withdraws and tries the next number after a random pause.
 With the read-after-write and list-after-write consistency that S3 and GCS guarantee, two publishers
-can never both see themselves alone, so no two ever write into the same version. Under contention a
+can never both see themselves alone, so no two ever write into the same version. Label changes are
+read-modify-writes of ``labels.json`` under a lock taken the same way (``<model>/.locks/labels/``). Under contention a
 number can be skipped (when all its claimants withdraw); numbers are never shared or reused. Readers
 ignore a version until its ``metadata.json`` exists, and that file is written last, after every other file.
 """
@@ -32,9 +33,10 @@ import re
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, TypeVar
 
 import pyarrow.fs as pafs
 
@@ -47,10 +49,14 @@ METADATA_FILE = "metadata.json"
 LABELS_FILE = "labels.json"
 CLAIMS_DIR = ".claims"
 STAGING_DIR = ".staging"
+LOCKS_DIR = ".locks"
+T = TypeVar("T")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _LABEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _PUBLISH_ATTEMPTS = 20
 _LIST_ATTEMPTS = 5
+_LOCK_TIMEOUT_S = 30.0
+_LOCK_STALE_S = 120.0  # a label change takes milliseconds; older claims are a dead holder's
 
 
 def validate_model_name(name: str) -> str:
@@ -261,45 +267,40 @@ class Registry:
         validate_label(label)
         if not 0.0 <= weight <= 1.0:
             raise InvalidInput(f"A label's weight is a share of traffic in [0, 1]. Received: {weight}")
-        if int(version) not in self.versions(model):
-            if not self.versions(model):
-                raise ModelNotFound(model)
-            raise VersionNotFound(model, version)
-        doc = self._read_labels(model)
-        new = Label(version=int(version), weight=float(weight), updated_at=_now())
-        previous = doc.labels.get(label)
-        doc.labels[label] = new
-        doc.history.append(
-            {"at": new.updated_at, "label": label, "version": new.version, "weight": new.weight,
-             "previous": previous.version if previous else None}
-        )
-        self._write_labels(model, doc)
-        return new
+        version = self._require_version(model, version)
+        return self._update_labels(model, lambda doc: _apply_label(doc, label, version, float(weight)))
 
     def remove_label(self, model: str, label: str) -> None:
-        doc = self._read_labels(model)
-        if label not in doc.labels:
-            raise LabelNotFound(model, label)
-        previous = doc.labels.pop(label)
-        doc.history.append({"at": _now(), "label": label, "version": None, "weight": None,
-                            "previous": previous.version})
-        self._write_labels(model, doc)
+        def remove(doc: _LabelsDoc) -> None:
+            if label not in doc.labels:
+                raise LabelNotFound(model, label)
+            _drop_label(doc, label)
+
+        self._update_labels(model, remove)
 
     def promote(self, model: str, version: int | None = None) -> Label:
         """Point ``stable`` at ``version`` (default: the latest); a canary on that version is retired."""
-        version = self.latest(model) if version is None else int(version)
-        label = self.set_label(model, "stable", version)
-        canary = self.labels(model).get("canary")
-        if canary is not None and canary.version == version:
-            self.remove_label(model, "canary")
-        return label
+        version = self.latest(model) if version is None else self._require_version(model, version)
+
+        def promote(doc: _LabelsDoc) -> Label:
+            stable = _apply_label(doc, "stable", version, 1.0)
+            canary = doc.labels.get("canary")
+            if canary is not None and canary.version == version:
+                _drop_label(doc, "canary")
+            return stable
+
+        return self._update_labels(model, promote)
 
     def rollback(self, model: str) -> Label:
         """Point ``stable`` back at the version it held before its latest change."""
-        changes = [e for e in self._read_labels(model).history if e["label"] == "stable"]
-        if not changes or changes[-1]["previous"] is None:
-            raise InvalidInput(f"Model '{model}' has no earlier stable version to roll back to")
-        return self.set_label(model, "stable", changes[-1]["previous"])
+
+        def rollback(doc: _LabelsDoc) -> Label:
+            changes = [e for e in doc.history if e["label"] == "stable"]
+            if not changes or changes[-1]["previous"] is None:
+                raise InvalidInput(f"Model '{model}' has no earlier stable version to roll back to")
+            return _apply_label(doc, "stable", int(changes[-1]["previous"]), 1.0)
+
+        return self._update_labels(model, rollback)
 
     # ---- internals -----------------------------------------------------------------------------
 
@@ -317,6 +318,14 @@ class Registry:
                     raise
                 time.sleep(0.002 * 2**attempt)
         raise AssertionError("unreachable")
+
+    def _require_version(self, model: str, version: int) -> int:
+        versions = self.versions(model)
+        if not versions:
+            raise ModelNotFound(model)
+        if int(version) not in versions:
+            raise VersionNotFound(model, version)
+        return int(version)
 
     def _staging_path(self) -> str:
         """A fresh temporary path on the registry's file system, outside every model's folder."""
@@ -344,14 +353,52 @@ class Registry:
 
     def _claim(self, model: str, version: int) -> bool:
         """Own ``version`` on an object store, or withdraw and return False (see the module docstring)."""
-        token = uuid.uuid4().hex
-        path = f"{self._model_dir(model)}/{CLAIMS_DIR}/{version}.{token}"
+        return self._try_claim(f"{self._model_dir(model)}/{CLAIMS_DIR}", f"{version}.{uuid.uuid4().hex}",
+                               rival=lambda info: info.base_name.startswith(f"{version}."))
+
+    def _try_claim(self, folder: str, name: str, *, rival: Callable[[pafs.FileInfo], bool]) -> bool:
+        """Write the claim ``folder/name``; keep it if no rival claim is listed beside it, else
+        withdraw it. With consistent listing (local disks, S3, GCS) two claimants never both keep theirs."""
+        if self._is_local:
+            self._fs.create_dir(folder, recursive=True)
+        path = f"{folder}/{name}"
         self._write_bytes(path, _now().encode())
-        rivals = [t for v, t in self._claims(model) if v == version and t != token]
-        if rivals:
+        if any(rival(info) for info in self._list(folder) if info.base_name != name):
             self._fs.delete_file(path)
             return False
         return True
+
+    @contextmanager
+    def _locked(self, model: str, what: str) -> Iterator[None]:
+        """Hold ``what``'s lock for ``model`` against every other process, on any storage.
+
+        A claim older than ``_LOCK_STALE_S`` belonged to a holder that died and is ignored.
+        """
+        folder = f"{self._model_dir(model)}/{LOCKS_DIR}/{what}"
+        name = uuid.uuid4().hex
+        deadline = time.monotonic() + _LOCK_TIMEOUT_S
+
+        def live(info: pafs.FileInfo) -> bool:
+            return info.mtime is None or time.time() - info.mtime.timestamp() < _LOCK_STALE_S
+
+        attempt = 0
+        while not self._try_claim(folder, name, rival=live):
+            if time.monotonic() > deadline:
+                raise RegistryConflict(f"'{model}' {what} stayed locked by another writer for {_LOCK_TIMEOUT_S:.0f}s")
+            attempt += 1
+            time.sleep(random.uniform(0.005, 0.02) * min(attempt, 10))
+        try:
+            yield
+        finally:
+            self._fs.delete_file(f"{folder}/{name}")
+
+    def _update_labels(self, model: str, change: Callable[[_LabelsDoc], T]) -> T:
+        """Read, change and write ``labels.json`` under its lock: concurrent changes are never lost."""
+        with self._locked(model, "labels"):
+            doc = self._read_labels(model)
+            result = change(doc)
+            self._write_labels(model, doc)
+        return result
 
     def _read_labels(self, model: str) -> _LabelsDoc:
         try:
@@ -377,6 +424,20 @@ class Registry:
     def _write_bytes(self, path: str, data: bytes) -> None:
         with self._fs.open_output_stream(path) as f:
             f.write(data)
+
+
+def _apply_label(doc: _LabelsDoc, label: str, version: int, weight: float) -> Label:
+    new = Label(version=version, weight=weight, updated_at=_now())
+    previous = doc.labels.get(label)
+    doc.labels[label] = new
+    doc.history.append({"at": new.updated_at, "label": label, "version": version, "weight": weight,
+                        "previous": previous.version if previous else None})
+    return new
+
+
+def _drop_label(doc: _LabelsDoc, label: str) -> None:
+    previous = doc.labels.pop(label)
+    doc.history.append({"at": _now(), "label": label, "version": None, "weight": None, "previous": previous.version})
 
 
 def _now() -> str:

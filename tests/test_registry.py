@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pyarrow.fs import FileSelector, FileType, LocalFileSystem
 
-from maas.errors import InvalidInput, LabelNotFound, ModelNotFound, VersionNotFound
+from maas.errors import InvalidInput, LabelNotFound, ModelNotFound, RegistryConflict, VersionNotFound
 from maas.registry import Registry
 from maas.signature import Signature, TensorSpec
 from maas.storage import join_uri, resolve_uri
@@ -194,3 +194,47 @@ def test_remote_versions_are_downloaded_once_and_load_in_tensorflow(
     assert reg.local_path("m", 1) == str(local)
     fn = tf.saved_model.load(str(local)).signatures["serving_default"]
     assert fn(pixels=tf.zeros((2, 8, 8)))["probabilities"].shape == (2, 10)
+
+
+def test_concurrent_label_changes_are_never_lost(root: str, tiny_saved_model: Path) -> None:
+    reg = Registry(root)
+    reg.publish("m", str(tiny_saved_model), _meta())
+    errors: list[BaseException] = []
+
+    def label(i: int) -> None:
+        try:
+            Registry(root).set_label("m", f"team-{i}", 1, weight=i / 10)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=label, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    labels = reg.labels("m")
+    assert sorted(labels) == [f"team-{i}" for i in range(8)]  # every change kept, none overwritten
+    assert len(reg.label_history("m")) == 8
+
+
+def test_a_live_writers_lock_times_out_and_a_dead_ones_goes_stale(
+    tmp_path: Path, tiny_saved_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import maas.registry
+
+    reg = Registry(str(tmp_path))
+    reg.publish("m", str(tiny_saved_model), _meta())
+    lock = tmp_path / "m" / ".locks" / "labels" / "another-writer"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("held")
+    monkeypatch.setattr(maas.registry, "_LOCK_TIMEOUT_S", 0.5)
+    with pytest.raises(RegistryConflict, match="labels stayed locked by another writer"):
+        reg.promote("m", 1)
+    assert "stable" not in reg.labels("m")
+    long_ago = time.time() - 600  # the writer died ten minutes ago
+    os.utime(lock, (long_ago, long_ago))
+    assert reg.promote("m", 1).version == 1
+    assert sorted(p.name for p in lock.parent.iterdir()) == ["another-writer"]  # ours was released

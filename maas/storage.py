@@ -37,10 +37,6 @@ def resolve_uri(uri: str) -> tuple[pafs.FileSystem, str]:
     return fs, path.rstrip("/") or "/"
 
 
-def is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
 def join_uri(base: str, *parts: str) -> str:
     """``base`` with ``parts`` appended to its path (a query string, if any, stays at the end)."""
     if "://" not in base:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import re
-import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -17,9 +16,9 @@ CLUSTER_YAML = ROOT / "cluster.yaml"
 
 
 def pinned_ray_version() -> str:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    (ray,) = [d for d in deps if d.startswith("ray[")]
-    return ray.split("==", 1)[1]
+    from maas.kuberay import project_versions
+
+    return project_versions()[1]
 
 
 def _launcher_config(raw: dict) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from maas.registry import ModelVersion, Registry
-from maas.storage import is_local, resolve_uri
+from maas.storage import resolve_uri
 from maas.templates import DataSplits, get_template
 from maas.training.config import TrainConfig
 from maas.training.loop import EXPORT_DIR, EXPORT_INFO_FILE, WORKER_NODE_PREFIX, train_loop_per_worker
@@ -135,10 +135,10 @@ def _storage(uri: str) -> tuple[Any, str]:
     """Ray Train's ``(storage_filesystem, storage_path)``: the file system comes from the project's
     one resolver (so an S3-compatible endpoint set in the environment applies); local paths stay
     plain paths for Ray to handle itself."""
+    import pyarrow.fs as pafs
+
     fs, path = resolve_uri(uri)
-    if is_local(uri):
-        return None, path
-    return fs, path
+    return (None, path) if isinstance(fs, pafs.LocalFileSystem) else (fs, path)
 
 
 def _worker_nodes(ckpt_dir: str) -> list[str]:

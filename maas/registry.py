@@ -136,6 +136,10 @@ class Registry:
         names = [i.base_name for i in infos if i.type == pafs.FileType.Directory and _NAME_RE.match(i.base_name)]
         return sorted(n for n in names if self.versions(n))
 
+    def check_reachable(self) -> None:
+        """One listing of the registry's root; raises ``OSError`` when its storage cannot be reached."""
+        self._list(self._root)
+
     def versions(self, model: str) -> list[int]:
         """Published versions of ``model``, ascending; empty if the model does not exist."""
         model_dir = self._model_dir(model)

@@ -238,3 +238,14 @@ def test_a_live_writers_lock_times_out_and_a_dead_ones_goes_stale(
     os.utime(lock, (long_ago, long_ago))
     assert reg.promote("m", 1).version == 1
     assert sorted(p.name for p in lock.parent.iterdir()) == ["another-writer"]  # ours was released
+
+
+def test_check_reachable_fails_only_when_storage_cannot_be_reached(
+    root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Registry(root).check_reachable()  # an empty registry on working storage is reachable
+    from conftest import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with pytest.raises(OSError):
+        Registry("s3://no-such-bucket/registry").check_reachable()

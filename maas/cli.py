@@ -203,6 +203,8 @@ def _registry(args: argparse.Namespace):
 
 
 def _models_list(args: argparse.Namespace) -> int:
+    from maas.training.metrics import headline
+
     reg = _registry(args)
     models = reg.models()
     if not models:
@@ -215,9 +217,8 @@ def _models_list(args: argparse.Namespace) -> int:
             meta = reg.get(name, v)
             tags = ",".join(f"{k}" + (f"({lab.weight:g})" if k != "stable" else "") for k, lab in labels.items()
                             if lab.version == v)
-            acc = meta.metrics.get("accuracy")
-            score = f"accuracy {acc:.4f}" if isinstance(acc, (int, float)) else ""
-            print(f"  v{v:<4} {meta.metadata.get('created_at', ''):<26} {score:<18} {tags}")
+            score = headline({k: v for k, v in meta.metrics.items() if k != "baseline"})
+            print(f"  v{v:<4} {meta.metadata.get('created_at', ''):<26} {score:<40} {tags}")
     return 0
 
 

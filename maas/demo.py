@@ -16,6 +16,7 @@ from maas.cli_support import fail
 from maas.client import TFServingClient
 from maas.registry import Registry
 from maas.templates import get_template
+from maas.training.data import builtin_held_out
 
 _MODEL = "digits"
 
@@ -49,7 +50,7 @@ def run_demo(*, num_workers: int = 2, epochs: int | None = None, samples: int = 
     client = TFServingClient()
 
     print(f"== 4/4 HTTP predictions: POST {client.base_url}/v1/models/{_MODEL}:predict")
-    x_test, y_test = get_template(_MODEL).held_out(settings.default_data_dir())
+    x_test, y_test = builtin_held_out(get_template(_MODEL), settings.default_data_dir())
     probs = np.concatenate([client.predict(_MODEL, x_test[i : i + 64]) for i in range(0, len(x_test), 64)])
     predicted = probs.argmax(axis=1)
     for i in range(min(samples, len(x_test))):

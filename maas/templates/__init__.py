@@ -7,10 +7,17 @@ builders import Keras when called.
 from __future__ import annotations
 
 from maas.errors import InvalidInput
-from maas.templates.base import DataSplits, Template
+from maas.templates.base import DataInfo, DataSplits, FeatureStats, Template
 from maas.templates.digits import DIGITS
+from maas.templates.images import IMAGE_CNN
+from maas.templates.maintenance import MAINTENANCE, MAINTENANCE_REGRESSION
+from maas.templates.sports import SPORTS_FRAMES, SPORTS_SEQUENCE
+from maas.templates.tabular import TABULAR_MLP
 
-TEMPLATES: dict[str, Template] = {t.name: t for t in (DIGITS,)}
+TEMPLATES: dict[str, Template] = {
+    t.name: t
+    for t in (DIGITS, TABULAR_MLP, IMAGE_CNN, SPORTS_FRAMES, SPORTS_SEQUENCE, MAINTENANCE, MAINTENANCE_REGRESSION)
+}
 
 
 def get_template(name: str) -> Template:
@@ -20,4 +27,4 @@ def get_template(name: str) -> Template:
         raise InvalidInput(f"Unknown template {name!r}; choose one of {sorted(TEMPLATES)}") from None
 
 
-__all__ = ["DataSplits", "TEMPLATES", "Template", "get_template"]
+__all__ = ["DataInfo", "DataSplits", "FeatureStats", "TEMPLATES", "Template", "get_template"]

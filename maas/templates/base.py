@@ -1,8 +1,8 @@
-"""What every template provides."""
+"""What every template provides, and what the driver learns from the data before training."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
@@ -12,57 +12,129 @@ from maas.signature import TensorSpec
 if TYPE_CHECKING:
     import keras
 
+Task = Literal["classification", "regression"]
+DataFormat = Literal["parquet", "csv", "images"]
+LABEL_COLUMN = "label"
+
 
 @dataclass(frozen=True)
 class DataSplits:
-    """Where a template's data lives: Parquet (or other Ray Data readable) URIs for each split."""
+    """Where a data set lives: a URI per split (a file or a folder of files; for ``images`` a folder
+    with one sub-folder per class) and the format Ray Data reads it with."""
 
     train: str
     test: str
+    format: DataFormat = "parquet"
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Cleaning and normalization statistics of the training split only (NaN ignored).
+
+    ``mean`` and ``std`` are per feature along the input's last axis (features, channels); missing
+    values are filled with ``mean``. ``label_mean``/``label_std`` scale regression targets."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    count: int
+    label_mean: float | None = None
+    label_std: float | None = None
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the driver learned from the data before training; every worker builds the model from it
+    and it is recorded in the published version's metadata."""
+
+    splits: DataSplits
+    item_shape: tuple[int, ...]  # one example's input shape
+    class_names: tuple[str, ...]  # () for regression
+    feature_columns: tuple[str, ...] = ()  # flat tabular data: the columns that form the input, in order
+    stats: FeatureStats | None = None
+    train_rows: int = 0
+    test_rows: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataInfo:
+        stats = data.get("stats")
+        return cls(
+            splits=DataSplits(**data["splits"]),
+            item_shape=tuple(data["item_shape"]),
+            class_names=tuple(data["class_names"]),
+            feature_columns=tuple(data.get("feature_columns", ())),
+            stats=None if stats is None else FeatureStats(**{**stats, "mean": tuple(stats["mean"]),
+                                                              "std": tuple(stats["std"])}),
+            train_rows=data.get("train_rows", 0),
+            test_rows=data.get("test_rows", 0),
+        )
 
 
 @dataclass(frozen=True)
 class Template:
     """A trainable use case.
 
-    ``build_model`` returns an uncompiled Keras model whose first layers hold the preprocessing, so
-    that the exported SavedModel takes raw inputs exactly as clients send them.
+    ``build_model(info)`` returns an uncompiled Keras model whose first layers hold the
+    preprocessing (missing-value filling and normalization with the training split's statistics,
+    pixel scaling), so that the exported SavedModel takes raw inputs exactly as clients send them.
+
+    Data schema: the input is the column ``input_name`` (a list column, reshaped to ``item_shape``;
+    for ``images`` the decoded image) or, when ``feature_columns`` is set, those numeric columns in
+    order (``("*",)``: every numeric column but the label). The label is the ``label`` column: class
+    indices 0..K-1 for classification, numbers for regression; for images, the class folder.
     """
 
     name: str
     description: str
-    task: Literal["classification", "regression"]
-    input: TensorSpec
+    task: Task
+    input_name: str
+    input_dtype: str
+    item_shape: tuple[int | None, ...]  # None: taken from the data
     output_name: str
-    class_names: tuple[str, ...]
-    label_column: str
-    build_model: Callable[[], "keras.Model"]
+    build_model: Callable[[DataInfo], "keras.Model"]
     prepare_data: Callable[[str], DataSplits]
-    features: Callable[[dict[str, np.ndarray]], np.ndarray]
+    class_names: tuple[str, ...] = ()  # the built-in data set's; () for regression or from the data
+    feature_columns: tuple[str, ...] = ()
+    normalize: bool = False
+    data_source: str = ""  # where the built-in data comes from (real data set, or the generator)
     default_epochs: int = 10
     default_batch_size: int = 32
     default_learning_rate: float = 1e-3
-
-    def held_out(self, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
-        """The held-out test split as (raw inputs exactly as clients send them, labels)."""
-        import pyarrow.parquet as pq
-
-        from maas.storage import resolve_uri
-
-        fs, path = resolve_uri(self.prepare_data(data_dir).test)
-        table = pq.read_table(path, filesystem=fs)
-        batch = {name: np.asarray(table.column(name).to_pylist()) for name in table.column_names}
-        return self.features(batch), batch[self.label_column]
+    tags: tuple[str, ...] = field(default=())
 
     @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+    def label_column(self) -> str:
+        return LABEL_COLUMN
+
+    def input_spec(self, info: DataInfo) -> TensorSpec:
+        return TensorSpec(name=self.input_name, dtype=self.input_dtype, shape=(-1, *info.item_shape))
+
+    def features(self, batch: dict[str, np.ndarray], info: DataInfo) -> np.ndarray:
+        """The model input for a batch of rows as Ray Data (or Parquet) hands them over."""
+        if info.feature_columns:
+            x = np.column_stack([np.asarray(batch[c], dtype=np.float64) for c in info.feature_columns])
+        else:
+            column = batch[self.input_name]
+            x = np.stack(column) if column.dtype == object else np.asarray(column)
+        return x.reshape(-1, *info.item_shape).astype(self.input_dtype, copy=False)
+
+    def labels(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        y = np.asarray(batch[LABEL_COLUMN])
+        return y.astype(np.int64 if self.task == "classification" else np.float32, copy=False)
 
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "task": self.task,
             "description": self.description,
-            "input": self.input.to_dict(),
+            "input": {"name": self.input_name, "dtype": self.input_dtype,
+                      "shape": [-1, *(-1 if d is None else d for d in self.item_shape)]},
             "classes": list(self.class_names),
+            "data": self.data_source,
         }

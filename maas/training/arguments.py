@@ -18,14 +18,25 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="per-worker batch size; default: the template's")
     p.add_argument("--learning-rate", type=float, default=None, help="default: the template's")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--data", dest="data_dir", default=None,
-                   help="folder or URI (s3://, gs://) for the template's data set; shared storage on a "
-                        f"multi-node cluster (default: {settings.default_data_dir()})")
+    p.add_argument("--data", default=None, metavar="URI",
+                   help="your data set on any pyarrow.fs URI (local, s3://, gs://): train.parquet + test.parquet, "
+                        "train.csv + test.csv, or image folders train/<class>/ + test/<class>/, matching the "
+                        "template's schema (default: the template's built-in data set)")
+    p.add_argument("--data-dir", default=None, metavar="URI",
+                   help="where built-in data sets are staged; shared storage on a multi-node cluster "
+                        f"(default: {settings.default_data_dir()})")
     p.add_argument("--registry", default=None, help=f"registry URI (default: {settings.default_registry_uri()})")
     p.add_argument("--storage-path", default=None,
                    help=f"Ray Train storage for runs and checkpoints (default: {settings.default_runs_uri()})")
     p.add_argument("--model-name", default=None, help="name to publish under (default: the template's name)")
-    p.add_argument("--run-name", default=None, help="Ray Train run name; reuse one to resume that run")
+    p.add_argument("--run-name", default=None, help="Ray Train run name (default: <model>-<UTC time>)")
+    p.add_argument("--resume", metavar="RUN_NAME", default=None,
+                   help="continue a stopped or failed run from its last checkpoint (same storage path)")
+    p.add_argument("--cv", dest="cv_folds", type=int, default=None, metavar="K",
+                   help="K-fold cross-validation on the training split first, folds as parallel Ray Train runs; "
+                        "mean and std per metric go into the published version's metadata")
+    p.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
+                   help="float16 compute with float32 weights (default: on with --use-gpu)")
     p.add_argument("--placement-strategy", default=None, choices=PLACEMENT_STRATEGIES,
                    help="where Ray puts the workers: PACK (default, fewest nodes) or SPREAD/STRICT_SPREAD (across nodes)")
     p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from (default: 2)")
@@ -36,15 +47,23 @@ _CONFIG_FIELDS = set(TrainConfig.__dataclass_fields__)
 
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:
     """A validated :class:`TrainConfig` from parsed arguments (unset options keep their defaults)."""
-    return TrainConfig(**{k: v for k, v in vars(ns).items() if k in _CONFIG_FIELDS and v is not None})
+    values = {k: v for k, v in vars(ns).items() if k in _CONFIG_FIELDS and v is not None}
+    resume = getattr(ns, "resume", None)
+    if resume is not None:
+        values.update(run_name=resume, resume=True)
+    return TrainConfig(**values)
 
 
 def to_argv(ns: argparse.Namespace) -> list[str]:
     """The options set in ``ns`` as command-line arguments again (to forward to a submitted job)."""
     argv: list[str] = []
     for key, value in vars(ns).items():
-        if key not in _CONFIG_FIELDS or value is None or value is False:
+        if key not in _CONFIG_FIELDS | {"resume"} or value is None:
             continue
-        flag = "--data" if key == "data_dir" else "--" + key.replace("_", "-")
+        flag = "--cv" if key == "cv_folds" else "--" + key.replace("_", "-")
+        if value is False:
+            if key == "mixed_precision":
+                argv.append("--no-mixed-precision")
+            continue
         argv += [flag] if value is True else [flag, str(value)]
     return argv

@@ -26,13 +26,17 @@ class TrainConfig:
     batch_size: int | None = None  # per worker; None: the template's default
     learning_rate: float | None = None
     seed: int = 0
-    data_dir: str = field(default_factory=settings.default_data_dir)
+    data: str | None = None  # your data set (train/test splits); None: the template's built-in data
+    data_dir: str = field(default_factory=settings.default_data_dir)  # where built-in data sets are staged
     registry: str = field(default_factory=settings.default_registry_uri)
     storage_path: str = field(default_factory=settings.default_runs_uri)
     model_name: str | None = None  # None: the template's name
     run_name: str | None = None  # None: "<model>-<UTC time>"; reuse a name to resume that run
     max_failures: int = 2
     placement_strategy: PlacementStrategy = "PACK"
+    mixed_precision: bool | None = None  # None: on with GPUs (float16 compute, float32 weights)
+    cv_folds: int = 0  # 0: no cross-validation; K >= 2: K folds before the final model
+    resume: bool = False  # continue the existing run ``run_name`` (fail if there is none)
 
     def __post_init__(self) -> None:
         template = get_template(self.template)  # raises on an unknown name
@@ -47,11 +51,15 @@ class TrainConfig:
         )
         _check(self.placement_strategy in PLACEMENT_STRATEGIES,
                f"placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}", self.placement_strategy)
+        _check(self.cv_folds == 0 or self.cv_folds >= 2, "cv folds must be at least 2 (or 0: none)", self.cv_folds)
+        _check(not self.resume or self.run_name is not None, "resume needs the run name to continue", self.run_name)
         _check(self.max_failures >= -1, "max_failures must be -1 (forever) or more", self.max_failures)
         # Fill template defaults so that everything downstream reads concrete values.
         object.__setattr__(self, "epochs", self.epochs or template.default_epochs)
         object.__setattr__(self, "batch_size", self.batch_size or template.default_batch_size)
         object.__setattr__(self, "learning_rate", self.learning_rate or template.default_learning_rate)
+        if self.mixed_precision is None:
+            object.__setattr__(self, "mixed_precision", self.use_gpu)
         object.__setattr__(self, "model_name", validate_model_name(self.model_name or template.name))
         if self.run_name is None:
             stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")

@@ -7,21 +7,24 @@ import json
 import logging
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from maas.errors import ConfigError
 from maas.registry import ModelVersion, Registry
-from maas.storage import resolve_uri
-from maas.templates import DataSplits, get_template
+from maas.storage import join_uri, resolve_uri
+from maas.templates import DataInfo, DataSplits, Template, get_template
 from maas.training.config import TrainConfig
-from maas.training.loop import EXPORT_DIR, EXPORT_INFO_FILE, WORKER_NODE_PREFIX, train_loop_per_worker
+from maas.training.data import check_data, describe_data, feature_stats, majority_class, read_split
+from maas.training.loop import EXPORT_DIR, EXPORT_INFO_FILE, STATE_FILE, WORKER_NODE_PREFIX, train_loop_per_worker
+from maas.training.metrics import summarize_folds
 
 logger = logging.getLogger(__name__)
 
 # The training settings recorded in a version's metadata (paths and names are recorded elsewhere).
 _RECORDED_PARAMS = ("num_workers", "use_gpu", "cpus_per_worker", "placement_strategy", "epochs", "batch_size",
-                    "learning_rate", "seed")
+                    "learning_rate", "seed", "mixed_precision", "cv_folds", "max_failures")
 
 
 @dataclass(frozen=True)
@@ -29,26 +32,69 @@ class TrainOutcome:
     version: ModelVersion
     metrics: dict[str, Any]
     checkpoint_path: str
+    cross_validation: dict[str, Any] | None = field(default=None)
 
 
 def run_training(config: TrainConfig) -> TrainOutcome:
     """Train ``config.template`` on the connected Ray cluster and publish the result as a new version.
 
-    The caller connects to Ray (``ray.init``) first.
+    The caller connects to Ray (``ray.init``) first. The data is checked against the template's
+    schema before any worker starts; with ``cv_folds`` the folds run first, in parallel.
     """
     import ray
-    import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
 
     template = get_template(config.template)
-    splits = template.prepare_data(config.data_dir)
-    datasets = _load_datasets(splits, reserved_cpus=config.num_workers * config.cpus_per_worker)
+    splits = check_data(config).splits
+    info = describe_data(template, splits)
+    majority = majority_class(info) if template.task == "classification" else None
+    datasets = _load_datasets(info, reserved_cpus=config.num_workers * config.cpus_per_worker)
+    cv = cross_validate(config, template, info, datasets["train"]) if config.cv_folds else None
+
+    result = _fit(config, info, datasets, config.run_name or "", majority)
+    with result.checkpoint.as_directory() as ckpt_dir:
+        export_info = json.loads(Path(ckpt_dir, EXPORT_INFO_FILE).read_text())
+        history = json.loads(Path(ckpt_dir, STATE_FILE).read_text())["history"]
+        metadata = {
+            "template": template.name,
+            "task": template.task,
+            "classes": list(info.class_names),
+            "signature": export_info["signature"],
+            "metrics": export_info["evaluation"],
+            "cross_validation": cv,
+            "training": {**{k: v for k, v in result.metrics.items() if not k.startswith("test_")},
+                         "epoch_history": history},
+            "params": {k: v for k, v in config.to_dict().items() if k in _RECORDED_PARAMS},
+            "data": {"train": splits.train, "test": splits.test, "format": splits.format,
+                     "source": config.data or template.data_source, "train_rows": info.train_rows or None,
+                     "test_rows": info.test_rows or None, "fingerprint": data_fingerprint(splits)},
+            "preprocessing": {"feature_columns": list(info.feature_columns), "item_shape": list(info.item_shape),
+                              "training_split_stats": None if info.stats is None else asdict(info.stats)},
+            "ray": {
+                "job_id": ray.get_runtime_context().get_job_id(),
+                "submission_id": _submission_id(),
+                "run_name": config.run_name,
+                "checkpoint": result.checkpoint.path,
+                "tensorboard": _tensorboard_uri(config, config.run_name or ""),
+                "worker_nodes": _worker_nodes(ckpt_dir),
+            },
+            "libraries": library_versions(),
+        }
+        version = Registry(config.registry).publish(config.model_name, str(Path(ckpt_dir, EXPORT_DIR)), metadata)
+    return TrainOutcome(version=version, metrics=export_info["evaluation"], checkpoint_path=result.checkpoint.path,
+                        cross_validation=cv)
+
+
+def _fit(config: TrainConfig, info: DataInfo, datasets: dict[str, Any], run_name: str,
+         majority: int | None) -> Any:
+    """One Ray Train run (``TensorflowTrainer``) to its end; returns its ``Result``."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
 
     storage_fs, storage_path = _storage(config.storage_path)
     trainer = TensorflowTrainer(
         train_loop_per_worker,
-        train_loop_config={"train_config": config.to_dict()},
+        train_loop_config={"train_config": config.to_dict(), "data_info": info.to_dict(),
+                           "majority_class": majority, "tensorboard_uri": _tensorboard_uri(config, run_name)},
         scaling_config=ScalingConfig(
             num_workers=config.num_workers,
             use_gpu=config.use_gpu,
@@ -56,7 +102,7 @@ def run_training(config: TrainConfig) -> TrainOutcome:
             placement_strategy=config.placement_strategy,
         ),
         run_config=RunConfig(
-            name=config.run_name,
+            name=run_name,
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -68,30 +114,54 @@ def run_training(config: TrainConfig) -> TrainOutcome:
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"training run {config.run_name} finished without a checkpoint")
+        raise RuntimeError(f"training run {run_name} finished without a checkpoint")
+    return result
 
+
+def _tensorboard_uri(config: TrainConfig, run_name: str) -> str:
+    return join_uri(config.storage_path, run_name, "tensorboard")
+
+
+def cross_validate(config: TrainConfig, template: Template, info: DataInfo, train: Any) -> dict[str, Any]:
+    """K-fold cross-validation of ``train``: fold k trains on the other K-1 parts (statistics from
+    those parts only) and is evaluated on part k. Folds are independent Ray Train runs launched as
+    Ray tasks, as many at once as the cluster's CPUs hold (the rest queue). Returns each fold's
+    metrics and the mean and standard deviation per metric."""
+    import ray
+
+    k = config.cv_folds
+    shuffled = train.random_shuffle(seed=config.seed).materialize()
+    rows = shuffled.count()
+    if rows < k:
+        raise ConfigError(f"--cv {k}: the training split has only {rows} rows")
+    parts = shuffled.split_at_indices([rows * i // k for i in range(1, k)])
+    per_run = config.num_workers * config.cpus_per_worker
+    at_once = max(1, min(k, int(ray.available_resources().get("CPU", 0.0) // per_run)))
+    logger.info("cross-validation: %d folds of %d rows, %d at a time", k, rows, at_once)
+    fit_fold = ray.remote(num_cpus=0)(_fit_fold)
+    pending, results = [], {}
+    for fold in range(k):
+        others = [p for i, p in enumerate(parts) if i != fold]
+        fold_train = others[0].union(*others[1:]) if len(others) > 1 else others[0]
+        stats = feature_stats(template, info, fold_train) if info.stats is not None else None
+        fold_info = replace(info, stats=stats)
+        if len(pending) >= at_once:
+            done, pending = ray.wait(pending, num_returns=1)
+            results.update(ray.get(done[0]))
+        pending.append(fit_fold.remote(config, fold_info, {"train": fold_train, "test": parts[fold]},
+                                       f"{config.run_name}-cv{fold}", fold))
+    for ref in pending:
+        results.update(ray.get(ref))
+    folds = [results[i] for i in range(k)]
+    return {"folds": k, "summary": summarize_folds(folds), "per_fold": folds}
+
+
+def _fit_fold(config: TrainConfig, info: DataInfo, datasets: dict[str, Any], run_name: str,
+              fold: int) -> dict[int, dict[str, Any]]:
+    result = _fit(config, info, datasets, run_name, None)
     with result.checkpoint.as_directory() as ckpt_dir:
-        export_info = json.loads(Path(ckpt_dir, EXPORT_INFO_FILE).read_text())
-        metadata = {
-            "template": template.name,
-            "task": template.task,
-            "classes": list(template.class_names),
-            "signature": export_info["signature"],
-            "metrics": export_info["evaluation"],
-            "training": {k: v for k, v in result.metrics.items() if not k.startswith("test_")},
-            "params": {k: v for k, v in config.to_dict().items() if k in _RECORDED_PARAMS},
-            "data": {"train": splits.train, "test": splits.test, "fingerprint": data_fingerprint(splits)},
-            "ray": {
-                "job_id": ray.get_runtime_context().get_job_id(),
-                "submission_id": _submission_id(),
-                "run_name": config.run_name,
-                "checkpoint": result.checkpoint.path,
-                "worker_nodes": _worker_nodes(ckpt_dir),
-            },
-            "libraries": library_versions(),
-        }
-        version = Registry(config.registry).publish(config.model_name, str(Path(ckpt_dir, EXPORT_DIR)), metadata)
-    return TrainOutcome(version=version, metrics=export_info["evaluation"], checkpoint_path=result.checkpoint.path)
+        evaluation = json.loads(Path(ckpt_dir, EXPORT_INFO_FILE).read_text())["evaluation"]
+    return {fold: {k: v for k, v in evaluation.items() if not isinstance(v, (dict, list))}}
 
 
 # Data sets smaller than this are read once into the object store and streamed to the workers from
@@ -99,7 +169,7 @@ def run_training(config: TrainConfig) -> TrainOutcome:
 CACHE_BELOW_BYTES = 256 * 1024 * 1024
 
 
-def _load_datasets(splits: DataSplits, *, reserved_cpus: float) -> dict[str, Any]:
+def _load_datasets(info: DataInfo, *, reserved_cpus: float) -> dict[str, Any]:
     """Ray Data datasets for the splits, streamed to each worker's shard.
 
     Ray Data reads with CPUs that the training workers do not hold. When the workers hold every CPU
@@ -107,14 +177,10 @@ def _load_datasets(splits: DataSplits, *, reserved_cpus: float) -> dict[str, Any
     hang, so the data is then read up front into the object store; small data sets are too.
     """
     import ray
-    import ray.data
 
-    datasets = {}
-    for name, uri in (("train", splits.train), ("test", splits.test)):
-        fs, path = resolve_uri(uri)
-        datasets[name] = ray.data.read_parquet(path, filesystem=fs)
+    datasets = {name: read_split(info, name) for name in ("train", "test")}
     spare = ray.cluster_resources().get("CPU", 0.0) - reserved_cpus
-    size = sum(_size_bytes(uri) for uri in (splits.train, splits.test))
+    size = sum(_size_bytes(uri) for uri in (info.splits.train, info.splits.test))
     if spare < 1.0 or size < CACHE_BELOW_BYTES:
         logger.info("caching %d bytes of data in the object store (%.1f spare CPUs)", size, spare)
         datasets = {name: ds.materialize() for name, ds in datasets.items()}

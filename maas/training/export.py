@@ -6,22 +6,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from maas.signature import Signature
-from maas.templates import Template
+from maas.templates import DataInfo, Template
 
 if TYPE_CHECKING:
     import keras
 
 
-def export_saved_model(model: "keras.Model", template: Template, path: str) -> Signature:
-    """Write ``model`` to ``path`` and return the signature read back from the written SavedModel."""
+def export_saved_model(model: "keras.Model", template: Template, info: DataInfo, path: str) -> Signature:
+    """Write ``model`` to ``path`` and return the signature read back from the written SavedModel.
+
+    Regression models answer one number per example (shape ``[-1]``), not ``[-1, 1]``."""
     import keras
     import tensorflow as tf
 
-    spec = template.input
+    spec = template.input_spec(info)
     input_signature = [tf.TensorSpec(shape=(None, *spec.item_shape), dtype=spec.dtype, name=spec.name)]
+    regression = template.task == "regression"
 
     def serve(x):
-        return {template.output_name: model(x, training=False)}
+        out = model(x, training=False)
+        return {template.output_name: tf.squeeze(out, -1) if regression else out}
 
     archive = keras.export.ExportArchive()
     archive.track(model)

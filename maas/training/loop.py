@@ -9,6 +9,9 @@ loudly if replicas ever diverge).
 
 Every worker must make the same number of collective steps per epoch: the ``train`` dataset is split
 with ``equal=True`` (Ray Train's default), so shards have the same number of rows and batches.
+
+Rank 0 also writes TensorBoard event files (loss, training metric, learning rate, throughput, the
+held-out metrics at the end) and copies them to ``<storage>/<run>/tensorboard`` after every epoch.
 """
 
 from __future__ import annotations
@@ -53,10 +56,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from ray.train import Checkpoint
     from ray.train.collective import broadcast_from_rank_zero
 
-    config = TrainConfig.from_dict(loop_config["train_config"])
-    from maas.templates import get_template
+    from maas.templates import DataInfo, get_template
 
+    config = TrainConfig.from_dict(loop_config["train_config"])
+    info = DataInfo.from_dict(loop_config["data_info"])
     template = get_template(config.template)
+    classification = template.task == "classification"
 
     import keras
     import tensorflow as tf
@@ -71,55 +76,71 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     node_id = ray.get_runtime_context().get_node_id()
     keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision:  # float16 compute, float32 weights; the heads stay float32
+        keras.mixed_precision.set_dtype_policy("mixed_float16")
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
-        model = template.build_model()
+        model = template.build_model(info)
         optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+        if config.mixed_precision:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
     state = tf.train.Checkpoint(model=model, optimizer=optimizer)
 
-    start_epoch = 0
+    start_epoch, history = 0, []
     resumed_from = ray.train.get_checkpoint()
     if resumed_from is not None:
         with resumed_from.as_directory() as ckpt_dir:
             state.read(os.path.join(ckpt_dir, _TF_CKPT_PREFIX)).expect_partial()
-            start_epoch = json.loads(Path(ckpt_dir, STATE_FILE).read_text())["epoch"]
+            saved = json.loads(Path(ckpt_dir, STATE_FILE).read_text())
+            start_epoch, history = saved["epoch"], saved.get("history", list(range(1, saved["epoch"] + 1)))
         if rank == 0:
             logger.info("[maas] resumed from checkpoint after epoch %d", start_epoch)
 
-    in_spec = tf.TensorSpec((None, *template.input.item_shape), template.input.dtype)
+    in_spec = tf.TensorSpec((None, *info.item_shape), template.input_dtype)
+    y_spec = tf.TensorSpec((None,), tf.int64 if classification else tf.float32)
 
-    @tf.function(input_signature=[in_spec, tf.TensorSpec((None,), tf.int64)])
+    def per_example_loss(y, out):
+        if classification:
+            return keras.losses.sparse_categorical_crossentropy(y, out)
+        scale = info.stats.label_std if info.stats and info.stats.label_std else 1.0
+        return tf.square((tf.squeeze(out, -1) - y) / scale)  # MSE of the standardized target
+
+    def quality(y, out):  # summed over the batch: correct predictions, or absolute errors
+        if classification:
+            return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(out, axis=-1), y), tf.float32))
+        return tf.reduce_sum(tf.abs(tf.squeeze(out, -1) - y))
+
+    @tf.function(input_signature=[in_spec, y_spec])
     def train_step(x, y):
         def replica_step(x, y):
             with tf.GradientTape() as tape:
-                probs = model(x, training=True)
-                per_example = loss_fn(y, probs)
+                out = tf.cast(model(x, training=True), tf.float32)
                 global_batch = tf.shape(x)[0] * world
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            grads = tape.gradient(loss, model.trainable_variables)
+                loss = tf.nn.compute_average_loss(per_example_loss(y, out), global_batch_size=global_batch)
+                scaled = optimizer.scale_loss(loss) if config.mixed_precision else loss
+            grads = tape.gradient(scaled, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, axis=-1), y), tf.float32))
-            return loss, correct
+            return loss, quality(y, out)
 
-        loss, correct = strategy.run(replica_step, args=(x, y))
+        loss, total = strategy.run(replica_step, args=(x, y))
         return (
             strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-            strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None),
+            strategy.reduce(tf.distribute.ReduceOp.SUM, total, axis=None),
         )
 
+    board = _TensorBoard(loop_config.get("tensorboard_uri")) if rank == 0 else None
+    train_metric = "train_accuracy" if classification else "train_mae"
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
-        loss_sum, correct_sum, seen, steps = 0.0, 0.0, 0, 0
+        loss_sum, quality_sum, seen, steps = 0.0, 0.0, 0, 0
         for batch in shard.iter_batches(batch_size=config.batch_size, batch_format="numpy"):
-            x = template.features(batch)
-            y = batch[template.label_column].astype(np.int64)
-            loss, correct = train_step(x, y)
+            y = template.labels(batch)
+            loss, total = train_step(template.features(batch, info), y)
             loss_sum += float(loss)
-            correct_sum += float(correct)
+            quality_sum += float(total)
             seen += len(y) * world
             steps += 1
         elapsed = time.perf_counter() - started
@@ -128,14 +149,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if broadcast_from_rank_zero(fingerprint) != fingerprint:
             raise ReplicaDivergence(f"worker {rank} weights differ from rank 0 after epoch {epoch + 1}")
 
+        history.append(epoch + 1)
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": loss_sum / max(steps, 1),
-            "train_accuracy": correct_sum / max(seen, 1),
+            train_metric: quality_sum / max(seen, 1),
+            "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
             "samples_per_second": seen / elapsed if elapsed > 0 else 0.0,
             "weights_sha256": fingerprint,
             "num_workers": world,
-            "resumed_from_epoch": start_epoch,  # 0 for a fresh run: epochs are never trained twice
+            "resumed_from_epoch": start_epoch,  # 0 for a fresh run
+            "epochs_trained": len(history),  # each epoch once, across restarts
         }
         final = epoch + 1 == config.epochs
         with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as scratch:
@@ -147,39 +171,77 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             Path(tmp, f"{REPLICA_FINGERPRINT_PREFIX}{rank}.txt").write_text(fingerprint)
             Path(tmp, f"{WORKER_NODE_PREFIX}{rank}.txt").write_text(node_id)
             if rank == 0:
-                Path(tmp, STATE_FILE).write_text(json.dumps({"epoch": epoch + 1}))
+                Path(tmp, STATE_FILE).write_text(json.dumps({"epoch": epoch + 1, "history": history}))
                 if final:
-                    metrics.update(_export_and_evaluate(model, template, tmp))
-                logger.info(
-                    f"[maas] epoch {epoch + 1}/{config.epochs} loss={metrics['loss']:.4f} "
-                    f"train_accuracy={metrics['train_accuracy']:.4f} "
-                    f"{metrics['samples_per_second']:.0f} samples/s ({elapsed:.1f}s)"
-                    + (f" test_accuracy={metrics['test_accuracy']:.4f}" if final else "")
-                )
+                    metrics.update(_export_and_evaluate(model, template, info, tmp, loop_config.get("majority_class")))
+                assert board is not None
+                board.write(epoch + 1, metrics)
+                logger.info(_progress_line(config.epochs, metrics, elapsed, train_metric, final))
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
-def _export_and_evaluate(model: Any, template: Any, ckpt_dir: str) -> dict[str, Any]:
-    """Export a plain (non-distributed) copy of the model, then evaluate *the exported SavedModel* on
-    the held-out test split: the figures describe exactly the artifact that gets published."""
+def _progress_line(epochs: int, metrics: dict[str, Any], elapsed: float, train_metric: str, final: bool) -> str:
+    line = (f"[maas] epoch {metrics['epoch']}/{epochs} loss={metrics['loss']:.4f} "
+            f"{train_metric}={metrics[train_metric]:.4f} {metrics['samples_per_second']:.0f} samples/s ({elapsed:.1f}s)")
+    if final:
+        line += " " + " ".join(f"{k}={metrics[k]:.4f}" for k in ("test_accuracy", "test_f1_macro", "test_mse",
+                                                                  "test_mae", "test_r2") if k in metrics)
+    return line
+
+
+class _TensorBoard:
+    """Event files written locally by rank 0 and copied to the run's storage after every epoch."""
+
+    def __init__(self, uri: str | None) -> None:
+        import tensorflow as tf
+
+        self.uri = uri
+        self.local = tempfile.mkdtemp(prefix="maas-tb-")
+        self.writer = tf.summary.create_file_writer(self.local)
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        import tensorflow as tf
+
+        with self.writer.as_default(step=step):
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
+                    tf.summary.scalar(key, value)
+        self.writer.flush()
+        if self.uri:
+            import pyarrow.fs as pafs
+
+            from maas.storage import resolve_uri
+
+            fs, path = resolve_uri(self.uri)
+            fs.create_dir(path, recursive=True)
+            pafs.copy_files(self.local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def _export_and_evaluate(model: Any, template: Any, info: Any, ckpt_dir: str,
+                         majority_class: int | None) -> dict[str, Any]:
+    """Export a plain (non-distributed, float32) copy of the model, then evaluate *the exported
+    SavedModel* on the held-out split: the figures describe exactly the artifact that gets published."""
+    import keras
     import ray.train
     import tensorflow as tf
 
     from maas.training.export import export_saved_model
-    from maas.training.metrics import classification_metrics
+    from maas.training.metrics import evaluate
 
-    serving_model = template.build_model()
+    keras.mixed_precision.set_dtype_policy("float32")
+    serving_model = template.build_model(info)
     serving_model.set_weights(model.get_weights())
     export_path = os.path.join(ckpt_dir, EXPORT_DIR)
-    signature = export_saved_model(serving_model, template, export_path)
+    signature = export_saved_model(serving_model, template, info, export_path)
 
     serve = tf.saved_model.load(export_path).signatures["serving_default"]
-    y_true, y_pred = [], []
+    y_true, y_out = [], []
     for batch in ray.train.get_dataset_shard("test").iter_batches(batch_size=256, batch_format="numpy"):
-        out = serve(**{template.input.name: tf.constant(template.features(batch))})[template.output_name]
-        y_pred.append(np.argmax(out.numpy(), axis=-1))
-        y_true.append(batch[template.label_column])
-    evaluation = classification_metrics(np.concatenate(y_true), np.concatenate(y_pred), template.class_names)
+        out = serve(**{template.input_name: tf.constant(template.features(batch, info))})[template.output_name]
+        y_out.append(out.numpy())
+        y_true.append(template.labels(batch))
+    evaluation = evaluate(template, info, np.concatenate(y_true), np.concatenate(y_out),
+                          majority_class=majority_class)
     Path(ckpt_dir, EXPORT_INFO_FILE).write_text(
         json.dumps({"signature": signature.to_dict(), "evaluation": evaluation}, indent=2)
     )

@@ -177,12 +177,13 @@ def _wait_for_dashboard(url: str, timeout_s: float = 60) -> None:
 @pytest.fixture(scope="session")
 def tiny_saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (untrained) digits SavedModel, exported the way training exports it."""
-    from maas.templates import get_template
+    from maas.templates import DataInfo, DataSplits, get_template
     from maas.training.export import export_saved_model
 
     path = tmp_path_factory.mktemp("tiny") / "saved_model"
     template = get_template("digits")
-    export_saved_model(template.build_model(), template, str(path))
+    info = DataInfo(splits=DataSplits(train="", test=""), item_shape=(8, 8), class_names=template.class_names)
+    export_saved_model(template.build_model(info), template, info, str(path))
     return path
 
 

@@ -26,6 +26,7 @@ from maas.client import TFServingClient
 from maas.registry import Registry
 from maas.storage import join_uri, resolve_uri
 from maas.templates import get_template
+from maas.training.data import builtin_held_out
 from maas.training.loop import REPLICA_FINGERPRINT_PREFIX, STATE_FILE
 
 pytestmark = pytest.mark.cluster
@@ -107,7 +108,7 @@ def test_serve_replicas_on_two_nodes_answer_through_the_ingress(ray_cluster, spr
     replicas = _model_server_replicas(ray_cluster.dashboard_url, want=2)
     assert len({r["node_id"] for r in replicas}) == 2, replicas
 
-    x, y = get_template("digits").held_out(config.data_dir)  # read back from S3
+    x, y = builtin_held_out(get_template("digits"), config.data_dir)  # read back from S3
     client = TFServingClient(ray_cluster.serve_url)
     probabilities = client.predict(MODEL, x)
     assert (probabilities.argmax(1) == y).mean() == pytest.approx(outcome.metrics["accuracy"], abs=1e-9)

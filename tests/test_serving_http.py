@@ -17,6 +17,7 @@ from maas import deploy
 from maas.client import HTTPError, TFServingClient
 from maas.registry import Registry
 from maas.templates import get_template
+from maas.training.data import builtin_held_out
 
 pytestmark = pytest.mark.cluster
 MAX_BODY = 1 << 20
@@ -35,7 +36,7 @@ def service(ray_cluster, trained_digits):
 def held_out() -> tuple[np.ndarray, np.ndarray]:
     from maas import settings
 
-    x, y = get_template("digits").held_out(settings.default_data_dir())
+    x, y = builtin_held_out(get_template("digits"), settings.default_data_dir())
     return x[:64], y[:64]
 
 

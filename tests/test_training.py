@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +17,7 @@ from maas.registry import Registry
 from maas.training.loop import REPLICA_FINGERPRINT_PREFIX, STATE_FILE
 
 pytestmark = pytest.mark.cluster
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_two_workers_publish_a_version_with_held_out_metrics(trained_digits) -> None:
@@ -44,8 +51,8 @@ def test_a_run_resumes_from_its_last_checkpoint(ray_cluster) -> None:
 
     first = TrainConfig(template="digits", num_workers=2, epochs=1, model_name="digits-resume", run_name="resume-me")
     run_training(first)
-    # Same run name, more epochs: Ray Train hands the last checkpoint back and only epoch 2 runs.
-    second = run_training(TrainConfig(**{**first.to_dict(), "epochs": 2}))
+    # --resume: same run, more epochs: Ray Train hands the last checkpoint back and only epoch 2 runs.
+    second = run_training(TrainConfig(**{**first.to_dict(), "epochs": 2, "resume": True}))
     training = Registry(first.registry).get("digits-resume", second.version.version).metadata["training"]
     assert training["epoch"] == 2 and training["resumed_from_epoch"] == 1
     assert second.version.version == 2
@@ -58,3 +65,45 @@ def test_checkpoints_every_epoch_and_keeps_the_latest(trained_digits) -> None:
     assert len(checkpoints) == 2  # CheckpointConfig(num_to_keep=2) over 6 epochs
     epochs = sorted(json.loads((c / STATE_FILE).read_text())["epoch"] for c in checkpoints)
     assert epochs == [config.epochs - 1, config.epochs]
+
+
+def test_resuming_an_unknown_run_fails_in_one_line(ray_cluster) -> None:
+    proc = subprocess.run([sys.executable, "-m", "jobs.train", "--resume", "no-such-run"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --resume no-such-run: no run of that name under {ray_cluster.home / 'runs'}"]
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint_and_counts_each_epoch_once(ray_cluster) -> None:
+    """SIGKILL one training worker process of a submitted job mid-run: Ray Train restarts the worker
+    group (FailureConfig), the loop resumes from the last checkpoint, and the job still publishes."""
+    from ray.util.state import list_actors
+
+    from maas import jobclient
+
+    run_name, epochs = "kill-a-worker", 30
+    outcome: dict[str, jobclient.JobOutcome] = {}
+    job = threading.Thread(target=lambda: outcome.update(job=jobclient.submit(
+        "jobs.train", ["--template", "maintenance", "--epochs", str(epochs), "--run-name", run_name,
+                       "--model-name", "maintenance-ft", "--json"],
+        dashboard=ray_cluster.dashboard_url, follow=False, timeout_s=600)))
+    job.start()
+    run_dir = ray_cluster.home / "runs" / run_name
+    deadline = time.monotonic() + 300
+    while len(list(run_dir.glob("checkpoint_*"))) < 2:  # the first one is then surely committed
+        assert time.monotonic() < deadline and job.is_alive(), "no checkpoint was written"
+        time.sleep(0.2)
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    assert len(workers) == 2, workers
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    job.join(timeout=600)
+
+    result = outcome["job"]
+    assert result.status == "SUCCEEDED", result.logs[-3000:]
+    assert "resumed from checkpoint after epoch" in result.logs
+    published = json.loads([line for line in result.logs.splitlines() if line.startswith('{"model"')][-1])
+    training = Registry(str(ray_cluster.home / "registry")).get(
+        "maintenance-ft", published["version"]).metadata["training"]
+    assert training["resumed_from_epoch"] >= 1 and training["epoch"] == epochs
+    assert training["epoch_history"] == list(range(1, epochs + 1))  # every epoch once, none twice

@@ -138,7 +138,7 @@ def test_a_corrupt_version_fails_alone_with_a_clear_error(service, tiny_saved_mo
     from maas.signature import Signature, TensorSpec
 
     client, registry, _ = service
-    signature = Signature(inputs=(get_template("digits").input,),
+    signature = Signature(inputs=(TensorSpec("pixels", "float32", (-1, 8, 8)),),
                           outputs=(TensorSpec("probabilities", "float32", (-1, 10)),))
     broken = registry.publish("broken", str(tiny_saved_model), {"signature": signature.to_dict()})
     (Path(registry.local_path("broken", broken.version)) / "saved_model.pb").write_bytes(b"not a graph")

@@ -94,7 +94,12 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_counts_each_epoch_
     while len(list(run_dir.glob("checkpoint_*"))) < 2:  # the first one is then surely committed
         assert time.monotonic() < deadline and job.is_alive(), "no checkpoint was written"
         time.sleep(0.2)
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    from ray.util.state import list_jobs
+
+    job_ids = [j.job_id for j in list_jobs() if j.status == "RUNNING" and run_name in (j.entrypoint or "")]
+    assert len(job_ids) == 1, job_ids
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE"),
+                                   ("job_id", "=", job_ids[0])])  # this job's, not a finished run's
     assert len(workers) == 2, workers
     os.kill(workers[-1].pid, signal.SIGKILL)
     job.join(timeout=600)

@@ -78,9 +78,14 @@ def describe_data(template: Template, splits: DataSplits, *, with_stats: bool = 
                         class_names=classes)
     else:
         info = _describe_table(template, splits)
-    if with_stats and (template.normalize or template.task == "regression"):
-        info = replace(info, stats=feature_stats(template, info, read_split(info, "train")))
-    return info
+    return add_training_stats(template, info) if with_stats else info
+
+
+def add_training_stats(template: Template, info: DataInfo) -> DataInfo:
+    """``info`` with the training split's statistics, for templates that normalize or regress."""
+    if not (template.normalize or template.task == "regression"):
+        return info
+    return replace(info, stats=feature_stats(template, info, read_split(info, "train")))
 
 
 def _dataset(uri: str, fmt: str) -> Any:

@@ -16,7 +16,7 @@ from maas.registry import ModelVersion, Registry
 from maas.storage import join_uri, resolve_uri
 from maas.templates import DataInfo, DataSplits, Template, get_template
 from maas.training.config import TrainConfig
-from maas.training.data import check_data, describe_data, feature_stats, majority_class, read_split
+from maas.training.data import add_training_stats, check_data, feature_stats, majority_class, read_split
 from maas.training.loop import EXPORT_DIR, EXPORT_INFO_FILE, STATE_FILE, WORKER_NODE_PREFIX, train_loop_per_worker
 from maas.training.metrics import summarize_folds
 
@@ -44,8 +44,8 @@ def run_training(config: TrainConfig) -> TrainOutcome:
     import ray
 
     template = get_template(config.template)
-    splits = check_data(config).splits
-    info = describe_data(template, splits)
+    info = add_training_stats(template, check_data(config))  # the schema is read and checked once
+    splits = info.splits
     majority = majority_class(info) if template.task == "classification" else None
     datasets = _load_datasets(info, reserved_cpus=config.num_workers * config.cpus_per_worker)
     cv = cross_validate(config, template, info, datasets["train"]) if config.cv_folds else None

@@ -108,6 +108,9 @@ def ray_cluster(maas_home: Path, s3_server: S3Server):
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # The test runs have epochs of about a second; Ray Train's controller polls its workers every
+    # 2 s by default, which would make every start, report and finish wait for the next poll.
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
     # HAProxy's stats and metrics ports and the replicas' direct-ingress ports default to fixed
     # numbers; move them so a `make demo` cluster running beside the tests does not collide.
     os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())

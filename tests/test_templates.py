@@ -66,6 +66,21 @@ def test_user_csv_data_defines_the_features(tmp_path: Path) -> None:
     assert info.item_shape == (2,) and info.num_classes == 3
 
 
+def test_the_majority_class_of_an_image_folder_counts_only_images(tmp_path: Path) -> None:
+    from maas.training.data import majority_class
+
+    for split, counts in (("train", {"cat": 2, "dog": 3, "horse": 3}), ("test", {"cat": 1})):
+        for name, n in counts.items():
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(n):
+                (tmp_path / split / name / f"{i}.PNG").write_bytes(b"")
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    (tmp_path / "train" / "cat" / "more.txt").write_text("not an image")
+    info = check_data(TrainConfig(template="image_cnn", data=str(tmp_path)))
+    assert info.class_names == ("cat", "dog", "horse")
+    assert majority_class(info) == 1  # dog and horse tie at 3: the first class wins
+
+
 @pytest.mark.parametrize(
     ("template", "rows", "message"),
     [
@@ -163,6 +178,9 @@ def _user_image_folders(folder: Path) -> str:
     return str(folder)
 
 
+IN_FLIGHT = 2  # training runs at once (3 is no faster on 2 cores: the runs are CPU-bound)
+
+
 def _runs(tmp: Path) -> dict[str, TrainConfig]:
     return {
         "tabular_mlp": TrainConfig(template="tabular_mlp", data=_user_wine_csv(tmp / "wine"), epochs=25,
@@ -190,7 +208,7 @@ def trained_templates(ray_cluster, tmp_path_factory: pytest.TempPathFactory):
     train = ray.remote(num_cpus=0)(run_training)
     pending, outcomes = {}, {}
     for name, config in runs.items():
-        if len(pending) >= 2:
+        if len(pending) >= IN_FLIGHT:
             done, _ = ray.wait(list(pending), num_returns=1)
             outcomes[pending.pop(done[0])] = ray.get(done[0])
         pending[train.remote(config)] = name

@@ -10,6 +10,7 @@ model's first layers, so serving applies exactly the transform training saw.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+_IMAGE_EXTENSIONS = frozenset(s[1:] for s in IMAGE_SUFFIXES)
 _EPSILON = 1e-6
 
 
@@ -81,11 +83,14 @@ def describe_data(template: Template, splits: DataSplits, *, with_stats: bool = 
     return add_training_stats(template, info) if with_stats else info
 
 
-def add_training_stats(template: Template, info: DataInfo) -> DataInfo:
-    """``info`` with the training split's statistics, for templates that normalize or regress."""
+def add_training_stats(template: Template, info: DataInfo, train: "ray.data.Dataset | None" = None) -> DataInfo:
+    """``info`` with the training split's statistics, for templates that normalize or regress.
+
+    ``train`` is the training split when the caller has it already (read, or cached in the object
+    store); otherwise it is read from ``info.splits``."""
     if not (template.normalize or template.task == "regression"):
         return info
-    return replace(info, stats=feature_stats(template, info, read_split(info, "train")))
+    return replace(info, stats=feature_stats(template, info, read_split(info, "train") if train is None else train))
 
 
 def _dataset(uri: str, fmt: str) -> Any:
@@ -243,8 +248,14 @@ def read_split(info: DataInfo, split: str) -> "ray.data.Dataset":
         return ray.data.read_csv(path, filesystem=fs)
     height, width, channels = info.item_shape
     images = ray.data.read_images(path, filesystem=fs, size=(height, width), mode="RGB" if channels == 3 else "L",
-                                  include_paths=True, file_extensions=[s[1:] for s in IMAGE_SUFFIXES])
+                                  include_paths=True, file_extensions=sorted(_IMAGE_EXTENSIONS))
     return images.map_batches(_label_from_folder, fn_kwargs={"classes": info.class_names}, batch_format="numpy")
+
+
+def read_table(info: DataInfo, split: str) -> "pa.Table":
+    """One split of a Parquet or CSV data set read whole with pyarrow, by the same reader that
+    checked its schema (for data small enough to go to the object store in one piece)."""
+    return _dataset(getattr(info.splits, split), info.splits.format).to_table()
 
 
 def _label_from_folder(batch: dict[str, np.ndarray], classes: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -291,9 +302,14 @@ def majority_class(info: DataInfo) -> int:
     """The most frequent class of the training split (the baseline a model must beat)."""
     import pyarrow.compute as pc
 
-    if info.splits.format == "images":
-        counts = read_split(info, "train").groupby(LABEL_COLUMN).count().take_all()
-        return int(max(counts, key=lambda r: (r["count()"], -r[LABEL_COLUMN]))[LABEL_COLUMN])
+    if info.splits.format == "images":  # one listing: the images in each class folder
+        import pyarrow.fs as pafs
+
+        fs, path = resolve_uri(info.splits.train)
+        files = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        per_class = Counter(f.path.rsplit("/", 2)[-2] for f in files
+                            if f.type == pafs.FileType.File and f.extension.lower() in _IMAGE_EXTENSIONS)
+        return max(range(len(info.class_names)), key=lambda k: (per_class[info.class_names[k]], -k))
     labels = _dataset(info.splits.train, info.splits.format).to_table(columns=[LABEL_COLUMN]).column(LABEL_COLUMN)
     counts = pc.value_counts(labels).to_pylist()
     return int(max(counts, key=lambda c: (c["counts"], -c["values"]))["values"])

@@ -16,7 +16,14 @@ from maas.registry import ModelVersion, Registry
 from maas.storage import join_uri, resolve_uri
 from maas.templates import DataInfo, DataSplits, Template, get_template
 from maas.training.config import TrainConfig
-from maas.training.data import add_training_stats, check_data, feature_stats, majority_class, read_split
+from maas.training.data import (
+    add_training_stats,
+    check_data,
+    feature_stats,
+    majority_class,
+    read_split,
+    read_table,
+)
 from maas.training.loop import EXPORT_DIR, EXPORT_INFO_FILE, STATE_FILE, WORKER_NODE_PREFIX, train_loop_per_worker
 from maas.training.metrics import summarize_folds
 
@@ -44,10 +51,11 @@ def run_training(config: TrainConfig) -> TrainOutcome:
     import ray
 
     template = get_template(config.template)
-    info = add_training_stats(template, check_data(config))  # the schema is read and checked once
+    info = check_data(config)  # the schema is read and checked once
+    datasets = _load_datasets(info, reserved_cpus=config.num_workers * config.cpus_per_worker)
+    info = add_training_stats(template, info, datasets["train"])  # from the cache when there is one
     splits = info.splits
     majority = majority_class(info) if template.task == "classification" else None
-    datasets = _load_datasets(info, reserved_cpus=config.num_workers * config.cpus_per_worker)
     cv = cross_validate(config, template, info, datasets["train"]) if config.cv_folds else None
 
     result = _fit(config, info, datasets, config.run_name or "", majority)
@@ -172,15 +180,20 @@ CACHE_BELOW_BYTES = 256 * 1024 * 1024
 def _load_datasets(info: DataInfo, *, reserved_cpus: float) -> dict[str, Any]:
     """Ray Data datasets for the splits, streamed to each worker's shard.
 
-    Ray Data reads with CPUs that the training workers do not hold. When the workers hold every CPU
-    of the cluster (2 workers on 2 cores) no read task could ever be scheduled and the run would
-    hang, so the data is then read up front into the object store; small data sets are too.
+    Tables smaller than ``CACHE_BELOW_BYTES`` are read whole by this driver (one pyarrow read, no
+    Ray Data read tasks to schedule) and put in the object store. Larger data is streamed, unless the
+    training workers hold every CPU of the cluster (2 workers on 2 cores): no read task could then
+    ever be scheduled and the run would hang, so it is read up front into the object store.
     """
     import ray
+    import ray.data
 
+    size = sum(_size_bytes(uri) for uri in (info.splits.train, info.splits.test))
+    if info.splits.format != "images" and size < CACHE_BELOW_BYTES:
+        logger.info("reading %d bytes of tables into the object store", size)
+        return {name: ray.data.from_arrow(read_table(info, name)) for name in ("train", "test")}
     datasets = {name: read_split(info, name) for name in ("train", "test")}
     spare = ray.cluster_resources().get("CPU", 0.0) - reserved_cpus
-    size = sum(_size_bytes(uri) for uri in (info.splits.train, info.splits.test))
     if spare < 1.0 or size < CACHE_BELOW_BYTES:
         logger.info("caching %d bytes of data in the object store (%.1f spare CPUs)", size, spare)
         datasets = {name: ds.materialize() for name, ds in datasets.items()}

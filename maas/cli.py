@@ -2,7 +2,7 @@
 
     maas cluster up|down|status|env    local Ray cluster (dashboard http://127.0.0.1:8265)
     maas train --template digits       submit a training job to the cluster (ray job submit)
-    maas models list|show|promote|rollback|label|unlabel
+    maas models list|show|promote|rollback|label|set-weight|history|unlabel
     maas deploy                        apply deployments/serve_config.yaml (serve deploy)
     maas predict digits --instances '[[...]]'
     maas demo                          the whole path, end to end
@@ -82,6 +82,14 @@ def _build_parser() -> argparse.ArgumentParser:
     label.add_argument("version", type=int)
     label.add_argument("--weight", type=float, default=1.0, help="share of traffic for a canary, in [0, 1]")
     label.set_defaults(handler=_models_label)
+    weight = msub.add_parser("set-weight", help="change the canary's share of routed traffic")
+    weight.add_argument("model")
+    weight.add_argument("weight", type=float, help="share of traffic, in [0, 1]")
+    weight.add_argument("--label", default="canary")
+    weight.set_defaults(handler=_models_set_weight)
+    history = msub.add_parser("history", help="label changes, automatic rollbacks with their reason")
+    history.add_argument("model")
+    history.set_defaults(handler=_models_history)
     unlabel = msub.add_parser("unlabel", help="remove a label")
     unlabel.add_argument("model")
     unlabel.add_argument("label")
@@ -242,6 +250,21 @@ def _models_rollback(args: argparse.Namespace) -> int:
 def _models_label(args: argparse.Namespace) -> int:
     label = _registry(args).set_label(args.model, args.label, args.version, weight=args.weight)
     print(f"{args.model}: {args.label} -> version {label.version} (weight {label.weight:g})")
+    return 0
+
+
+def _models_set_weight(args: argparse.Namespace) -> int:
+    label = _registry(args).set_weight(args.model, args.label, args.weight)
+    print(f"{args.model}: {args.label} -> version {label.version} (weight {label.weight:g})")
+    return 0
+
+
+def _models_history(args: argparse.Namespace) -> int:
+    for event in _registry(args).label_history(args.model):
+        target = "removed" if event["version"] is None else f"-> version {event['version']}"
+        weight = f" (weight {event['weight']:g})" if event.get("weight") not in (None, 1.0) else ""
+        reason = f"  [{event['reason']}]" if event.get("reason") else ""
+        print(f"{event['at']}  {event['label']} {target}{weight}, was {event['previous']}{reason}")
     return 0
 
 

@@ -21,6 +21,12 @@ class PayloadTooLarge(InvalidInput):
     http_status = 413
 
 
+class RequestTimeout(MaasError):
+    """A prediction was not answered within the configured time."""
+
+    http_status = 504
+
+
 class ModelNotFound(MaasError):
     """No model of that name in the registry."""
 

@@ -274,6 +274,18 @@ class Registry:
         version = self._require_version(model, version)
         return self._update_labels(model, lambda doc: _apply_label(doc, label, version, float(weight)))
 
+    def set_weight(self, model: str, label: str, weight: float) -> Label:
+        """Change a label's share of traffic, keeping its version."""
+        if not 0.0 <= weight <= 1.0:
+            raise InvalidInput(f"A label's weight is a share of traffic in [0, 1]. Received: {weight}")
+
+        def reweigh(doc: _LabelsDoc) -> Label:
+            if label not in doc.labels:
+                raise LabelNotFound(model, label)
+            return _apply_label(doc, label, doc.labels[label].version, float(weight))
+
+        return self._update_labels(model, reweigh)
+
     def remove_label(self, model: str, label: str) -> None:
         def remove(doc: _LabelsDoc) -> None:
             if label not in doc.labels:
@@ -294,6 +306,19 @@ class Registry:
             return stable
 
         return self._update_labels(model, promote)
+
+    def retire_canary(self, model: str, version: int, reason: str) -> bool:
+        """Remove the ``canary`` label if it still points at ``version`` (automatic rollback), with
+        ``reason`` in the label history. False if the canary was changed meanwhile, and is left alone."""
+
+        def retire(doc: _LabelsDoc) -> bool:
+            canary = doc.labels.get("canary")
+            if canary is None or canary.version != version:
+                return False
+            _drop_label(doc, "canary", reason=reason)
+            return True
+
+        return self._update_labels(model, retire)
 
     def rollback(self, model: str) -> Label:
         """Point ``stable`` back at the version it held before its latest change."""
@@ -439,9 +464,13 @@ def _apply_label(doc: _LabelsDoc, label: str, version: int, weight: float) -> La
     return new
 
 
-def _drop_label(doc: _LabelsDoc, label: str) -> None:
+def _drop_label(doc: _LabelsDoc, label: str, *, reason: str | None = None) -> None:
     previous = doc.labels.pop(label)
-    doc.history.append({"at": _now(), "label": label, "version": None, "weight": None, "previous": previous.version})
+    event: dict[str, Any] = {"at": _now(), "label": label, "version": None, "weight": None,
+                             "previous": previous.version}
+    if reason is not None:
+        event["reason"] = reason
+    doc.history.append(event)
 
 
 def _now() -> str:

@@ -69,6 +69,16 @@ def test_models_verbs_on_a_real_registry(tmp_path: Path, tiny_saved_model: Path)
     assert run(*base, "promote", "digits").stdout.strip() == "digits: stable -> version 2"
     assert run(*base, "label", "digits", "canary", "1", "--weight", "0.1").returncode == 0
     assert "canary(0.1)" in run(*base, "list").stdout
+    assert run(*base, "set-weight", "digits", "0.25").stdout.strip() == "digits: canary -> version 1 (weight 0.25)"
+    out_of_range = run(*base, "set-weight", "digits", "1.5")
+    assert out_of_range.returncode == 2 and out_of_range.stderr.strip() == (
+        "error: A label's weight is a share of traffic in [0, 1]. Received: 1.5")
+    reg.retire_canary("digits", 1, "auto-rollback: error rate 40.0% (8 of 20) over 60s exceeds 5.0%")
+    history = run(*base, "history", "digits").stdout.strip().splitlines()
+    assert history[-2].endswith("canary -> version 1 (weight 0.25), was 1")
+    assert history[-1].endswith("canary removed, was 1  [auto-rollback: error rate 40.0% (8 of 20) over 60s "
+                                "exceeds 5.0%]")
+    reg.set_label("digits", "canary", 1, weight=0.1)
     assert run(*base, "rollback", "digits").stdout.strip() == "digits: stable rolled back to version 1"
     shown = json.loads(run(*base, "show", "digits").stdout)
     assert shown["version"] == 1

@@ -155,6 +155,20 @@ def test_labels_promote_and_rollback(root: str, tiny_saved_model: Path) -> None:
     assert Registry(root).labels("m")["stable"].version == 1  # a fresh reader sees the same labels
 
 
+def test_retiring_a_canary_leaves_a_newer_canary_alone_and_records_why(root: str, tiny_saved_model: Path) -> None:
+    reg = Registry(root)
+    for _ in range(3):
+        reg.publish("m", str(tiny_saved_model), _meta())
+    reg.set_label("m", "canary", 2, weight=0.2)
+    assert reg.retire_canary("m", 2, "error rate 50% exceeds 5%")
+    assert "canary" not in reg.labels("m")
+    assert reg.label_history("m")[-1] == {**reg.label_history("m")[-1], "label": "canary", "version": None,
+                                          "previous": 2, "reason": "error rate 50% exceeds 5%"}
+    reg.set_label("m", "canary", 3, weight=0.2)
+    assert not reg.retire_canary("m", 2, "a late verdict on version 2")  # an operator moved on meanwhile
+    assert reg.labels("m")["canary"].version == 3
+
+
 def test_lookup_errors_name_the_problem(root: str, tmp_path: Path, tiny_saved_model: Path) -> None:
     reg = Registry(root)
     with pytest.raises(ModelNotFound, match="'nope' not found"):

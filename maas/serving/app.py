@@ -1,7 +1,11 @@
 """Ray Serve wiring: one HTTP ingress speaking the TF Serving REST API and the KServe V2 (Open
 Inference) protocol, and a batching model server.
 
-    Ingress (HTTP, routing, validation)  --handle-->  ModelServer (loaded versions, @serve.batch)
+    Ingress (HTTP, routing, canary split, validation)  --handle-->  ModelServer (@serve.multiplexed, @serve.batch)
+
+Each ModelServer replica keeps a few versions loaded with Ray Serve's model multiplexing (LRU); the
+ingress tags each request with its ``model:version``, so that Serve routes it to a replica that
+already holds that version when there is one.
 
 Operational knobs (replicas, autoscaling, CPUs, batch size) live in the Serve config YAML
 (``deployments/serve_config.yaml``); the defaults below make ``serve run deployments.app:build_app``
@@ -13,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import OrderedDict
-from typing import Any
+import time
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt
@@ -27,13 +31,17 @@ from starlette.responses import Response
 
 import maas
 from maas import settings
-from maas.errors import InferenceError, MaasError, PayloadTooLarge
+from maas.errors import InferenceError, InvalidInput, MaasError, PayloadTooLarge, RequestTimeout
 from maas.registry import Registry
 from maas.serving import tfserving, v2
+from maas.serving.canary import CanaryMonitor, CanaryPolicy, Route, choose
 from maas.serving.registry_cache import RegistryCache
 from maas.serving.runtime import LoadedModel, load_saved_model
+from maas.signature import Signature
 
 logger = logging.getLogger("ray.serve")
+MODEL_VERSION_HEADER = "Model-Version"  # which version answered a prediction (routed requests included)
+D = TypeVar("D")
 
 
 class AppArgs(BaseModel):
@@ -42,6 +50,10 @@ class AppArgs(BaseModel):
     registry: str | None = Field(None, description="Registry URI; default $MAAS_HOME/registry.")
     registry_refresh_s: PositiveFloat = Field(2.0, description="How long version and label look-ups are cached.")
     max_request_bytes: PositiveInt = Field(16 * 1024 * 1024, description="Larger bodies get HTTP 413.")
+    request_timeout_s: PositiveFloat = Field(10.0, description="A prediction not answered by then gets HTTP 504.")
+    max_models_per_replica: PositiveInt = Field(4, description="Model versions each ModelServer replica keeps "
+                                                               "loaded (LRU); a change restarts the replicas.")
+    canary: CanaryPolicy = Field(default_factory=CanaryPolicy)
 
     def registry_uri(self) -> str:
         return self.registry or settings.default_registry_uri()
@@ -52,24 +64,27 @@ class BatchConfig(BaseModel):
 
     max_batch_size: PositiveInt = Field(32, description="Most instances-requests combined into one forward pass.")
     batch_wait_timeout_s: float = Field(0.005, ge=0, description="Longest wait for a batch to fill.")
-    max_loaded_models: PositiveInt = Field(4, description="Model versions kept loaded per replica (LRU).")
 
 
 @serve.deployment(
     name="ModelServer",
     max_ongoing_requests=64,
+    max_queued_requests=256,
     autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
     ray_actor_options={"num_cpus": 0.5},
     health_check_period_s=10,
 )
 class ModelServer:
-    """Holds loaded model versions (LRU) and runs dynamically batched predictions."""
+    """Holds loaded model versions (multiplexed, LRU) and runs dynamically batched predictions."""
 
     def __init__(self, args: AppArgs) -> None:
         self._registry = Registry(args.registry_uri())
-        self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
-        self._loading: dict[tuple[str, int], asyncio.Task[LoadedModel]] = {}
         self._config = BatchConfig()
+
+        async def load(model_id: str) -> LoadedModel:  # a plain function: Serve keeps its cache on it
+            return await self._load_version(model_id)
+
+        self._load = serve.multiplexed(max_num_models_per_replica=args.max_models_per_replica)(load)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self._config = BatchConfig(**user_config)
@@ -82,7 +97,8 @@ class ModelServer:
             raise result
         return result
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    # Up to 4 batches at once: a batch waiting for a version to load does not hold up the others.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, max_concurrent_batches=4)
     async def _run_batch(
         self, keys: list[tuple[str, int]], inputs: list[dict[str, np.ndarray]]
     ) -> list[dict[str, np.ndarray] | Exception]:
@@ -90,46 +106,43 @@ class ModelServer:
         groups: dict[tuple[str, int], list[int]] = {}
         for i, key in enumerate(keys):
             groups.setdefault(key, []).append(i)
-        for key, members in groups.items():
+
+        async def run_group(key: tuple[str, int], members: list[int]) -> None:
             try:
-                loaded = await self._get(key)
+                loaded = await self._load(model_id(*key))
                 merged = {name: np.concatenate([inputs[i][name] for i in members]) for name in inputs[members[0]]}
                 outputs = await asyncio.to_thread(loaded.predict, merged)
             except Exception as exc:  # one bad group must not fail the others
                 for i in members:
                     results[i] = exc
-                continue
+                return
             start = 0
             for i in members:
                 n = next(iter(inputs[i].values())).shape[0]
                 results[i] = {name: value[start : start + n] for name, value in outputs.items()}
                 start += n
+
+        await asyncio.gather(*(run_group(key, members) for key, members in groups.items()))  # a load blocks no group
         return results
 
-    async def _get(self, key: tuple[str, int]) -> LoadedModel:
-        if key in self._models:
-            self._models.move_to_end(key)
-            return self._models[key]
-        task = self._loading.get(key)
-        if task is None:
-            model, version = key
-            task = asyncio.ensure_future(
-                asyncio.to_thread(lambda: load_saved_model(model, version, self._registry.local_path(model, version)))
-            )
-            self._loading[key] = task
+    async def _load_version(self, key: str) -> LoadedModel:
+        model, version = parse_model_id(key)
         try:
-            loaded = await task
+            return await asyncio.to_thread(load_saved_model, model, version, self._registry.local_path(model, version))
         except MaasError:
             raise
         except Exception as exc:  # a missing or corrupt artifact: say which, keep serving the others
-            raise InferenceError(f"{key[0]} version {key[1]} could not be loaded: {type(exc).__name__}: {exc}") from exc
-        finally:
-            self._loading.pop(key, None)
-        self._models[key] = loaded
-        while len(self._models) > self._config.max_loaded_models:
-            evicted, _ = self._models.popitem(last=False)
-            logger.info("evicted %s version %d", *evicted)
-        return loaded
+            raise InferenceError(f"{model} version {version} could not be loaded: {type(exc).__name__}: {exc}") from exc
+
+
+def model_id(model: str, version: int) -> str:
+    """The multiplexed model id of a version (``:`` never occurs in model names)."""
+    return f"{model}:{version}"
+
+
+def parse_model_id(key: str) -> tuple[str, int]:
+    model, _, version = key.rpartition(":")
+    return model, int(version)
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
@@ -140,6 +153,8 @@ class Ingress:
         self._model_server = model_server
         self._args = args
         self._registry = RegistryCache(Registry(args.registry_uri()), ttl_s=args.registry_refresh_s)
+        self._canary = CanaryMonitor(args.canary)
+        self._background: set[asyncio.Task[None]] = set()
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -177,14 +192,15 @@ class Ingress:
             else:
                 versions = [await self._registry.resolve(route.model, route.version, route.label)]
             return json_response(tfserving.status_body(versions))
-        version = await self._registry.resolve(route.model, route.version, route.label)
-        signature = (await self._registry.get(route.model, version)).signature
         if route.kind == "metadata":
+            version = await self._registry.resolve(route.model, route.version, route.label)
+            signature = (await self._registry.get(route.model, version)).signature
             return json_response(tfserving.metadata_body(route.model, version, signature))
         body = await self._read_body(request)
-        decoded = tfserving.decode_predict(body, signature)
-        outputs = await self._model_server.predict.remote(route.model, version, decoded.inputs)
-        return json_response(tfserving.encode_predict(outputs, decoded.row_format))
+        version, decoded, outputs = await self._infer(
+            route.model, route.version, route.label, lambda signature: tfserving.decode_predict(body, signature))
+        return json_response(tfserving.encode_predict(outputs, decoded.row_format),
+                             headers={MODEL_VERSION_HEADER: str(version)})
 
     async def _v2(self, request: Request, route: v2.V2Route) -> Response:
         """KServe V2 / Open Inference Protocol: ``/v2/...``."""
@@ -200,18 +216,77 @@ class Ingress:
         if route.kind == "server_metadata":
             return json_response(v2.server_metadata_body(maas.__version__))
         assert route.model is not None
+        if route.kind == "infer":
+            body = await self._read_body(request)
+            header_length = request.headers.get(v2.HEADER_LENGTH)
+            version, decoded, outputs = await self._infer(
+                route.model, route.version, None, lambda signature: v2.decode_infer(body, signature, header_length))
+            content, headers = v2.encode_infer(route.model, version, decoded, outputs)
+            return Response(content, status_code=200, headers={**headers, MODEL_VERSION_HEADER: str(version)})
         version = await self._registry.resolve(route.model, route.version, None)
         if route.kind == "model_ready":
             return json_response({"name": route.model, "ready": True})
         signature = (await self._registry.get(route.model, version)).signature
-        if route.kind == "model_metadata":
-            versions = [version] if route.version is not None else await self._registry.versions(route.model)
-            return json_response(v2.model_metadata_body(route.model, versions, signature))
-        body = await self._read_body(request)
-        decoded = v2.decode_infer(body, signature, request.headers.get(v2.HEADER_LENGTH))
-        outputs = await self._model_server.predict.remote(route.model, version, decoded.inputs)
-        content, headers = v2.encode_infer(route.model, version, decoded, outputs)
-        return Response(content, status_code=200, headers=headers)
+        versions = [version] if route.version is not None else await self._registry.versions(route.model)
+        return json_response(v2.model_metadata_body(route.model, versions, signature))
+
+    async def _infer(self, model: str, version: int | None, label: str | None,
+                     decode: Callable[[Signature], D]) -> tuple[int, D, dict[str, np.ndarray]]:
+        """Route, decode (check against the chosen version's signature) and predict.
+
+        A request naming neither version nor label is routed: the canary's share goes to the canary.
+        A routed request that fails on the canary is answered by the default version when both have
+        the same signature, and the failure counts against the canary."""
+        default = await self._registry.resolve(model, version, label)
+        routed = version is None and label is None
+        target = choose(await self._registry.labels(model), default) if routed else Route(default)
+        signature = (await self._registry.get(model, target.version)).signature
+        decoded = decode(signature)
+        inputs = decoded.inputs  # type: ignore[attr-defined]
+        if not target.canary:
+            return target.version, decoded, await self._predict(model, target.version, inputs)
+        started = time.monotonic()
+        try:
+            outputs = await self._predict(model, target.version, inputs)
+        except InvalidInput:  # the client's fault, not the canary's
+            raise
+        except Exception as exc:
+            self._judge(model, target.version, ok=False, latency_s=time.monotonic() - started)
+            if (await self._registry.get(model, default)).signature != signature:
+                raise
+            logger.warning("canary %s version %d failed (%s); answered by version %d",
+                           model, target.version, _message(exc), default)
+            return default, decoded, await self._predict(model, default, inputs)
+        self._judge(model, target.version, ok=True, latency_s=time.monotonic() - started)
+        return target.version, decoded, outputs
+
+    async def _predict(self, model: str, version: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One prediction on the ModelServer replica that holds the version, if any does (multiplexing)."""
+        handle = self._model_server.options(multiplexed_model_id=model_id(model, version))
+        response = handle.predict.remote(model, version, inputs)
+        timeout = self._args.request_timeout_s
+        try:
+            return await asyncio.wait_for(response, timeout=timeout)
+        except asyncio.TimeoutError:
+            response.cancel()
+            raise RequestTimeout(f"{model} version {version} did not answer within {timeout:g}s") from None
+
+    def _judge(self, model: str, version: int, *, ok: bool, latency_s: float) -> None:
+        reason = self._canary.record(model, version, ok=ok, latency_s=latency_s)
+        if reason is not None:
+            task = asyncio.get_running_loop().create_task(self._retire_canary(model, version, reason))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _retire_canary(self, model: str, version: int, reason: str) -> None:
+        try:
+            retired = await self._registry.retire_canary(model, version, f"auto-rollback: {reason}")
+        except Exception:
+            logger.exception("auto-rollback of %s canary version %d failed", model, version)
+            return
+        if retired:
+            logger.warning("auto-rollback: %s canary version %d retired, traffic back to the default version: %s",
+                           model, version, reason)
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self._args.max_request_bytes

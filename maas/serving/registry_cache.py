@@ -15,7 +15,7 @@ import time
 from typing import Callable, TypeVar
 
 from maas.errors import ModelNotFound
-from maas.registry import ModelVersion, Registry
+from maas.registry import Label, ModelVersion, Registry
 
 T = TypeVar("T")
 
@@ -42,6 +42,15 @@ class RegistryCache:
             ("resolve", model, version, label),
             lambda: self._registry.resolve(model, version=version, label=label),
         )
+
+    async def labels(self, model: str) -> dict[str, Label]:
+        return await self._cached(("labels", model), lambda: self._registry.labels(model))
+
+    async def retire_canary(self, model: str, version: int, reason: str) -> bool:
+        """:meth:`Registry.retire_canary`, then forget what is cached of the model's labels."""
+        retired = await asyncio.to_thread(self._registry.retire_canary, model, version, reason)
+        self._short = {k: v for k, v in self._short.items() if not (len(k) > 1 and k[1] == model)}
+        return retired
 
     async def get(self, model: str, version: int) -> ModelVersion:
         key = (model, version)

@@ -15,10 +15,13 @@ import json
 import os
 import shlex
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from maas import settings
 from maas.cli_support import fail, run_cli
+
+if TYPE_CHECKING:
+    from maas.registry import Label
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,15 +251,18 @@ def _models_rollback(args: argparse.Namespace) -> int:
 
 
 def _models_label(args: argparse.Namespace) -> int:
-    label = _registry(args).set_label(args.model, args.label, args.version, weight=args.weight)
-    print(f"{args.model}: {args.label} -> version {label.version} (weight {label.weight:g})")
+    _print_label(args.model, args.label, _registry(args).set_label(args.model, args.label, args.version,
+                                                                  weight=args.weight))
     return 0
 
 
 def _models_set_weight(args: argparse.Namespace) -> int:
-    label = _registry(args).set_weight(args.model, args.label, args.weight)
-    print(f"{args.model}: {args.label} -> version {label.version} (weight {label.weight:g})")
+    _print_label(args.model, args.label, _registry(args).set_weight(args.model, args.label, args.weight))
     return 0
+
+
+def _print_label(model: str, name: str, label: Label) -> None:
+    print(f"{model}: {name} -> version {label.version} (weight {label.weight:g})")
 
 
 def _models_history(args: argparse.Namespace) -> int:

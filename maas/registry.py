@@ -269,15 +269,13 @@ class Registry:
 
     def set_label(self, model: str, label: str, version: int, *, weight: float = 1.0) -> Label:
         validate_label(label)
-        if not 0.0 <= weight <= 1.0:
-            raise InvalidInput(f"A label's weight is a share of traffic in [0, 1]. Received: {weight}")
+        _check_weight(weight)
         version = self._require_version(model, version)
         return self._update_labels(model, lambda doc: _apply_label(doc, label, version, float(weight)))
 
     def set_weight(self, model: str, label: str, weight: float) -> Label:
         """Change a label's share of traffic, keeping its version."""
-        if not 0.0 <= weight <= 1.0:
-            raise InvalidInput(f"A label's weight is a share of traffic in [0, 1]. Received: {weight}")
+        _check_weight(weight)
 
         def reweigh(doc: _LabelsDoc) -> Label:
             if label not in doc.labels:
@@ -453,6 +451,11 @@ class Registry:
     def _write_bytes(self, path: str, data: bytes) -> None:
         with self._fs.open_output_stream(path) as f:
             f.write(data)
+
+
+def _check_weight(weight: float) -> None:
+    if not 0.0 <= weight <= 1.0:
+        raise InvalidInput(f"A label's weight is a share of traffic in [0, 1]. Received: {weight}")
 
 
 def _apply_label(doc: _LabelsDoc, label: str, version: int, weight: float) -> Label:

@@ -28,8 +28,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
-_IMAGE_EXTENSIONS = frozenset(s[1:] for s in IMAGE_SUFFIXES)
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff")
 _EPSILON = 1e-6
 
 
@@ -248,7 +247,7 @@ def read_split(info: DataInfo, split: str) -> "ray.data.Dataset":
         return ray.data.read_csv(path, filesystem=fs)
     height, width, channels = info.item_shape
     images = ray.data.read_images(path, filesystem=fs, size=(height, width), mode="RGB" if channels == 3 else "L",
-                                  include_paths=True, file_extensions=sorted(_IMAGE_EXTENSIONS))
+                                  include_paths=True, file_extensions=list(IMAGE_EXTENSIONS))
     return images.map_batches(_label_from_folder, fn_kwargs={"classes": info.class_names}, batch_format="numpy")
 
 
@@ -308,7 +307,7 @@ def majority_class(info: DataInfo) -> int:
         fs, path = resolve_uri(info.splits.train)
         files = fs.get_file_info(pafs.FileSelector(path, recursive=True))
         per_class = Counter(f.path.rsplit("/", 2)[-2] for f in files
-                            if f.type == pafs.FileType.File and f.extension.lower() in _IMAGE_EXTENSIONS)
+                            if f.type == pafs.FileType.File and f.extension.lower() in IMAGE_EXTENSIONS)
         return max(range(len(info.class_names)), key=lambda k: (per_class[info.class_names[k]], -k))
     labels = _dataset(info.splits.train, info.splits.format).to_table(columns=[LABEL_COLUMN]).column(LABEL_COLUMN)
     counts = pc.value_counts(labels).to_pylist()
@@ -321,7 +320,7 @@ def held_out(template: Template, info: DataInfo) -> tuple[np.ndarray, np.ndarray
     if info.splits.format == "images":
         batches = read_split(info, "test").iter_batches(batch_size=1024, batch_format="numpy")
     else:
-        table = _dataset(info.splits.test, info.splits.format).to_table()
+        table = read_table(info, "test")
         batches = [{name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}]
     xs, ys = [], []
     for batch in batches:

@@ -3,7 +3,9 @@
     maas cluster up|down|status|env    local Ray cluster (dashboard http://127.0.0.1:8265)
     maas train --template digits       submit a training job to the cluster (ray job submit)
     maas models list|show|promote|rollback|label|set-weight|history|unlabel
+    maas keys create|list|revoke       API keys for the HTTP API (scoped per model, stored hashed)
     maas deploy                        apply deployments/serve_config.yaml (serve deploy)
+    maas status                        per model: versions, labels, replicas, recent error rate
     maas predict digits --instances '[[...]]'
     maas demo                          the whole path, end to end
 """
@@ -97,6 +99,28 @@ def _build_parser() -> argparse.ArgumentParser:
     unlabel.add_argument("model")
     unlabel.add_argument("label")
     unlabel.set_defaults(handler=_models_unlabel)
+
+    k = sub.add_parser("keys", help="API keys for the HTTP API (stored hashed beside the registry)")
+    k.add_argument("--registry", default=None, help=f"registry URI (default: {settings.default_registry_uri()})")
+    ksub = k.add_subparsers(title="actions", metavar="ACTION")
+    create = ksub.add_parser("create", help="create a key; it is printed once and never stored")
+    create.add_argument("name", help="who or what uses the key (for `keys list`)")
+    create.add_argument("--models", nargs="+", default=["*"], metavar="MODEL",
+                        help="models the key may call (default: '*', every model)")
+    create.add_argument("--save", action="store_true",
+                        help=f"write the key to {settings.api_key_path()} (owner-only) for this machine's "
+                             "clients instead of printing it")
+    create.set_defaults(handler=_keys_create)
+    ksub.add_parser("list", help="ids, names, scopes, when created and revoked").set_defaults(handler=_keys_list)
+    revoke = ksub.add_parser("revoke", help="revoke a key (serving sees it within registry_refresh_s)")
+    revoke.add_argument("id", help="the key's id (`keys list`; the 12 hex digits after maas_)")
+    revoke.set_defaults(handler=_keys_revoke)
+
+    st = sub.add_parser("status", help="per model: versions, labels, replicas, recent requests and error rate")
+    st.add_argument("model", nargs="?", default=None, help="one model (default: every model the key may see)")
+    st.add_argument("--url", default=None, help=f"service URL (default: {settings.serve_url()})")
+    st.add_argument("--json", action="store_true", help="print the service's JSON answer")
+    st.set_defaults(handler=_status)
 
     d = sub.add_parser("deploy", help="deploy the Serve application (serve deploy of deployments/serve_config.yaml)")
     d.add_argument("--config", default=None, help="Serve config YAML (default: deployments/serve_config.yaml)")
@@ -305,9 +329,8 @@ def _undeploy(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from maas.client import HTTPError, TFServingClient
+    from maas.client import JSON, Call, Client, tf_model_path
 
-    client = TFServingClient(args.url or "")
     try:
         if args.instances is not None:
             body = {"instances": json.loads(args.instances)}
@@ -316,13 +339,104 @@ def _predict(args: argparse.Namespace) -> int:
             body = json.loads(raw)
     except (json.JSONDecodeError, OSError) as exc:
         fail(f"cannot read the request: {exc}")
-    path = client.model_path(args.model, args.version, args.label) + ":predict"
+    call = Call("POST", tf_model_path(args.model, args.version, args.label) + ":predict", json.dumps(body).encode(),
+                JSON)
+    print(json.dumps(_call_service(Client(args.url), lambda client: client.send(call).raise_for_status().json())))
+    return 0
+
+
+def _call_service(client, ask: Callable) -> object:  # noqa: ANN001 (maas.client.Client, imported lazily)
+    """``ask(client)``, with the service's errors as one line and exit code 2 (1 for a server error)."""
+    from maas.client import HTTPError
+
     try:
-        print(json.dumps(client.request("POST", path, body)))
+        return ask(client)
     except HTTPError as exc:
-        fail(exc.message if exc.status < 500 else str(exc))
+        if exc.status < 500:
+            fail(exc.message)
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     except OSError as exc:
         fail(f"cannot reach {client.base_url}: {exc}")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from maas.client import Client
+
+    answer = _call_service(Client(args.url), lambda client: client.service_status())
+    models = answer["models"]
+    if args.model is not None:
+        if args.model not in models:
+            fail(f"no model {args.model!r} (or the API key may not see it); models: {', '.join(models) or 'none'}")
+        models = {args.model: models[args.model]}
+    if args.json:
+        print(json.dumps({**answer, "models": models}, indent=2))
+        return 0
+    deployments = ", ".join(f"{name} {d['replicas']} replica(s) {d['status']}"
+                            for name, d in answer["deployments"].items())
+    print(f"Serving: {deployments or 'no deployments'}")
+    for name, model in models.items():
+        labels = ", ".join(f"{k} -> v{v['version']}" + (f" ({v['weight']:g})" if k != "stable" else "")
+                           for k, v in model["labels"].items()) or "no labels"
+        print(f"{name}: versions {', '.join(map(str, model['versions']))}; {labels}")
+        recent = model["recent"]
+        if recent["requests"]:
+            print(f"  last {recent['window_s']:g}s: {recent['requests']} requests, {recent['errors']} errors "
+                  f"({recent['error_rate']:.1%}), {recent['client_errors']} rejected (4xx), "
+                  f"p50 {recent['p50_ms']} ms, p99 {recent['p99_ms']} ms")
+        else:
+            print(f"  last {recent['window_s']:g}s: no requests")
+        for version, v in recent["versions"].items():
+            routes = ", ".join(f"{k} {n}" for k, n in v["labels"].items())
+            print(f"  v{version}: {v['requests']} requests ({routes}), {v['errors']} errors, "
+                  f"on {len(v['replicas'])} replica(s)")
+        change = model.get("last_label_change")
+        if change:
+            target = "removed" if change["version"] is None else f"-> v{change['version']}"
+            reason = f" [{change['reason']}]" if change.get("reason") else ""
+            print(f"  last label change: {change['at']} {change['label']} {target}{reason}")
+    return 0
+
+
+# ---- API keys ------------------------------------------------------------------------------------
+
+
+def _keys(args: argparse.Namespace):
+    from maas.auth import KeyStore
+
+    return KeyStore(args.registry or settings.default_registry_uri())
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    key, record = _keys(args).create(args.name, args.models)
+    scope = ", ".join(record.models)
+    if args.save:
+        path = settings.api_key_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        print(f"Created key {record.id} ({record.name}; models: {scope}), saved to {path}")
+    else:
+        print(key)
+        print(f"Created key {record.id} ({record.name}; models: {scope}). It is shown once: store it now.",
+              file=sys.stderr)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    records = _keys(args).list()
+    if not records:
+        print("No API keys (create one with `maas keys create NAME`)")
+    for r in records:
+        state = f"revoked {r.revoked_at}" if r.revoked_at else "active"
+        print(f"{r.id}  {r.name:<20} models: {', '.join(r.models):<30} created {r.created_at}  {state}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    record = _keys(args).revoke(args.id)
+    print(f"Key {record.id} ({record.name}) revoked at {record.revoked_at}")
     return 0
 
 

@@ -1,69 +1,314 @@
-"""A small client for the TF Serving REST API this project serves (standard library HTTP only)."""
+"""Python client for the service's two protocols, numpy in and numpy out: :class:`Client` (blocking)
+and :class:`AsyncClient` (asyncio). Both speak the TF Serving REST API (``predict``, ``status``,
+``metadata``) and the KServe V2 protocol (``infer``, with binary tensors on request, ``model_metadata``,
+``ready``...), send the API key, and raise :class:`HTTPError` with the server's message on an error.
+
+    from maas.client import Client
+    client = Client("http://127.0.0.1:8000", api_key="maas_...")   # defaults: MAAS_SERVE_URL, MAAS_API_KEY
+    probabilities = client.predict("digits", images)                # TF Serving :predict, row format
+    outputs = client.infer("digits", {"pixels": images}, binary=True)  # V2 infer, binary tensors both ways
+
+Both classes build requests and read answers with the same functions below; they differ only in
+how bytes travel (``http.client`` keep-alive connections per thread, or one ``aiohttp`` session).
+"""
 
 from __future__ import annotations
 
+import http.client
 import json
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
-from typing import Any
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from maas import settings
+from maas.signature import numpy_dtype, v2_tensor
+
+V2_HEADER_LENGTH = "inference-header-content-length"
+JSON = {"content-type": "application/json"}
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """The service answered with an error status; ``message`` is its JSON ``error``."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+        self.headers = dict(headers or {})
 
 
-@dataclass
-class TFServingClient:
-    base_url: str = ""
-    timeout_s: float = 30.0
+@dataclass(frozen=True)
+class Reply:
+    """One raw answer: status, lower-cased headers, body."""
 
-    def __post_init__(self) -> None:
-        self.base_url = (self.base_url or settings.serve_url()).rstrip("/")
+    status: int
+    headers: dict[str, str]
+    body: bytes
 
-    def predict(
-        self, model: str, instances: Any, *, version: int | None = None, label: str | None = None
-    ) -> np.ndarray:
-        """Row-format ``:predict``; returns ``predictions`` as an array."""
-        if isinstance(instances, np.ndarray):
-            instances = instances.tolist()
-        body = self.request("POST", f"{self.model_path(model, version, label)}:predict", {"instances": instances})
-        return np.asarray(body["predictions"])
+    def json(self) -> Any:
+        return json.loads(self.body)
 
-    def status(self, model: str, *, version: int | None = None) -> dict[str, Any]:
-        return self.request("GET", self.model_path(model, version, None))
-
-    def metadata(self, model: str, *, version: int | None = None) -> dict[str, Any]:
-        return self.request("GET", f"{self.model_path(model, version, None)}/metadata")
-
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            self.base_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
+    def raise_for_status(self) -> "Reply":
+        if self.status >= 400:
             try:
-                message = json.loads(raw).get("error", raw.decode(errors="replace"))
-            except (json.JSONDecodeError, AttributeError):
-                message = raw.decode(errors="replace")
-            raise HTTPError(exc.code, message) from None
+                message = json.loads(self.body).get("error", "")
+            except (ValueError, AttributeError):
+                message = self.body.decode(errors="replace")
+            raise HTTPError(self.status, message or self.body.decode(errors="replace"), self.headers)
+        return self
 
-    @staticmethod
-    def model_path(model: str, version: int | None, label: str | None) -> str:
-        path = f"/v1/models/{model}"
-        if version is not None:
-            path += f"/versions/{version}"
-        elif label is not None:
-            path += f"/labels/{label}"
-        return path
+
+@dataclass(frozen=True)
+class Call:
+    """One request, built once and sent by either client."""
+
+    method: str
+    path: str
+    body: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+# ---- requests and answers, shared by both clients ------------------------------------------------
+
+
+def tf_model_path(model: str, version: int | None = None, label: str | None = None) -> str:
+    if version is not None and label is not None:
+        raise ValueError("give a version or a label, not both")
+    path = f"/v1/models/{model}"
+    if version is not None:
+        path += f"/versions/{version}"
+    elif label is not None:
+        path += f"/labels/{label}"
+    return path
+
+
+def v2_model_path(model: str, version: int | None = None) -> str:
+    return f"/v2/models/{model}" + (f"/versions/{version}" if version is not None else "")
+
+
+def predict_call(model: str, instances: Any, version: int | None, label: str | None) -> Call:
+    if isinstance(instances, np.ndarray):
+        instances = instances.tolist()
+    body = json.dumps({"instances": instances}, separators=(",", ":")).encode()
+    return Call("POST", tf_model_path(model, version, label) + ":predict", body, JSON)
+
+
+def predict_result(reply: Reply) -> np.ndarray:
+    return np.asarray(reply.raise_for_status().json()["predictions"])
+
+
+def infer_call(model: str, inputs: Mapping[str, np.ndarray], version: int | None, *, binary: bool,
+               outputs: list[str] | None, request_id: str | None) -> Call:
+    """A V2 ``infer`` request: JSON ``data``, or (``binary``) raw little-endian tensors after the JSON,
+    with binary outputs asked for too (the binary tensor data extension)."""
+    tensors, blobs = [], []
+    for name, value in inputs.items():
+        tensor, raw = v2_tensor(name, value, binary)
+        tensors.append(tensor)
+        if raw is not None:
+            blobs.append(raw)
+    doc: dict[str, Any] = {"inputs": tensors}
+    if request_id is not None:
+        doc["id"] = request_id
+    if outputs is not None:
+        doc["outputs"] = [{"name": n, "parameters": {"binary_data": binary}} for n in outputs]
+    elif binary:
+        doc["parameters"] = {"binary_data_output": True}
+    head = json.dumps(doc, separators=(",", ":")).encode()
+    path = v2_model_path(model, version) + "/infer"
+    if not binary:
+        return Call("POST", path, head, JSON)
+    headers = {"content-type": "application/octet-stream", V2_HEADER_LENGTH: str(len(head))}
+    return Call("POST", path, head + b"".join(blobs), headers)
+
+
+def infer_result(reply: Reply) -> dict[str, np.ndarray]:
+    """The outputs of a V2 ``infer`` answer, JSON or binary, as arrays of their V2 datatypes."""
+    reply.raise_for_status()
+    length = reply.headers.get(V2_HEADER_LENGTH)
+    head, binary = (reply.body, b"") if length is None else (reply.body[: int(length)], reply.body[int(length):])
+    outputs, offset = {}, 0
+    for tensor in json.loads(head)["outputs"]:
+        dtype = numpy_dtype(tensor["datatype"])
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            array = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=size // dtype.itemsize, offset=offset)
+            offset += size
+        else:
+            array = np.asarray(tensor["data"], dtype=dtype)
+        outputs[tensor["name"]] = array.astype(dtype, copy=False).reshape(tensor["shape"])
+    return outputs
+
+
+def json_result(reply: Reply) -> Any:
+    return reply.raise_for_status().json()
+
+
+# ---- the two clients -------------------------------------------------------------------------------
+
+
+class _Base:
+    def __init__(self, base_url: str | None = None, *, api_key: str | None = None, timeout_s: float = 30.0) -> None:
+        self.base_url = (base_url or settings.serve_url()).rstrip("/")
+        self.timeout_s = timeout_s
+        key = api_key if api_key is not None else settings.api_key()
+        self._auth = {"authorization": f"Bearer {key}"} if key else {}
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"{type(self).__name__}({self.base_url!r})"
+
+    def _headers(self, call: Call, extra: Mapping[str, str] | None) -> dict[str, str]:
+        return {**self._auth, **call.headers, **(extra or {})}
+
+
+class Client(_Base):
+    """Blocking client; one keep-alive connection per thread, so one client may serve many threads."""
+
+    def __init__(self, base_url: str | None = None, *, api_key: str | None = None, timeout_s: float = 30.0) -> None:
+        super().__init__(base_url, api_key=api_key, timeout_s=timeout_s)
+        parts = urlsplit(self.base_url)
+        self._https = parts.scheme == "https"
+        self._netloc = parts.netloc
+        self._prefix = parts.path
+        self._local = threading.local()
+
+    # TF Serving REST API
+    def predict(self, model: str, instances: Any, *, version: int | None = None, label: str | None = None) -> np.ndarray:
+        """Row-format ``:predict``; the ``predictions`` as an array."""
+        return predict_result(self.send(predict_call(model, instances, version, label)))
+
+    def status(self, model: str, *, version: int | None = None, label: str | None = None) -> dict[str, Any]:
+        return json_result(self.send(Call("GET", tf_model_path(model, version, label))))
+
+    def metadata(self, model: str, *, version: int | None = None, label: str | None = None) -> dict[str, Any]:
+        return json_result(self.send(Call("GET", tf_model_path(model, version, label) + "/metadata")))
+
+    # KServe V2
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, version: int | None = None, binary: bool = False,
+              outputs: list[str] | None = None, request_id: str | None = None) -> dict[str, np.ndarray]:
+        return infer_result(self.send(infer_call(model, inputs, version, binary=binary, outputs=outputs,
+                                                 request_id=request_id)))
+
+    def model_metadata(self, model: str, *, version: int | None = None) -> dict[str, Any]:
+        return json_result(self.send(Call("GET", v2_model_path(model, version))))
+
+    def model_ready(self, model: str, *, version: int | None = None) -> bool:
+        return self.send(Call("GET", v2_model_path(model, version) + "/ready")).status == 200
+
+    def live(self) -> bool:
+        return self.send(Call("GET", "/v2/health/live")).status == 200
+
+    def ready(self) -> bool:
+        return self.send(Call("GET", "/v2/health/ready")).status == 200
+
+    # this service
+    def service_status(self) -> dict[str, Any]:
+        """``GET /maas/v1/status``: per-model versions, labels, replicas and recent error rates."""
+        return json_result(self.send(Call("GET", "/maas/v1/status")))
+
+    def send(self, call: Call, headers: Mapping[str, str] | None = None) -> Reply:
+        """Send one request and return the answer, error statuses included (no exception for those)."""
+        all_headers = self._headers(call, headers)
+        for attempt in range(2):
+            conn = self._connection()
+            try:
+                conn.request(call.method, self._prefix + call.path, body=call.body, headers=all_headers)
+                resp = conn.getresponse()
+                body = resp.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                conn.close()  # the server closed an idle keep-alive connection: open a new one, once
+                self._local.conn = None
+                if attempt:
+                    raise
+                continue
+            except Exception:
+                conn.close()
+                self._local.conn = None
+                raise
+            if resp.will_close:
+                conn.close()
+                self._local.conn = None
+            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = self._local.conn = cls(self._netloc, timeout=self.timeout_s)
+        return conn
+
+
+class AsyncClient(_Base):
+    """asyncio client over one ``aiohttp`` session; use ``async with AsyncClient(...) as client``."""
+
+    def __init__(self, base_url: str | None = None, *, api_key: str | None = None, timeout_s: float = 30.0) -> None:
+        super().__init__(base_url, api_key=api_key, timeout_s=timeout_s)
+        self._session: Any = None
+
+    async def predict(self, model: str, instances: Any, *, version: int | None = None,
+                      label: str | None = None) -> np.ndarray:
+        return predict_result(await self.send(predict_call(model, instances, version, label)))
+
+    async def status(self, model: str, *, version: int | None = None, label: str | None = None) -> dict[str, Any]:
+        return json_result(await self.send(Call("GET", tf_model_path(model, version, label))))
+
+    async def metadata(self, model: str, *, version: int | None = None, label: str | None = None) -> dict[str, Any]:
+        return json_result(await self.send(Call("GET", tf_model_path(model, version, label) + "/metadata")))
+
+    async def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, version: int | None = None,
+                    binary: bool = False, outputs: list[str] | None = None,
+                    request_id: str | None = None) -> dict[str, np.ndarray]:
+        return infer_result(await self.send(infer_call(model, inputs, version, binary=binary, outputs=outputs,
+                                                       request_id=request_id)))
+
+    async def model_metadata(self, model: str, *, version: int | None = None) -> dict[str, Any]:
+        return json_result(await self.send(Call("GET", v2_model_path(model, version))))
+
+    async def model_ready(self, model: str, *, version: int | None = None) -> bool:
+        return (await self.send(Call("GET", v2_model_path(model, version) + "/ready"))).status == 200
+
+    async def live(self) -> bool:
+        return (await self.send(Call("GET", "/v2/health/live"))).status == 200
+
+    async def ready(self) -> bool:
+        return (await self.send(Call("GET", "/v2/health/ready"))).status == 200
+
+    async def service_status(self) -> dict[str, Any]:
+        return json_result(await self.send(Call("GET", "/maas/v1/status")))
+
+    async def send(self, call: Call, headers: Mapping[str, str] | None = None) -> Reply:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        async with self._session.request(call.method, self.base_url + call.path, data=call.body,
+                                         headers=self._headers(call, headers)) as resp:
+            body = await resp.read()
+            return Reply(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

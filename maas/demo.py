@@ -13,7 +13,8 @@ import numpy as np
 
 from maas import cluster, deploy, jobclient, settings
 from maas.cli_support import fail
-from maas.client import TFServingClient
+from maas.auth import KeyStore, key_id
+from maas.client import Client
 from maas.registry import Registry
 from maas.templates import get_template
 from maas.training.data import builtin_held_out
@@ -47,7 +48,9 @@ def run_demo(*, num_workers: int = 2, epochs: int | None = None, samples: int = 
 
     print("== 3/4 Deploying with Ray Serve (deployments/serve_config.yaml)")
     deploy.deploy(deploy.load_serve_config())
-    client = TFServingClient()
+    key, about = _ensure_api_key(registry)
+    print(f"   {about}")
+    client = Client(api_key=key)
 
     print(f"== 4/4 HTTP predictions: POST {client.base_url}/v1/models/{_MODEL}:predict")
     x_test, y_test = builtin_held_out(get_template(_MODEL), settings.default_data_dir())
@@ -65,6 +68,21 @@ def run_demo(*, num_workers: int = 2, epochs: int | None = None, samples: int = 
     print(f"  Try it:     .venv/bin/maas predict digits --instances '{_example_instance(x_test[0])}'")
     print("  Stop it:    make stop   (or .venv/bin/maas cluster down)")
     return 0
+
+
+def _ensure_api_key(registry: Registry) -> tuple[str, str]:
+    """This machine's clients need an API key: keep a working saved one, else create and save one."""
+    keys = KeyStore(registry.uri)
+    saved = settings.api_key()
+    record = keys.get(key_id(saved) or "") if saved else None
+    if record is not None and record.active and record.allows(_MODEL):
+        return saved, f"API key {record.id} ({settings.API_KEY_ENV} or {settings.api_key_path()})"
+    key, record = keys.create("local", ["*"])
+    path = settings.api_key_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key, f"API key {record.id} created for this machine's clients, saved to {path} (maas keys list)"
 
 
 def _example_instance(image: np.ndarray) -> str:

@@ -7,6 +7,7 @@ class MaasError(Exception):
     """Base class of every error this project raises on purpose."""
 
     http_status: int = 500
+    http_headers: dict[str, str] = {}  # extra response headers (for example WWW-Authenticate)
 
 
 class InvalidInput(MaasError):
@@ -19,6 +20,19 @@ class PayloadTooLarge(InvalidInput):
     """The request body is over the configured limit."""
 
     http_status = 413
+
+
+class Unauthorized(MaasError):
+    """No API key, or one that is unknown or revoked."""
+
+    http_status = 401
+    http_headers = {"WWW-Authenticate": 'Bearer realm="maas"'}
+
+
+class Forbidden(MaasError):
+    """A valid API key used outside its scope."""
+
+    http_status = 403
 
 
 class RequestTimeout(MaasError):

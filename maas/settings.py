@@ -38,3 +38,21 @@ def dashboard_url() -> str:
 
 def serve_url() -> str:
     return os.environ.get("MAAS_SERVE_URL") or f"http://{SERVE_HOST}:{SERVE_PORT}"
+
+
+API_KEY_ENV = "MAAS_API_KEY"
+
+
+def api_key_path() -> Path:
+    """Where ``maas keys create --save`` (and ``make demo``) keep this machine's key, readable by its owner only."""
+    return maas_home() / "api_key"
+
+
+def api_key() -> str | None:
+    """The API key clients send: ``$MAAS_API_KEY``, else the saved one, else none."""
+    if os.environ.get(API_KEY_ENV):
+        return os.environ[API_KEY_ENV]
+    try:
+        return api_key_path().read_text().strip() or None
+    except OSError:
+        return None

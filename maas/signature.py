@@ -28,12 +28,36 @@ _V2_DATATYPES = {
     "string": "BYTES",
 }
 
+_NUMPY_DTYPES = {v2: name for name, v2 in _V2_DATATYPES.items() if name != "string"}
+
+
 def v2_datatype(dtype: str) -> str:
     """The V2 protocol's name (``FP32``...) for a numpy / TensorFlow dtype name (``float32``...)."""
     try:
         return _V2_DATATYPES[dtype]
     except KeyError:
         raise ValueError(f"No V2 datatype for dtype {dtype!r}") from None
+
+
+def v2_tensor(name: str, value: np.ndarray, binary: bool) -> tuple[dict[str, Any], bytes | None]:
+    """A V2 tensor object for ``value``: with ``data`` (JSON), or, when ``binary``, with
+    ``parameters.binary_data_size`` and the raw little-endian bytes that follow the JSON part."""
+    array = np.asarray(value)
+    tensor: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": v2_datatype(array.dtype.name)}
+    if not binary:
+        tensor["data"] = array.reshape(-1).tolist()
+        return tensor, None
+    raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    tensor["parameters"] = {"binary_data_size": len(raw)}
+    return tensor, raw
+
+
+def numpy_dtype(datatype: str) -> np.dtype:
+    """The numpy dtype of a numeric V2 datatype (``FP32`` -> ``float32``)."""
+    try:
+        return np.dtype(_NUMPY_DTYPES[datatype])
+    except KeyError:
+        raise ValueError(f"No numpy dtype for V2 datatype {datatype!r}") from None
 
 
 # dtype name (numpy / TensorFlow spelling) -> TensorFlow Serving DataType enum name.
@@ -173,6 +197,12 @@ def to_batch(value: Any, spec: TensorSpec, *, where: str) -> np.ndarray:
         )
     if np.dtype(spec.dtype).kind in "iub" and array.dtype.kind == "f":
         raise InvalidInput(f"{where}: input '{spec.name}' expects integers ({spec.dtype}), received floats")
+    if np.dtype(spec.dtype).kind in "iu" and array.dtype.kind in "iu" and array.size:
+        info = np.iinfo(spec.dtype)
+        low, high = array.min(), array.max()
+        if low < info.min or high > info.max:  # would wrap around silently in astype
+            raise InvalidInput(f"{where}: input '{spec.name}' expects {spec.dtype} values in "
+                               f"[{info.min}, {info.max}], received values in [{low}, {high}]")
     out = array.astype(spec.dtype, copy=False)
     if out.dtype.kind == "f" and not np.isfinite(out).all():
         raise InvalidInput(f"{where}: input '{spec.name}' contains NaN or infinity")

@@ -50,6 +50,17 @@ def uri_exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` so that readers see the old file, or the whole new one: a local file is written
+    beside and renamed; an object PUT is atomic by itself."""
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    target = f"{path}.{uuid.uuid4().hex}.tmp" if isinstance(fs, pafs.LocalFileSystem) else path
+    with fs.open_output_stream(target) as f:
+        f.write(data)
+    if target != path:
+        fs.move(target, path)
+
+
 def write_parquet_atomic(table: "pa.Table", uri: str) -> None:
     """Write ``table`` so that readers see the whole file or none: a local file is written beside
     and renamed; an object PUT is atomic by itself."""

@@ -150,6 +150,12 @@ def ray_cluster(maas_home: Path, s3_server: S3Server):
     )
     os.environ["RAY_DASHBOARD_ADDRESS"] = cluster.dashboard_url
     os.environ["MAAS_SERVE_URL"] = cluster.serve_url
+    # Clients (maas.client, the CLI) send this key: every model of the session registry. Set after the
+    # nodes started, so that no Ray process holds it.
+    from maas.auth import KeyStore
+    from maas.settings import API_KEY_ENV, default_registry_uri
+
+    os.environ[API_KEY_ENV] = KeyStore(default_registry_uri()).create("tests", ["*"])[0]
     _wait_for_dashboard(cluster.dashboard_url)
     yield cluster
     from ray import serve
@@ -159,6 +165,17 @@ def ray_cluster(maas_home: Path, s3_server: S3Server):
     finally:
         ray.shutdown()
         ray_cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def new_api_key():
+    """``new_api_key(registry_uri, models=("*",))``: a fresh API key of that registry."""
+    from maas.auth import KeyStore
+
+    def create(registry_uri: str, models: tuple[str, ...] = ("*",), name: str = "tests") -> str:
+        return KeyStore(registry_uri).create(name, list(models))[0]
+
+    return create
 
 
 def _wait_for_dashboard(url: str, timeout_s: float = 60) -> None:
@@ -191,6 +208,28 @@ def tiny_saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def slow_saved_model(tmp_path_factory: pytest.TempPathFactory):
+    """A SavedModel that busy-waits for as many seconds as its input says (0 at the warm-up), and its
+    signature: input ``seconds`` [-1, 1], output ``waited``."""
+    import tensorflow as tf
+
+    from maas.signature import Signature
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="seconds")])
+    def wait(seconds: tf.Tensor) -> dict[str, tf.Tensor]:
+        start = tf.timestamp()
+        until = start + tf.cast(tf.reduce_max(seconds), tf.float64)
+        end = tf.while_loop(lambda t: t < until, lambda t: tf.timestamp(), [start])
+        return {"waited": seconds * 0 + tf.cast(end - start, tf.float32)}
+
+    path = tmp_path_factory.mktemp("slow") / "saved_model"
+    module = tf.Module()
+    module.wait = wait
+    tf.saved_model.save(module, str(path), signatures={"serving_default": wait})
+    return path, Signature.from_concrete_function(tf.saved_model.load(str(path)).signatures["serving_default"])
+
+
+@pytest.fixture(scope="session")
 def trained_digits(ray_cluster: TestCluster):
     """One real 2-worker Ray Train run on the digits, published to the session registry."""
     from maas.training.config import TrainConfig
@@ -198,3 +237,34 @@ def trained_digits(ray_cluster: TestCluster):
 
     config = TrainConfig(template="digits", num_workers=2, epochs=6, model_name="digits")
     return config, run_training(config)
+
+
+SERVICE_MAX_BODY = 1 << 20  # the digits service's max_request_bytes, small enough to test 413 cheaply
+
+
+@dataclass
+class DigitsService:
+    """The Serve app of deployments/serve_config.yaml serving the session's trained digits model."""
+
+    cluster: TestCluster
+    registry_uri: str
+    version: int
+    deployed_at: float = 0.0
+
+    def ensure(self) -> "DigitsService":
+        """Deploy it, or deploy it again if another module has deployed its own app since."""
+        from maas import deploy
+
+        app = deploy.serve_client(self.cluster.dashboard_url).get_serve_details().get("applications", {}).get("maas")
+        if app is None or app.get("last_deployed_time_s") != self.deployed_at:
+            config = deploy.load_serve_config(registry=self.registry_uri, port=self.cluster.serve_port)
+            config["applications"][0]["args"]["max_request_bytes"] = SERVICE_MAX_BODY
+            details = deploy.deploy(config, dashboard=self.cluster.dashboard_url, timeout_s=300)
+            self.deployed_at = details["applications"]["maas"]["last_deployed_time_s"]
+        return self
+
+
+@pytest.fixture(scope="session")
+def digits_app(ray_cluster: TestCluster, trained_digits) -> DigitsService:
+    config, outcome = trained_digits
+    return DigitsService(ray_cluster, config.registry, outcome.version.version)

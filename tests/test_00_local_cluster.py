@@ -70,7 +70,7 @@ def _up_deploy_and_answer(env: dict[str, str]) -> None:
     deployed = _maas("deploy", env=env)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     status, body = _get_json("http://127.0.0.1:8000/v1/models/absent")  # through HAProxy to the ingress
-    assert status == 404 and "'absent' not found" in body["error"]
+    assert status == 401 and "API key required" in body["error"]  # security is on by default
     assert _live_haproxy(), "Serve should run its HAProxy ingress"
 
 

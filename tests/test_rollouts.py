@@ -8,8 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 import pytest
 
 from maas import deploy
+from maas.client import JSON, Call, Client
 from maas.registry import Registry
 from maas.signature import Signature
 
@@ -27,7 +26,7 @@ REQUEST_TIMEOUT_S = 6.0  # well above any answer under the tests' load on 2 core
 
 
 @pytest.fixture(scope="module")
-def rollout(ray_cluster, tiny_saved_model, tmp_path_factory):
+def rollout(ray_cluster, tiny_saved_model, tmp_path_factory, new_api_key):
     """Versions 1 and 2 of one model (the same artifact: the ``Model-Version`` header tells them apart),
     ``stable`` on 1, served by an app that re-reads labels every 0.5 s and judges canaries quickly."""
     root = str(tmp_path_factory.mktemp("rollout_registry"))
@@ -44,15 +43,15 @@ def rollout(ray_cluster, tiny_saved_model, tmp_path_factory):
     args["canary"] = {"window_s": 30, "min_requests": 10, "max_error_rate": 0.2}
     args["request_timeout_s"] = REQUEST_TIMEOUT_S
     deploy.deploy(config, dashboard=ray_cluster.dashboard_url, timeout_s=300)
-    return ray_cluster.serve_url, registry
+    return Client(ray_cluster.serve_url, api_key=new_api_key(root)), registry
 
 
 class Load:
     """Clients sending routed requests (no version, no label) in both protocols until stopped,
     bounded in count and time; every answer's status and answering version is kept."""
 
-    def __init__(self, url: str, *, clients: int = 3, max_requests: int = 20_000, max_s: float = 240) -> None:
-        self.url, self.max_requests, self.deadline = url, max_requests, time.monotonic() + max_s
+    def __init__(self, client: Client, *, clients: int = 3, max_requests: int = 20_000, max_s: float = 240) -> None:
+        self.client, self.max_requests, self.deadline = client, max_requests, time.monotonic() + max_s
         self.answers: list[tuple[int, int | None, str]] = []  # (status, version, error)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
@@ -77,14 +76,10 @@ class Load:
         while not self._stop.is_set() and len(self.answers) < self.max_requests and time.monotonic() < self.deadline:
             path, body = bodies[n % 2]
             n += 1
-            req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
             try:
-                with urllib.request.urlopen(req, timeout=30) as resp:
-                    resp.read()
-                    self.answers.append((resp.status, int(resp.headers["Model-Version"]), ""))
-            except urllib.error.HTTPError as exc:
-                self.answers.append((exc.code, None, exc.read().decode(errors="replace")[:200]))
+                reply = self.client.send(Call("POST", path, json.dumps(body).encode(), JSON))
+                version = int(reply.headers["model-version"]) if reply.status == 200 else None
+                self.answers.append((reply.status, version, "" if version else reply.body.decode()[:200]))
             except OSError as exc:  # a refused or reset connection is a failed request too
                 self.answers.append((0, None, repr(exc)))
 
@@ -116,8 +111,8 @@ def _cli(registry: Registry, *args: str) -> str:
 
 
 def test_canary_split_promote_rollback_and_set_weight_under_load_fail_no_request(rollout) -> None:
-    url, registry = rollout
-    with Load(url) as load:
+    client, registry = rollout
+    with Load(client) as load:
         load.wait_until(lambda seen: set(seen) == {1}, "only the stable version 1")
         _cli(registry, "label", MODEL, "canary", "2", "--weight", "0.5")
         load.wait_until(lambda seen: 0.25 < seen[2] / sum(seen.values()) < 0.75, "about half on canary 2")
@@ -132,12 +127,12 @@ def test_canary_split_promote_rollback_and_set_weight_under_load_fail_no_request
 
 
 def test_a_failing_canary_is_rolled_back_automatically_without_failed_requests(rollout, tiny_saved_model) -> None:
-    url, registry = rollout
+    client, registry = rollout
     signature = registry.get(MODEL, 1).metadata["signature"]
     broken = registry.publish(MODEL, str(tiny_saved_model), {"signature": signature}).version
     (Path(registry.local_path(MODEL, broken)) / "saved_model.pb").write_bytes(b"not a graph")
     registry.set_label(MODEL, "canary", broken, weight=0.5)
-    with Load(url) as load:
+    with Load(client) as load:
         deadline = time.monotonic() + 120
         while "canary" in registry.labels(MODEL):
             assert time.monotonic() < deadline, f"canary not retired; answers {Counter(load.answers)}"
@@ -153,42 +148,21 @@ def test_a_failing_canary_is_rolled_back_automatically_without_failed_requests(r
     assert "auto-rollback: error rate" in _cli(registry, "history", MODEL)
 
 
-def _slow_model(path: Path) -> Signature:
-    """A SavedModel that busy-waits for as many seconds as its input says (0 at the warm-up)."""
-    import tensorflow as tf
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="seconds")])
-    def wait(seconds: tf.Tensor) -> dict[str, tf.Tensor]:
-        start = tf.timestamp()
-        until = start + tf.cast(tf.reduce_max(seconds), tf.float64)
-        end = tf.while_loop(lambda t: t < until, lambda t: tf.timestamp(), [start])
-        return {"waited": seconds * 0 + tf.cast(end - start, tf.float32)}
-
-    module = tf.Module()
-    module.wait = wait
-    tf.saved_model.save(module, str(path), signatures={"serving_default": wait})
-    return Signature.from_concrete_function(tf.saved_model.load(str(path)).signatures["serving_default"])
+def _post(client: Client, path: str, body: dict) -> tuple[int, dict]:
+    reply = client.send(Call("POST", path, json.dumps(body).encode(), JSON))
+    return reply.status, reply.json()
 
 
-def _post(url: str, body: dict) -> tuple[int, dict, dict]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, dict(resp.headers), json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.loads(exc.read())
-
-
-def test_a_slow_prediction_gets_504_and_the_service_goes_on(rollout, tmp_path: Path) -> None:
-    url, registry = rollout
-    version = registry.publish("slow", str(tmp_path / "slow"),
-                               {"signature": _slow_model(tmp_path / "slow").to_dict()}).version
-    predict = f"{url}/v1/models/slow:predict"
-    assert _post(predict, {"instances": [[0.1]]})[0] == 200
+def test_a_slow_prediction_gets_504_and_the_service_goes_on(rollout, slow_saved_model) -> None:
+    client, registry = rollout
+    path, signature = slow_saved_model
+    version = registry.publish("slow", str(path), {"signature": signature.to_dict()}).version
+    predict = "/v1/models/slow:predict"
+    assert _post(client, predict, {"instances": [[0.1]]})[0] == 200
     started = time.monotonic()
-    status, _, body = _post(predict, {"instances": [[REQUEST_TIMEOUT_S + 1]]})
+    status, body = _post(client, predict, {"instances": [[REQUEST_TIMEOUT_S + 1]]})
     assert status == 504 and body == {"error": f"slow version {version} did not answer within {REQUEST_TIMEOUT_S:g}s"}
     assert time.monotonic() - started < REQUEST_TIMEOUT_S + 2
 
     time.sleep(REQUEST_TIMEOUT_S)
-    assert _post(f"{url}/v1/models/{MODEL}:predict", {"instances": np.zeros((1, 8, 8)).tolist()})[0] == 200
+    assert _post(client, f"/v1/models/{MODEL}:predict", {"instances": np.zeros((1, 8, 8)).tolist()})[0] == 200

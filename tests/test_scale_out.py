@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from maas import deploy
-from maas.client import TFServingClient
+from maas.client import Client
 from maas.registry import Registry
 from maas.storage import join_uri, resolve_uri
 from maas.templates import get_template
@@ -96,7 +96,7 @@ def test_training_workers_on_two_nodes_share_data_checkpoints_and_registry_on_s3
     assert prints[0] == prints[1]
 
 
-def test_serve_replicas_on_two_nodes_answer_through_the_ingress(ray_cluster, spread_run) -> None:
+def test_serve_replicas_on_two_nodes_answer_through_the_ingress(ray_cluster, spread_run, new_api_key) -> None:
     config, outcome = spread_run
     serve_config = deploy.load_serve_config(registry=config.registry, port=ray_cluster.serve_port)
     app = serve_config["applications"][0]
@@ -109,7 +109,7 @@ def test_serve_replicas_on_two_nodes_answer_through_the_ingress(ray_cluster, spr
     assert len({r["node_id"] for r in replicas}) == 2, replicas
 
     x, y = builtin_held_out(get_template("digits"), config.data_dir)  # read back from S3
-    client = TFServingClient(ray_cluster.serve_url)
+    client = Client(ray_cluster.serve_url, api_key=new_api_key(config.registry))
     probabilities = client.predict(MODEL, x)
     assert (probabilities.argmax(1) == y).mean() == pytest.approx(outcome.metrics["accuracy"], abs=1e-9)
 

@@ -4,32 +4,27 @@ through the dashboard (as `serve deploy`), serving the version the 2-worker job 
 from __future__ import annotations
 
 import json
+import os
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from maas import deploy
-from maas.client import HTTPError, TFServingClient
+from maas.client import JSON, Call, Client, HTTPError
 from maas.registry import Registry
 from maas.templates import get_template
 from maas.training.data import builtin_held_out
 
 pytestmark = pytest.mark.cluster
-MAX_BODY = 1 << 20
+MAX_BODY = 1 << 20  # conftest.SERVICE_MAX_BODY
 
 
-@pytest.fixture(scope="module")
-def service(ray_cluster, trained_digits):
-    config, outcome = trained_digits
-    serve_config = deploy.load_serve_config(registry=config.registry, port=ray_cluster.serve_port)
-    serve_config["applications"][0]["args"]["max_request_bytes"] = MAX_BODY
-    deploy.deploy(serve_config, dashboard=ray_cluster.dashboard_url, timeout_s=300)
-    return TFServingClient(ray_cluster.serve_url), Registry(config.registry), outcome.version.version
+@pytest.fixture
+def service(digits_app):
+    app = digits_app.ensure()
+    return Client(app.cluster.serve_url), Registry(app.registry_uri), app.version
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +35,9 @@ def held_out() -> tuple[np.ndarray, np.ndarray]:
     return x[:64], y[:64]
 
 
-def _raw(url: str, method: str = "POST", body: bytes | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+def _raw(client: Client, path: str, method: str = "POST", body: bytes | None = None) -> tuple[int, dict]:
+    reply = client.send(Call(method, path, body, JSON if body is not None else {}))
+    return reply.status, reply.json()
 
 
 def test_http_predictions_match_the_saved_model_in_process(service, held_out) -> None:
@@ -74,7 +65,7 @@ def test_versions_columnar_format_status_and_metadata(service, held_out) -> None
     client, _, version = service
     x, _ = held_out
     by_version = client.predict("digits", x[:3], version=version)
-    status, body = _raw(f"{client.base_url}/v1/models/digits/versions/{version}:predict",
+    status, body = _raw(client, f"/v1/models/digits/versions/{version}:predict",
                         body=json.dumps({"inputs": {"pixels": x[:3].tolist()}}).encode())
     assert status == 200 and np.allclose(body["outputs"], by_version, atol=1e-6)
     assert client.status("digits")["model_version_status"][0]["state"] == "AVAILABLE"
@@ -121,14 +112,14 @@ def test_label_route_follows_the_registry_without_redeploy(service, held_out) ->
 )
 def test_bad_requests_get_json_errors(service, path: str, body: bytes, status: int, message: str) -> None:
     client, _, _ = service
-    got_status, got = _raw(client.base_url + path, body=body)
+    got_status, got = _raw(client, path, body=body)
     assert got_status == status
     assert message in got["error"]
 
 
 def test_wrong_method_and_service_survives_bad_input(service, held_out) -> None:
     client, _, _ = service
-    status, body = _raw(f"{client.base_url}/v1/models/digits:predict", method="GET")
+    status, body = _raw(client, "/v1/models/digits:predict", method="GET")
     assert status == 405 and "use POST" in body["error"]
     x, _ = held_out
     assert client.predict("digits", x[:1]).shape == (1, 10)  # still serving after every bad request
@@ -142,7 +133,7 @@ def test_a_corrupt_version_fails_alone_with_a_clear_error(service, tiny_saved_mo
                           outputs=(TensorSpec("probabilities", "float32", (-1, 10)),))
     broken = registry.publish("broken", str(tiny_saved_model), {"signature": signature.to_dict()})
     (Path(registry.local_path("broken", broken.version)) / "saved_model.pb").write_bytes(b"not a graph")
-    status, body = _raw(f"{client.base_url}/v1/models/broken:predict",
+    status, body = _raw(client, "/v1/models/broken:predict",
                         body=json.dumps({"instances": [[[0] * 8] * 8]}).encode())
     assert status == 500
     assert body["error"].startswith(f"broken version {broken.version} could not be loaded")
@@ -154,13 +145,26 @@ def test_a_corrupt_version_fails_alone_with_a_clear_error(service, tiny_saved_mo
 # ---- KServe V2 / Open Inference Protocol ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def triton(service):
     """Triton's own HTTP client, unchanged: an existing client of the V2 protocol."""
     import tritonclient.http as httpclient
 
     client, _, _ = service
-    return httpclient.InferenceServerClient(url=client.base_url.removeprefix("http://"), network_timeout=60)
+    triton = httpclient.InferenceServerClient(url=client.base_url.removeprefix("http://"), network_timeout=60)
+    triton.register_plugin(_bearer(os.environ["MAAS_API_KEY"]))  # tritonclient's own way to add a header
+    return triton
+
+
+def _bearer(key: str):  # noqa: ANN202
+    """A tritonclient plugin that sends the API key with every call."""
+    from tritonclient.http import InferenceServerClientPlugin
+
+    class Bearer(InferenceServerClientPlugin):
+        def __call__(self, request) -> None:  # noqa: ANN001 (tritonclient's Request)
+            request.headers["Authorization"] = f"Bearer {key}"
+
+    return Bearer()
 
 
 def test_v2_health_and_metadata_through_an_unchanged_triton_client(service, triton) -> None:
@@ -227,6 +231,6 @@ def test_v2_errors_reach_triton_clients_as_named_problems(triton, held_out) -> N
 def test_v2_bad_requests_get_json_errors(service, method: str, path: str, body: bytes | None, status: int,
                                          message: str) -> None:
     client, _, _ = service
-    got_status, got = _raw(client.base_url + path, method=method, body=body)
+    got_status, got = _raw(client, path, method=method, body=body)
     assert got_status == status
     assert message in got["error"]

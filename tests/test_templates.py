@@ -3,10 +3,8 @@ inside the model, a 2-worker Ray Train job, and HTTP predictions from the publis
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -223,19 +221,15 @@ def test_every_template_is_covered() -> None:
 
 
 @pytest.fixture(scope="module")
-def service(ray_cluster, trained_templates):
+def service(ray_cluster, trained_templates, new_api_key):
     from maas import deploy
+    from maas.client import Client
 
     runs, _ = trained_templates
-    serve_config = deploy.load_serve_config(registry=next(iter(runs.values())).registry, port=ray_cluster.serve_port)
+    registry = next(iter(runs.values())).registry
+    serve_config = deploy.load_serve_config(registry=registry, port=ray_cluster.serve_port)
     deploy.deploy(serve_config, dashboard=ray_cluster.dashboard_url, timeout_s=300)
-    return ray_cluster.serve_url
-
-
-def _post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())
+    return Client(ray_cluster.serve_url, api_key=new_api_key(registry))
 
 
 @pytest.mark.cluster
@@ -265,9 +259,8 @@ def test_template_trains_on_two_workers_publishes_and_answers_http(trained_templ
     x = x[:2]
     expected = tf.saved_model.load(Registry(config.registry).local_path(config.model_name, version.version)).signatures["serving_default"](
         **{template.input_name: tf.constant(x)})[template.output_name].numpy()
-    answer = _post(f"{service}/v1/models/{config.model_name}/versions/{version.version}:predict",
-                   {"instances": x.tolist()})
-    np.testing.assert_allclose(np.asarray(answer["predictions"]), expected, rtol=1e-4, atol=1e-4)
+    answer = service.predict(config.model_name, x, version=version.version)
+    np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.cluster

@@ -123,3 +123,10 @@ def test_status_and_metadata_bodies_follow_tf_serving() -> None:
     assert sig["inputs"]["pixels"]["dtype"] == "DT_FLOAT"
     assert [d["size"] for d in sig["inputs"]["pixels"]["tensor_shape"]["dim"]] == ["-1", "8", "8"]
     assert sig["outputs"]["probabilities"]["name"] == "StatefulPartitionedCall:0"
+
+
+def test_integer_inputs_out_of_their_dtype_range_are_rejected_not_wrapped() -> None:
+    image = Signature(inputs=(TensorSpec("image", "uint8", (-1, 2)),), outputs=(TensorSpec("p", "float32", (-1, 1)),))
+    assert tfserving.decode_predict(b'{"instances": [[0, 255]]}', image).inputs["image"].dtype == np.uint8
+    with pytest.raises(InvalidInput, match=r"expects uint8 values in \[0, 255\], received values in \[-1, 256\]"):
+        tfserving.decode_predict(b'{"instances": [[-1, 256]]}', image)

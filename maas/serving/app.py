@@ -31,16 +31,22 @@ from starlette.responses import Response
 
 import maas
 from maas import settings
-from maas.errors import InferenceError, InvalidInput, MaasError, PayloadTooLarge, RequestTimeout
+from maas.auth import ApiKey, authorize, key_id, presented_key
+from maas.errors import InferenceError, InvalidInput, MaasError, PayloadTooLarge, RequestTimeout, Unauthorized
 from maas.registry import Registry
-from maas.serving import tfserving, v2
+from maas.serving import openapi, tfserving, v2
 from maas.serving.canary import CanaryMonitor, CanaryPolicy, Route, choose
 from maas.serving.registry_cache import RegistryCache
 from maas.serving.runtime import LoadedModel, load_saved_model
+from maas.serving.stats import RecentRequests, RequestInfo, ServingMetrics, batch_size_histogram
 from maas.signature import Signature
 
 logger = logging.getLogger("ray.serve")
 MODEL_VERSION_HEADER = "Model-Version"  # which version answered a prediction (routed requests included)
+STATUS_PATH = "/maas/v1/status"
+OPENAPI_PATH = "/openapi.json"
+MISSING_KEY = "API key required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' (create one with " \
+              "`maas keys create`)"
 D = TypeVar("D")
 
 
@@ -54,6 +60,8 @@ class AppArgs(BaseModel):
     max_models_per_replica: PositiveInt = Field(4, description="Model versions each ModelServer replica keeps "
                                                                "loaded (LRU); a change restarts the replicas.")
     canary: CanaryPolicy = Field(default_factory=CanaryPolicy)
+    auth: bool = Field(True, description="Require an API key (maas keys create) on every route but health, "
+                                         "server metadata and /openapi.json.")
 
     def registry_uri(self) -> str:
         return self.registry or settings.default_registry_uri()
@@ -80,6 +88,8 @@ class ModelServer:
     def __init__(self, args: AppArgs) -> None:
         self._registry = Registry(args.registry_uri())
         self._config = BatchConfig()
+        self._replica = serve.get_replica_context().replica_id.unique_id
+        self._batch_size = batch_size_histogram()
 
         async def load(model_id: str) -> LoadedModel:  # a plain function: Serve keeps its cache on it
             return await self._load_version(model_id)
@@ -91,11 +101,13 @@ class ModelServer:
         self._run_batch.set_max_batch_size(self._config.max_batch_size)
         self._run_batch.set_batch_wait_timeout_s(self._config.batch_wait_timeout_s)
 
-    async def predict(self, model: str, version: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def predict(self, model: str, version: int,
+                      inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
+        """The outputs, and the id of this replica (which the ingress reports per version)."""
         result = await self._run_batch((model, version), inputs)
         if isinstance(result, Exception):  # the batch hands a failed group's error back as a value
             raise result
-        return result
+        return result, self._replica
 
     # Up to 4 batches at once: a batch waiting for a version to load does not hold up the others.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, max_concurrent_batches=4)
@@ -111,6 +123,8 @@ class ModelServer:
             try:
                 loaded = await self._load(model_id(*key))
                 merged = {name: np.concatenate([inputs[i][name] for i in members]) for name in inputs[members[0]]}
+                self._batch_size.observe(len(next(iter(merged.values()))),
+                                         tags={"model": key[0], "version": str(key[1])})
                 outputs = await asyncio.to_thread(loaded.predict, merged)
             except Exception as exc:  # one bad group must not fail the others
                 for i in members:
@@ -155,12 +169,25 @@ class Ingress:
         self._registry = RegistryCache(Registry(args.registry_uri()), ttl_s=args.registry_refresh_s)
         self._canary = CanaryMonitor(args.canary)
         self._background: set[asyncio.Task[None]] = set()
+        self._metrics = ServingMetrics()
+        self._recent = RecentRequests(window_s=args.canary.window_s)
+        self._openapi = json.dumps(openapi.document()).encode()
+        self._app_name = serve.get_replica_context().replica_id.deployment_id.app_name
 
     async def __call__(self, request: Request) -> Response:
+        info = RequestInfo(protocol=_protocol(request.url.path))
+        started = time.perf_counter()
+        response = await self._answer(request, info)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        self._metrics.record_request(info, response.status_code, latency_ms)
+        self._recent.record(info, response.status_code, latency_ms)
+        return response
+
+    async def _answer(self, request: Request, info: RequestInfo) -> Response:
         try:
-            return await self._handle(request)
+            return await self._handle(request, info)
         except MaasError as exc:  # raised here, or in ModelServer and re-raised through the handle
-            return error_response(exc.http_status, _message(exc))
+            return error_response(exc.http_status, _message(exc), headers=exc.http_headers)
         except BackPressureError:
             return error_response(503, "Model server queues are full; retry later", retry_after_s=1)
         except (DeploymentUnavailableError, ReplicaUnavailableError, RayActorError):
@@ -169,8 +196,14 @@ class Ingress:
             logger.exception("unhandled error on %s %s", request.method, request.url.path)
             return error_response(500, f"Internal error: {type(exc).__name__}")
 
-    async def _handle(self, request: Request) -> Response:
+    async def _handle(self, request: Request, info: RequestInfo) -> Response:
         path = request.url.path
+        if path in (OPENAPI_PATH, STATUS_PATH):
+            if request.method != "GET":
+                return error_response(405, f"{request.method} is not allowed on {path}; use GET")
+            if path == OPENAPI_PATH:
+                return Response(self._openapi, media_type="application/json")
+            return json_response(await self._service_status(await self._authorize(request, None)))
         route: tfserving.Route | v2.V2Route | None
         if path == "/v2" or path.startswith("/v2/"):
             route = v2.match_route(path)
@@ -180,29 +213,44 @@ class Ingress:
             return error_response(404, f"No route for {request.method} {path}")
         if request.method != route.method:
             return error_response(405, f"{request.method} is not allowed on {path}; use {route.method}")
+        if route.model is not None:  # V2 health and server metadata stay open
+            await self._authorize(request, route.model)
         if isinstance(route, v2.V2Route):
-            return await self._v2(request, route)
-        return await self._tf_serving(request, route)
+            return await self._v2(request, route, info)
+        return await self._tf_serving(request, route, info)
 
-    async def _tf_serving(self, request: Request, route: tfserving.Route) -> Response:
+    async def _authorize(self, request: Request, model: str | None) -> ApiKey | None:
+        """The caller's API key record, checked against ``model`` (401/403); ``None`` when auth is off."""
+        if not self._args.auth:
+            return None
+        key = presented_key(request.headers)
+        if key is None:
+            raise Unauthorized(MISSING_KEY)
+        kid = key_id(key)
+        record = None if kid is None else await self._registry.api_key(kid)
+        return authorize(record, key, model)
+
+    async def _tf_serving(self, request: Request, route: tfserving.Route, info: RequestInfo) -> Response:
         """TensorFlow Serving REST API: ``/v1/models/...``."""
         if route.kind == "status":
             if route.version is None and route.label is None:
                 versions = await self._registry.versions(route.model)
             else:
                 versions = [await self._registry.resolve(route.model, route.version, route.label)]
+            info.model = route.model
             return json_response(tfserving.status_body(versions))
         if route.kind == "metadata":
             version = await self._registry.resolve(route.model, route.version, route.label)
             signature = (await self._registry.get(route.model, version)).signature
+            info.model, info.version = route.model, version
             return json_response(tfserving.metadata_body(route.model, version, signature))
         body = await self._read_body(request)
         version, decoded, outputs = await self._infer(
-            route.model, route.version, route.label, lambda signature: tfserving.decode_predict(body, signature))
+            route.model, route.version, route.label, lambda signature: tfserving.decode_predict(body, signature), info)
         return json_response(tfserving.encode_predict(outputs, decoded.row_format),
                              headers={MODEL_VERSION_HEADER: str(version)})
 
-    async def _v2(self, request: Request, route: v2.V2Route) -> Response:
+    async def _v2(self, request: Request, route: v2.V2Route, info: RequestInfo) -> Response:
         """KServe V2 / Open Inference Protocol: ``/v2/...``."""
         if route.kind == "live":
             return json_response({"live": True})
@@ -220,10 +268,12 @@ class Ingress:
             body = await self._read_body(request)
             header_length = request.headers.get(v2.HEADER_LENGTH)
             version, decoded, outputs = await self._infer(
-                route.model, route.version, None, lambda signature: v2.decode_infer(body, signature, header_length))
+                route.model, route.version, None, lambda signature: v2.decode_infer(body, signature, header_length),
+                info)
             content, headers = v2.encode_infer(route.model, version, decoded, outputs)
             return Response(content, status_code=200, headers={**headers, MODEL_VERSION_HEADER: str(version)})
         version = await self._registry.resolve(route.model, route.version, None)
+        info.model, info.version = route.model, version
         if route.kind == "model_ready":
             return json_response({"name": route.model, "ready": True})
         signature = (await self._registry.get(route.model, version)).signature
@@ -231,7 +281,7 @@ class Ingress:
         return json_response(v2.model_metadata_body(route.model, versions, signature))
 
     async def _infer(self, model: str, version: int | None, label: str | None,
-                     decode: Callable[[Signature], D]) -> tuple[int, D, dict[str, np.ndarray]]:
+                     decode: Callable[[Signature], D], info: RequestInfo) -> tuple[int, D, dict[str, np.ndarray]]:
         """Route, decode (check against the chosen version's signature) and predict.
 
         A request naming neither version nor label is routed: the canary's share goes to the canary.
@@ -239,15 +289,19 @@ class Ingress:
         the same signature, and the failure counts against the canary."""
         default = await self._registry.resolve(model, version, label)
         routed = version is None and label is None
-        target = choose(await self._registry.labels(model), default) if routed else Route(default)
+        labels = await self._registry.labels(model) if routed else {}
+        target = choose(labels, default) if routed else Route(default)
+        info.model, info.version = model, target.version
+        default_label = "stable" if "stable" in labels else "latest"
+        info.label = ("canary" if target.canary else default_label) if routed else (label or "none")
         signature = (await self._registry.get(model, target.version)).signature
         decoded = decode(signature)
         inputs = decoded.inputs  # type: ignore[attr-defined]
         if not target.canary:
-            return target.version, decoded, await self._predict(model, target.version, inputs)
+            return target.version, decoded, await self._predict(model, target.version, inputs, info)
         started = time.monotonic()
         try:
-            outputs = await self._predict(model, target.version, inputs)
+            outputs = await self._predict(model, target.version, inputs, info)
         except InvalidInput:  # the client's fault, not the canary's
             raise
         except Exception as exc:
@@ -256,20 +310,41 @@ class Ingress:
                 raise
             logger.warning("canary %s version %d failed (%s); answered by version %d",
                            model, target.version, _message(exc), default)
-            return default, decoded, await self._predict(model, default, inputs)
+            self._metrics.canary_fallbacks.inc(tags={"model": model, "version": str(target.version)})
+            info.version, info.label = default, default_label
+            return default, decoded, await self._predict(model, default, inputs, info)
         self._judge(model, target.version, ok=True, latency_s=time.monotonic() - started)
         return target.version, decoded, outputs
 
-    async def _predict(self, model: str, version: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def _predict(self, model: str, version: int, inputs: dict[str, np.ndarray],
+                       info: RequestInfo) -> dict[str, np.ndarray]:
         """One prediction on the ModelServer replica that holds the version, if any does (multiplexing)."""
         handle = self._model_server.options(multiplexed_model_id=model_id(model, version))
         response = handle.predict.remote(model, version, inputs)
         timeout = self._args.request_timeout_s
         try:
-            return await asyncio.wait_for(response, timeout=timeout)
+            outputs, info.replica = await asyncio.wait_for(response, timeout=timeout)
         except asyncio.TimeoutError:
             response.cancel()
             raise RequestTimeout(f"{model} version {version} did not answer within {timeout:g}s") from None
+        return outputs
+
+    async def _service_status(self, key: ApiKey | None) -> dict[str, Any]:
+        """``GET /maas/v1/status``: the models the key may call, with their versions, labels, last label
+        change (automatic rollbacks say why) and recent requests; the deployments' replica counts."""
+        models: dict[str, Any] = {}
+        for name in await self._registry.models():
+            if key is not None and not key.allows(name):
+                continue
+            labels = await self._registry.labels(name)
+            history = await self._registry.label_history(name)
+            models[name] = {
+                "versions": await self._registry.versions(name),
+                "labels": {k: {"version": v.version, "weight": v.weight} for k, v in labels.items()},
+                "last_label_change": history[-1] if history else None,
+                "recent": self._recent.summary(name),
+            }
+        return {"models": models, "deployments": await asyncio.to_thread(_deployments, self._app_name)}
 
     def _judge(self, model: str, version: int, *, ok: bool, latency_s: float) -> None:
         reason = self._canary.record(model, version, ok=ok, latency_s=latency_s)
@@ -308,10 +383,28 @@ def json_response(body: dict[str, Any], status: int = 200, headers: dict[str, st
     )
 
 
-def error_response(status: int, message: str, *, retry_after_s: int | None = None) -> Response:
+def error_response(status: int, message: str, *, retry_after_s: int | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
     """The one place errors become HTTP: TF Serving's ``{"error": "..."}`` body."""
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
-    return json_response({"error": message}, status, headers)
+    headers = dict(headers or {})
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
+    return json_response({"error": message}, status, headers or None)
+
+
+def _protocol(path: str) -> str:
+    if path.startswith("/v1/"):
+        return "tfserving"
+    return "v2" if path == "/v2" or path.startswith("/v2/") else "other"
+
+
+def _deployments(app_name: str) -> dict[str, Any]:
+    """Each deployment of this application: its status and how many replicas run (from the Serve controller)."""
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return {}
+    return {name: {"status": getattr(d.status, "value", str(d.status)), "replicas": d.replica_states.get("RUNNING", 0)}
+            for name, d in app.deployments.items()}
 
 
 def _message(exc: BaseException) -> str:

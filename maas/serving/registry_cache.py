@@ -14,15 +14,18 @@ import asyncio
 import time
 from typing import Callable, TypeVar
 
+from maas.auth import ApiKey, KeyStore
 from maas.errors import ModelNotFound
 from maas.registry import Label, ModelVersion, Registry
 
 T = TypeVar("T")
+_MAX_SHORT_ENTRIES = 10_000  # look-ups of unknown key ids are cached too: bound what strangers can add
 
 
 class RegistryCache:
     def __init__(self, registry: Registry, ttl_s: float) -> None:
         self._registry = registry
+        self._keys = KeyStore(registry.uri)
         self._ttl_s = ttl_s
         self._metadata: dict[tuple[str, int], ModelVersion] = {}
         self._short: dict[tuple, tuple[float, object]] = {}
@@ -30,6 +33,12 @@ class RegistryCache:
     async def check_reachable(self) -> None:
         """Raises ``OSError`` when the registry's storage cannot be reached (checked at most every ``ttl_s``)."""
         await self._cached(("reachable",), self._registry.check_reachable)
+
+    async def models(self) -> list[str]:
+        return await self._cached(("models",), self._registry.models)
+
+    async def label_history(self, model: str) -> list[dict]:
+        return await self._cached(("history", model), lambda: self._registry.label_history(model))
 
     async def versions(self, model: str) -> list[int]:
         versions = await self._cached(("versions", model), lambda: self._registry.versions(model))
@@ -45,6 +54,10 @@ class RegistryCache:
 
     async def labels(self, model: str) -> dict[str, Label]:
         return await self._cached(("labels", model), lambda: self._registry.labels(model))
+
+    async def api_key(self, key_id: str) -> ApiKey | None:
+        """The stored record of an API key (``None`` if unknown); a revocation is seen within ``ttl_s``."""
+        return await self._cached(("api_key", key_id), lambda: self._keys.get(key_id))
 
     async def retire_canary(self, model: str, version: int, reason: str) -> bool:
         """:meth:`Registry.retire_canary`, then forget what is cached of the model's labels."""
@@ -64,5 +77,9 @@ class RegistryCache:
         if hit is not None and now - hit[0] < self._ttl_s:
             return hit[1]  # type: ignore[return-value]
         value = await asyncio.to_thread(load)  # errors (404s) are not cached: a model published later is found
+        if len(self._short) >= _MAX_SHORT_ENTRIES:
+            self._short = {k: v for k, v in self._short.items() if now - v[0] < self._ttl_s}
+            if len(self._short) >= _MAX_SHORT_ENTRIES:
+                self._short.clear()
         self._short[key] = (now, value)
         return value

@@ -19,7 +19,7 @@ import numpy as np
 
 from maas.errors import InvalidInput
 from maas.registry import parse_version
-from maas.signature import Signature, TensorSpec, to_batch, v2_datatype
+from maas.signature import Signature, TensorSpec, to_batch, v2_tensor
 
 HEADER_LENGTH = "inference-header-content-length"
 EXTENSIONS = ("binary_tensor_data",)
@@ -127,15 +127,10 @@ def encode_infer(model: str, version: int, request: InferRequest,
     """The ``infer`` answer as ``(body, headers)``: JSON, or JSON plus binary outputs."""
     tensors, blobs = [], []
     for name in request.outputs:
-        value = np.asarray(outputs[name])
-        tensor: dict[str, Any] = {"name": name, "shape": list(value.shape), "datatype": v2_datatype(value.dtype.name)}
-        if name in request.binary_outputs:
-            raw = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
-            tensor["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
-        else:
-            tensor["data"] = value.reshape(-1).tolist()
+        tensor, raw = v2_tensor(name, outputs[name], name in request.binary_outputs)
         tensors.append(tensor)
+        if raw is not None:
+            blobs.append(raw)
     body: dict[str, Any] = {"model_name": model, "model_version": str(version), "outputs": tensors}
     if request.id is not None:
         body["id"] = request.id

@@ -1,0 +1,139 @@
+"""Serving under pressure, over real HTTP: ModelServer replicas autoscale up under load and back down
+after it; full queues answer 503 with Retry-After; multiplexing keeps each version on its replica."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from maas import deploy
+from maas.client import JSON, Call, Client
+from maas.registry import Registry
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def models(ray_cluster, tiny_saved_model, slow_saved_model, tmp_path_factory, new_api_key):
+    """A registry with the busy-waiting model ``slow`` and two versions of ``tiny``."""
+    import tensorflow as tf
+
+    from maas.signature import Signature
+
+    root = str(tmp_path_factory.mktemp("scaling_registry"))
+    registry = Registry(root)
+    path, signature = slow_saved_model
+    registry.publish("slow", str(path), {"signature": signature.to_dict()})
+    tiny = Signature.from_concrete_function(tf.saved_model.load(str(tiny_saved_model)).signatures["serving_default"])
+    for _ in range(2):
+        registry.publish("tiny", str(tiny_saved_model), {"signature": tiny.to_dict()})
+    yield root, Client(ray_cluster.serve_url, api_key=new_api_key(root))
+    deploy.undeploy(dashboard=ray_cluster.dashboard_url)  # give the CPUs back to the training tests
+
+
+def _deploy(ray_cluster, root: str, server: dict, args: dict | None = None) -> None:
+    config = deploy.load_serve_config(registry=root, port=ray_cluster.serve_port)
+    app = config["applications"][0]
+    app["args"].update(args or {})
+    spec = next(d for d in app["deployments"] if d["name"] == "ModelServer")
+    spec.pop("autoscaling_config")
+    spec.update(server)
+    deploy.deploy(config, dashboard=ray_cluster.dashboard_url, timeout_s=300)
+
+
+def _running(ray_cluster) -> int:
+    details = deploy.serve_client(ray_cluster.dashboard_url).get_serve_details()
+    replicas = details["applications"]["maas"]["deployments"]["ModelServer"]["replicas"]
+    return sum(1 for r in replicas if r["state"] == "RUNNING")
+
+
+def _slow_call(seconds: float) -> Call:
+    return Call("POST", "/v1/models/slow:predict", json.dumps({"instances": [[seconds]]}).encode(), JSON)
+
+
+def test_replicas_scale_up_under_load_and_back_down_after_it(ray_cluster, models) -> None:
+    root, client = models
+    _deploy(ray_cluster, root, {
+        "max_ongoing_requests": 8,
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                               "upscale_delay_s": 1, "downscale_delay_s": 4, "metrics_interval_s": 0.5,
+                               "look_back_period_s": 2},
+        "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0},  # one 0.2 s pass per request
+    })
+    assert _running(ray_cluster) == 1
+    stop, statuses = threading.Event(), Counter()
+    deadline = time.monotonic() + 120
+
+    def load() -> None:
+        while not stop.is_set() and time.monotonic() < deadline:
+            statuses[client.send(_slow_call(0.2)).status] += 1
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        peak = 1
+        while peak < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+            peak = max(peak, _running(ray_cluster))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert peak == 2, f"no second replica under load; answers {statuses}"
+    assert set(statuses) == {200}, statuses
+
+    settle = time.monotonic() + 90
+    while _running(ray_cluster) > 1:
+        assert time.monotonic() < settle, "replicas did not scale back down after the load stopped"
+        time.sleep(1)
+    assert client.send(_slow_call(0)).status == 200
+
+
+def test_full_queues_answer_503_with_retry_after_and_the_service_recovers(ray_cluster, models) -> None:
+    root, client = models
+    _deploy(ray_cluster, root, {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+                                "max_ongoing_requests": 1, "max_queued_requests": 1,
+                                "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0}})
+    client.send(_slow_call(0))  # loaded
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        replies = list(pool.map(lambda _: client.send(_slow_call(1.0)), range(8), timeout=120))
+    codes = Counter(r.status for r in replies)
+    assert set(codes) == {200, 503} and codes[200] >= 1 and codes[503] >= 1, codes
+    rejected = next(r for r in replies if r.status == 503)
+    assert rejected.headers["retry-after"] == "1"
+    assert rejected.json() == {"error": "Model server queues are full; retry later"}
+    assert client.send(_slow_call(0)).status == 200  # nothing wedged
+
+
+def test_multiplexing_keeps_each_version_on_the_replica_that_holds_it(ray_cluster, models) -> None:
+    root, client = models
+    _deploy(ray_cluster, root, {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2}},
+            {"max_models_per_replica": 1})
+    deadline = time.monotonic() + 120  # the app is RUNNING before its second replica is
+    while _running(ray_cluster) < 2:
+        assert time.monotonic() < deadline, "second ModelServer replica did not start"
+        time.sleep(1)
+    x = np.zeros((1, 8, 8))
+    for _ in range(6):  # warm-up: each version finds a replica; Serve learns who holds what
+        for version in (1, 2):
+            client.predict("tiny", x, version=version)
+        time.sleep(0.5)
+    before = client.service_status()["models"]["tiny"]["recent"]["versions"]
+    for _ in range(20):
+        for version in (1, 2):
+            client.predict("tiny", x, version=version)
+    after = client.service_status()["models"]["tiny"]["recent"]["versions"]
+    holders = {}
+    for version in ("1", "2"):
+        counts = Counter(after[version]["replicas"]) - Counter(before[version]["replicas"])
+        assert sum(counts.values()) == 20
+        holders[version], n = counts.most_common(1)[0]
+        assert n >= 18, f"version {version} answered by {dict(counts)}: it moved between replicas"
+    assert holders["1"] != holders["2"], f"both versions on one replica that holds only one model: {before} {after}"

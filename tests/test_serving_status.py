@@ -1,0 +1,94 @@
+"""Observability: Ray metrics on the nodes' metrics endpoints (what the dashboard's Prometheus scrapes),
+and `maas status` showing per-model versions, labels, replicas and the recent error rate."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maas.client import Client
+
+pytestmark = pytest.mark.cluster
+MAAS = str(Path(sys.executable).parent / "maas")
+
+
+def _scrape() -> str:
+    import ray
+
+    texts = []
+    for node in ray.nodes():
+        if node["Alive"]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{node['MetricsExportPort']}/metrics", timeout=10) as resp:
+                texts.append(resp.read().decode())
+    return "\n".join(texts)
+
+
+def _series(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{name}\{{(?P<labels>[^}}]*)\}} (?P<value>\S+)$", line)
+        if m and all(f'{k}="{v}"' in m["labels"] for k, v in labels.items()):
+            total += float(m["value"])
+    return total
+
+
+def test_requests_latencies_and_batch_sizes_reach_the_metrics_endpoint(digits_app) -> None:
+    app = digits_app.ensure()
+    client = Client(app.cluster.serve_url)
+    for _ in range(5):
+        client.predict("digits", np.zeros((4, 8, 8)))
+    assert client.send(_bad_call()).status == 400
+    version = str(app.version)
+    deadline = time.monotonic() + 60  # Ray's metrics agent exports every few seconds
+    while True:
+        text = _scrape()
+        ok = _series(text, "ray_maas_requests_total", model="digits", version=version, code="200", protocol="tfserving")
+        bad = _series(text, "ray_maas_requests_total", model="digits", code="400")
+        batches = _series(text, "ray_maas_batch_size_count", model="digits", version=version)
+        latency = _series(text, "ray_maas_request_latency_ms_count", model="digits")
+        if ok >= 5 and bad >= 1 and batches >= 1 and latency >= 6:
+            break
+        assert time.monotonic() < deadline, f"metrics not exported: ok={ok} bad={bad} batches={batches}"
+        time.sleep(2)
+    assert _series(text, "ray_maas_batch_size_bucket", model="digits", le="4.0") >= 1
+
+
+def _bad_call():  # noqa: ANN202
+    from maas.client import JSON, Call
+
+    return Call("POST", "/v1/models/digits:predict", b'{"instances": [[1, 2]]}', JSON)
+
+
+def test_maas_status_shows_versions_labels_replicas_and_recent_errors(digits_app) -> None:
+    app = digits_app.ensure()
+    client = Client(app.cluster.serve_url)
+    for _ in range(4):
+        client.predict("digits", np.zeros((1, 8, 8)), version=app.version)
+    client.send(_bad_call())
+    proc = subprocess.run([MAAS, "status", "digits", "--json"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout)
+    assert answer["deployments"]["ModelServer"]["replicas"] >= 1
+    assert answer["deployments"]["Ingress"]["status"] == "HEALTHY"
+    model = answer["models"]["digits"]
+    assert app.version in model["versions"]
+    recent = model["recent"]
+    assert recent["requests"] >= 5 and recent["client_errors"] >= 1
+    assert recent["versions"][str(app.version)]["labels"].get("none", 0) >= 4  # asked by version
+    assert len(recent["versions"][str(app.version)]["replicas"]) >= 1
+
+    text = subprocess.run([MAAS, "status", "digits"], capture_output=True, text=True, timeout=60)
+    assert text.returncode == 0, text.stderr
+    assert re.search(r"ModelServer \d+ replica\(s\) HEALTHY", text.stdout), text.stdout
+    assert re.search(r"last 60s: \d+ requests, 0 errors \(0\.0%\), \d+ rejected \(4xx\)", text.stdout), text.stdout
+    missing = subprocess.run([MAAS, "status", "nope"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no model 'nope'")

@@ -411,11 +411,7 @@ def _keys_create(args: argparse.Namespace) -> int:
     key, record = _keys(args).create(args.name, args.models)
     scope = ", ".join(record.models)
     if args.save:
-        path = settings.api_key_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key + "\n")
+        path = settings.save_api_key(key)
         print(f"Created key {record.id} ({record.name}; models: {scope}), saved to {path}")
     else:
         print(key)

@@ -78,10 +78,7 @@ def _ensure_api_key(registry: Registry) -> tuple[str, str]:
     if record is not None and record.active and record.allows(_MODEL):
         return saved, f"API key {record.id} ({settings.API_KEY_ENV} or {settings.api_key_path()})"
     key, record = keys.create("local", ["*"])
-    path = settings.api_key_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(key + "\n")
+    path = settings.save_api_key(key)
     return key, f"API key {record.id} created for this machine's clients, saved to {path} (maas keys list)"
 
 

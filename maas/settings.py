@@ -56,3 +56,13 @@ def api_key() -> str | None:
         return api_key_path().read_text().strip() or None
     except OSError:
         return None
+
+
+def save_api_key(key: str) -> Path:
+    """Keep ``key`` as this machine's key (:func:`api_key_path`), created readable by its owner only."""
+    path = api_key_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return path

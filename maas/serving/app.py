@@ -205,7 +205,7 @@ class Ingress:
                 return Response(self._openapi, media_type="application/json")
             return json_response(await self._service_status(await self._authorize(request, None)))
         route: tfserving.Route | v2.V2Route | None
-        if path == "/v2" or path.startswith("/v2/"):
+        if info.protocol == "v2":
             route = v2.match_route(path)
         else:
             route = tfserving.match_route(path)

@@ -119,6 +119,9 @@ def ray_cluster(maas_home: Path, s3_server: S3Server):
     os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = "33000"
     os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"] = "42000"
     os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"] = "43000"
+    # An ingress replica being replaced or deleted drains for at least 30 s (time for HAProxy to stop
+    # routing to it) and holds its CPU meanwhile; every redeploy and undeploy here would wait for it.
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "3"
     import ray
     from ray.cluster_utils import Cluster
 
@@ -207,10 +210,9 @@ def tiny_saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def slow_saved_model(tmp_path_factory: pytest.TempPathFactory):
-    """A SavedModel that busy-waits for as many seconds as its input says (0 at the warm-up), and its
-    signature: input ``seconds`` [-1, 1], output ``waited``."""
+def _save_waiting_model(path: Path, warm_up_s: float):
+    """A SavedModel that busy-waits for as many seconds as its input says, ``warm_up_s`` for an
+    all-zeros input (the warm-up on load), and its signature: input ``seconds`` [-1, 1], output ``waited``."""
     import tensorflow as tf
 
     from maas.signature import Signature
@@ -218,15 +220,27 @@ def slow_saved_model(tmp_path_factory: pytest.TempPathFactory):
     @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="seconds")])
     def wait(seconds: tf.Tensor) -> dict[str, tf.Tensor]:
         start = tf.timestamp()
-        until = start + tf.cast(tf.reduce_max(seconds), tf.float64)
+        asked = tf.cast(tf.reduce_max(tf.abs(seconds)), tf.float64)
+        until = start + tf.where(asked > 0, asked, tf.constant(warm_up_s, tf.float64))
         end = tf.while_loop(lambda t: t < until, lambda t: tf.timestamp(), [start])
         return {"waited": seconds * 0 + tf.cast(end - start, tf.float32)}
 
-    path = tmp_path_factory.mktemp("slow") / "saved_model"
     module = tf.Module()
     module.wait = wait
     tf.saved_model.save(module, str(path), signatures={"serving_default": wait})
     return path, Signature.from_concrete_function(tf.saved_model.load(str(path)).signatures["serving_default"])
+
+
+@pytest.fixture(scope="session")
+def slow_saved_model(tmp_path_factory: pytest.TempPathFactory):
+    """A model that answers after as many seconds as its input says (loads at once)."""
+    return _save_waiting_model(tmp_path_factory.mktemp("slow") / "saved_model", warm_up_s=0.0)
+
+
+@pytest.fixture(scope="session")
+def slow_loading_saved_model(tmp_path_factory: pytest.TempPathFactory):
+    """:func:`slow_saved_model`, but its load (the warm-up) takes 9 s."""
+    return _save_waiting_model(tmp_path_factory.mktemp("slow_loading") / "saved_model", warm_up_s=9.0)
 
 
 @pytest.fixture(scope="session")

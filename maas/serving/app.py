@@ -86,13 +86,26 @@ class ModelServer:
     """Holds loaded model versions (multiplexed, LRU) and runs dynamically batched predictions."""
 
     def __init__(self, args: AppArgs) -> None:
+        import tensorflow  # noqa: F401  (seconds on a busy node: paid before the replica reports ready,
+        #                                 not by the first request within its request_timeout_s)
+
         self._registry = Registry(args.registry_uri())
         self._config = BatchConfig()
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._batch_size = batch_size_histogram()
+        self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
 
         async def load(model_id: str) -> LoadedModel:  # a plain function: Serve keeps its cache on it
-            return await self._load_version(model_id)
+            # A request that times out (504) is cancelled; the load it started goes on, shielded, and
+            # the next request for that version takes its result instead of starting another load.
+            task = self._loading.get(model_id)
+            if task is None:
+                task = self._loading[model_id] = asyncio.ensure_future(self._load_version(model_id))
+            try:
+                return await asyncio.shield(task)  # cancelled here: the running task stays for the next
+            finally:
+                if task.done() and self._loading.get(model_id) is task:  # claimed, or failed: a later
+                    del self._loading[model_id]  # request that finds the version unloaded loads it anew
 
         self._load = serve.multiplexed(max_num_models_per_replica=args.max_models_per_replica)(load)
 

@@ -4,14 +4,42 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
+TF_VERSION := 2.21.0
+BENCH_PIN_bentoml := bentoml==1.4.40
+BENCH_PIN_kserve := kserve==0.21.0
 
-.PHONY: demo test install stop status clean
+.PHONY: demo test install stop status clean bench bench-serving bench-training bench-venvs
 
 demo: $(STAMP)  ## train on 2 Ray Train workers, publish, deploy with Ray Serve, predict over HTTP
 	$(BIN)/maas demo
 
 test: $(STAMP)  ## the whole suite on a real local Ray cluster (pytest exit 5, "no tests", is not a failure)
 	@$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+bench: bench-venvs  ## the training and serving benchmarks (quiet machine, no other Ray cluster): tables and plots in benchmarks/results/
+	$(BIN)/python -m benchmarks.training
+	$(BIN)/python -m benchmarks.serving
+
+bench-training: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.training
+
+bench-serving: bench-venvs
+	$(BIN)/python -m benchmarks.serving
+
+# BentoML and KServe pin their own dependency versions: each gets a virtual environment of its own.
+BENCH_VENVS := benchmarks/.venvs
+bench-venvs: $(BENCH_STAMP) $(BENCH_VENVS)/bentoml/.installed $(BENCH_VENVS)/kserve/.installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+$(BENCH_VENVS)/%/.installed:
+	@test -x $(BENCH_VENVS)/$*/bin/python || $(PYTHON) -m venv $(BENCH_VENVS)/$*
+	$(BENCH_VENVS)/$*/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENVS)/$*/bin/python -m pip install --quiet $(BENCH_PIN_$*) tensorflow==$(TF_VERSION)
+	@touch $@
 
 install: $(STAMP)
 

@@ -1,0 +1,228 @@
+"""Each contender: how it starts on 127.0.0.1, how it stops, and the request it gets for a payload.
+
+Payloads: ``json1`` (one instance per JSON request), ``json32`` (32 instances per JSON request),
+``binary`` (one instance as a KServe V2 binary tensor). A contender that cannot take a payload in
+its own protocol answers ``None`` for it and is left out of that row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.loadgen import Request
+from benchmarks.models import BenchModel
+from maas.client import infer_call, predict_call
+
+ROOT = Path(__file__).resolve().parent.parent
+VENVS = ROOT / "benchmarks" / ".venvs"
+PAYLOADS = {"json1": 1, "json32": 32, "binary": 1}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tf_serving_body(model: BenchModel, n: int) -> bytes:
+    return predict_call(model.name, model.sample(n), None, None).body  # type: ignore[return-value]
+
+
+def v2_call(model: BenchModel, n: int, binary: bool, name: str | None = None):  # noqa: ANN201 (a Call)
+    return infer_call(model.name, {name or model.input_name: model.sample(n)}, None, binary=binary,
+                      outputs=None, request_id=None)
+
+
+class Contender(ABC):
+    name: str
+    label: str  # how the table names it
+
+    @abstractmethod
+    def start(self, models: dict[BenchModel, Path]) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    @abstractmethod
+    def request(self, model: BenchModel, payload: str) -> Request | None: ...
+
+    @classmethod
+    def available(cls) -> str | None:
+        """Why it cannot run here, or None."""
+        return None
+
+
+class Subprocess(Contender):
+    """A server in its own process (its own virtual environment where it has one)."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen] = []
+        self._log = ROOT / "benchmarks" / "results" / f"{self.name}.log"
+
+    def _spawn(self, cmd: list[str], port: int, env: dict[str, str] | None = None, timeout_s: float = 180) -> None:
+        self._log.parent.mkdir(parents=True, exist_ok=True)
+        log = self._log.open("ab")
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, **(env or {})))
+        self._procs.append(proc)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {proc.returncode}; see {self._log}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not listen on {port} within {timeout_s:.0f}s; see {self._log}")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        for proc in self._procs:
+            proc.terminate()
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self._procs.clear()
+
+
+class FastAPIServer(Subprocess):
+    name, label = "fastapi", "FastAPI + uvicorn (hand-written)"
+
+    def start(self, models: dict[BenchModel, Path]) -> None:
+        self._port = free_port()
+        self._spawn([sys.executable, "-m", "benchmarks.servers.fastapi_server", "--port", str(self._port),
+                     *(f"{m.name}={p}" for m, p in models.items())], self._port)
+
+    def request(self, model: BenchModel, payload: str) -> Request | None:
+        if payload == "binary":
+            return None  # what users write by hand: JSON only
+        n = PAYLOADS[payload]
+        return Request(f"http://127.0.0.1:{self._port}/v1/models/{model.name}:predict", tf_serving_body(model, n),
+                       {"content-type": "application/json"}, n)
+
+
+def venv_python(name: str) -> Path:
+    return VENVS / name / "bin" / "python"
+
+
+class BentoML(Subprocess):
+    name, label = "bentoml", "BentoML (adaptive batching)"
+
+    @classmethod
+    def available(cls) -> str | None:
+        return None if venv_python("bentoml").exists() else "run `make bench-venvs` (benchmarks/.venvs/bentoml)"
+
+    def start(self, models: dict[BenchModel, Path]) -> None:
+        self._ports = {}
+        bentoml = venv_python("bentoml").with_name("bentoml")
+        for model, path in models.items():  # one service per model: a BentoML service serves one
+            port = self._ports[model.name] = free_port()
+            self._spawn([str(bentoml), "serve", "benchmarks.servers.bentoml_service:Predictor", "--port", str(port),
+                         "--host", "127.0.0.1"], port,
+                        env={"BENCH_MODEL_DIR": str(path), "BENTOML_HOME": str(VENVS / "bentoml-home"),
+                             "BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(ROOT)})
+
+    def request(self, model: BenchModel, payload: str) -> Request | None:
+        if payload == "binary":
+            return None
+        n = PAYLOADS[payload]
+        body = json.dumps({"instances": model.sample(n).tolist()}).encode()
+        return Request(f"http://127.0.0.1:{self._ports[model.name]}/predict", body,
+                       {"content-type": "application/json"}, n)
+
+
+class KServe(Subprocess):
+    name, label = "kserve", "KServe model server (V2)"
+
+    @classmethod
+    def available(cls) -> str | None:
+        return None if venv_python("kserve").exists() else "run `make bench-venvs` (benchmarks/.venvs/kserve)"
+
+    def start(self, models: dict[BenchModel, Path]) -> None:
+        self._port = free_port()
+        self._spawn([str(venv_python("kserve")), "-m", "benchmarks.servers.kserve_server", "--port", str(self._port),
+                     *(f"{m.name}={p}" for m, p in models.items())], self._port, env={"PYTHONPATH": str(ROOT)})
+
+    def request(self, model: BenchModel, payload: str) -> Request | None:
+        call = v2_call(model, PAYLOADS[payload], payload == "binary")
+        return Request(f"http://127.0.0.1:{self._port}{call.path}", call.body, dict(call.headers), PAYLOADS[payload])
+
+
+class Maas(Contender):
+    """This project as users run it: `maas cluster up` (Ray head, HAProxy ingress), the Serve config
+    of deployments/serve_config.yaml applied with the benchmark's registry, an API key."""
+
+    name, label = "maas", "maas on Ray Serve (this project)"
+
+    def __init__(self, registry_uri: str) -> None:
+        self._registry_uri = registry_uri
+        self._started_cluster = False
+
+    def start(self, models: dict[BenchModel, Path]) -> None:
+        from maas import cluster, deploy, settings
+        from maas.auth import KeyStore
+
+        if cluster.local_state().running:
+            raise RuntimeError("a Ray cluster already runs on this machine: stop it (`make stop`) so that the "
+                               "benchmark has the machine to itself")
+        cluster.up()
+        self._started_cluster = True
+        cluster.use_client_auth()
+        self._key = KeyStore(self._registry_uri).create("benchmark")[0]
+        config = deploy.load_serve_config(registry=self._registry_uri)
+        deploy.deploy(config, timeout_s=600)
+        self._url = f"http://127.0.0.1:{settings.SERVE_PORT}"
+
+    def stop(self) -> None:
+        from maas import cluster
+
+        if self._started_cluster:
+            cluster.down()
+
+    def request(self, model: BenchModel, payload: str) -> Request | None:
+        auth = {"authorization": f"Bearer {self._key}"}
+        n = PAYLOADS[payload]
+        if payload == "binary":
+            call = v2_call(model, n, binary=True)
+            return Request(self._url + call.path, call.body, {**call.headers, **auth}, n)
+        return Request(f"{self._url}/v1/models/{model.name}:predict", tf_serving_body(model, n),
+                       {"content-type": "application/json", **auth}, n)
+
+
+def in_process(path: Path, model: BenchModel, batch_sizes: list[int], seconds: float = 3.0) -> dict[int, float]:
+    """The ceiling: samples/s of the SavedModel's serving function called directly, per batch size."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    result = {}
+    for batch in batch_sizes:
+        x = tf.constant(model.sample(batch))
+        fn(**{model.input_name: x})  # trace and allocate
+        n, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            fn(**{model.input_name: x})[model.output_name].numpy()
+            n += 1
+        result[batch] = round(n * batch / elapsed, 1)
+    return result
+
+
+def answers(request: Request) -> np.ndarray | dict:
+    """One request sent with urllib: a contender must answer before it is measured."""
+    req = urllib.request.Request(request.url, data=request.body, headers=request.headers, method="POST")
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        body = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {body[:300]!r}")
+        return body

@@ -6,8 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 TF_VERSION := 2.21.0
-BENCH_PIN_bentoml := bentoml==1.4.40
-BENCH_PIN_kserve := kserve==0.21.0
+# pip picks the newest it can install here (BentoML 1.4.40 wants a certifi newer than this index has: 1.4.39)
+BENCH_PIN_bentoml := 'bentoml>=1.4,<1.5'
+BENCH_PIN_kserve := 'kserve>=0.15'
 
 .PHONY: demo test install stop status clean bench bench-serving bench-training bench-venvs
 

@@ -35,10 +35,12 @@ class BenchModel:
         return get_template(self.template).output_name
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
-        """``n`` instances of the model's input, float32 (pixel values 0-255 for the CNN)."""
+        """``n`` instances of the model's input in its dtype (uint8 pixels 0-255 for the CNN)."""
         rng = np.random.default_rng(seed)
-        scale = 255.0 if self.template == "image_cnn" else 1.0
-        return (rng.random((n, *self.item_shape)) * scale).astype(np.float32)
+        dtype = np.dtype(get_template(self.template).input_dtype)
+        if dtype.kind == "u":
+            return rng.integers(0, 256, (n, *self.item_shape)).astype(dtype)
+        return rng.random((n, *self.item_shape)).astype(dtype)
 
 
 MODELS: dict[str, BenchModel] = {

@@ -21,9 +21,10 @@ class Predictor:
 
         self._tf = tf
         self._fn = tf.saved_model.load(os.environ["BENCH_MODEL_DIR"]).signatures["serving_default"]
-        (self._input,) = self._fn.structured_input_signature[1].keys()
+        ((self._input, spec),) = self._fn.structured_input_signature[1].items()
+        self._dtype = spec.dtype.as_numpy_dtype
 
     @bentoml.api(batchable=True, max_batch_size=128, max_latency_ms=1000)
     def predict(self, instances: np.ndarray) -> np.ndarray:
-        out = self._fn(**{self._input: self._tf.constant(instances.astype(np.float32))})
+        out = self._fn(**{self._input: self._tf.constant(instances.astype(self._dtype, copy=False))})
         return next(iter(out.values())).numpy()

@@ -10,26 +10,26 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from fastapi import FastAPI, HTTPException, Request  # module level: FastAPI resolves the handler's annotations here
 
 
 def build_app(models: dict[str, str]):  # noqa: ANN201 (a FastAPI app)
     import tensorflow as tf
-    from fastapi import FastAPI, HTTPException, Request
 
     loaded = {}
     for name, path in models.items():
         fn = tf.saved_model.load(path).signatures["serving_default"]
-        (input_name,) = fn.structured_input_signature[1].keys()
-        loaded[name] = (fn, input_name)
+        ((input_name, spec),) = fn.structured_input_signature[1].items()
+        loaded[name] = (fn, input_name, spec.dtype.as_numpy_dtype)
     app = FastAPI()
 
     @app.post("/v1/models/{name}:predict")
     async def predict(name: str, request: Request) -> dict:
         if name not in loaded:
             raise HTTPException(404, f"no model {name}")
-        fn, input_name = loaded[name]
+        fn, input_name, dtype = loaded[name]
         body = await request.json()
-        x = tf.constant(np.asarray(body["instances"], dtype=np.float32))
+        x = tf.constant(np.asarray(body["instances"], dtype=dtype))
         out = fn(**{input_name: x})
         return {"predictions": next(iter(out.values())).numpy().tolist()}
 

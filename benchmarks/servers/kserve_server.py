@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 
 import kserve
-import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse
 
 
@@ -26,16 +25,17 @@ class SavedModel(kserve.Model):
 
         self._tf = tf
         self._fn = tf.saved_model.load(self._path).signatures["serving_default"]
-        (self._input,) = self._fn.structured_input_signature[1].keys()
+        ((self._input, spec),) = self._fn.structured_input_signature[1].items()
+        self._dtype = spec.dtype.as_numpy_dtype
         self.ready = True
         return True
 
     def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:  # noqa: ANN001
-        x = payload.inputs[0].as_numpy().astype(np.float32, copy=False)
+        x = payload.inputs[0].as_numpy().astype(self._dtype, copy=False)
         out = next(iter(self._fn(**{self._input: self._tf.constant(x)}).values())).numpy()
         result = InferOutput(name="output", shape=list(out.shape), datatype="FP32")
         result.set_data_from_numpy(out, binary_data=False)
-        return InferResponse(model_name=self.name, infer_outputs=[result], response_id=payload.id)
+        return InferResponse(model_name=self.name, infer_outputs=[result], response_id=payload.id or "")
 
 
 def main() -> None:

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     if cluster.local_state().running:
         raise SystemExit("error: a Ray cluster already runs on this machine: stop it (`make stop`) first")
     work = Path(tempfile.mkdtemp(prefix="maas-bench-train-"))
-    ray.init(num_cpus=2, logging_level="WARNING", include_dashboard=False)
+    ray.init(num_cpus=2, logging_level="WARNING")  # the dashboard too: Ray Train polls the state API
     runs = []
     try:
         base = dict(template="digits", epochs=args.epochs, registry=str(work / "registry"),

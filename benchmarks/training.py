@@ -26,25 +26,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 logger = logging.getLogger("benchmarks")
 
 
-def _arrays(template, info, split: str) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
-    from maas.training.data import read_table
-
-    table = read_table(info, split)
-    batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-    return template.features(batch, info), template.labels(batch)
-
-
 def keras_fit(config, target: float) -> dict:  # noqa: ANN001 (a TrainConfig)
     import keras
 
     from maas.templates import get_template
-    from maas.training.data import check_data
+    from maas.training.data import check_data, split_arrays
 
     started = time.perf_counter()
     template = get_template(config.template)
     info = check_data(config)
-    x, y = _arrays(template, info, "train")
-    x_test, y_test = _arrays(template, info, "test")
+    x, y = split_arrays(template, info, "train")
+    x_test, y_test = split_arrays(template, info, "test")
     keras.utils.set_random_seed(config.seed)
     model = template.build_model(info)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="sparse_categorical_crossentropy",

@@ -315,12 +315,17 @@ def majority_class(info: DataInfo) -> int:
 
 
 def held_out(template: Template, info: DataInfo) -> tuple[np.ndarray, np.ndarray]:
-    """The test split as (raw inputs exactly as clients send them, labels). Tables are read with
-    pyarrow (no Ray needed); image folders with Ray Data's image reader, as training reads them."""
+    """The test split as (raw inputs exactly as clients send them, labels)."""
+    return split_arrays(template, info, "test")
+
+
+def split_arrays(template: Template, info: DataInfo, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split, whole, as (model inputs, labels). Tables are read with pyarrow (no Ray needed);
+    image folders with Ray Data's image reader, as training reads them."""
     if info.splits.format == "images":
-        batches = read_split(info, "test").iter_batches(batch_size=1024, batch_format="numpy")
+        batches = read_split(info, split).iter_batches(batch_size=1024, batch_format="numpy")
     else:
-        table = read_table(info, "test")
+        table = read_table(info, split)
         batches = [{name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}]
     xs, ys = [], []
     for batch in batches:

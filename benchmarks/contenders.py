@@ -63,6 +63,11 @@ class Contender(ABC):
     @abstractmethod
     def request(self, model: BenchModel, payload: str) -> Request | None: ...
 
+    def settle(self, request: Request, concurrency: int) -> float | None:
+        """Bring the server to its steady state for ``concurrency`` clients before it is measured;
+        the seconds that took, or None where there is nothing to wait for (fixed-size servers)."""
+        return None
+
     @classmethod
     def available(cls) -> str | None:
         """Why it cannot run here, or None."""
@@ -182,7 +187,7 @@ class Maas(Contender):
         cluster.up()
         self._started_cluster = True
         self._key = KeyStore(self._registry_uri).create("benchmark")[0]
-        config = deploy.load_serve_config(registry=self._registry_uri)
+        self._config = config = deploy.load_serve_config(registry=self._registry_uri)
         deploy.deploy(config, timeout_s=600)
         self._url = f"http://127.0.0.1:{settings.SERVE_PORT}"
 
@@ -191,6 +196,26 @@ class Maas(Contender):
 
         if self._started_cluster:
             cluster.down()
+
+    def settle(self, request: Request, concurrency: int) -> float | None:
+        """Serve's autoscaler adds replicas when the ongoing requests per replica exceed the config's
+        target: under that load, wait (bounded) until it has, as a user's service would have."""
+        from benchmarks.loadgen import closed_loop
+
+        spec = self._config["applications"][0]["deployments"][0]["autoscaling_config"]
+        wanted = min(spec["max_replicas"], max(spec["min_replicas"], -(-concurrency // spec["target_ongoing_requests"])))
+        started = time.monotonic()
+        while self._running_replicas() < wanted:
+            if time.monotonic() - started > 90:
+                raise RuntimeError(f"Serve did not scale to {wanted} replicas within 90 s")
+            closed_loop(request, concurrency, max_requests=100_000, max_seconds=3.0, warmup=0)
+        return round(time.monotonic() - started, 1)
+
+    def _running_replicas(self) -> int:
+        from maas import deploy
+
+        details = deploy.serve_client().get_serve_details()["applications"]["maas"]["deployments"]["ModelServer"]
+        return sum(1 for r in details["replicas"] if r["state"] == "RUNNING")
 
     def request(self, model: BenchModel, payload: str) -> Request | None:
         auth = {"authorization": f"Bearer {self._key}"}

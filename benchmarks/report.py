@@ -98,6 +98,16 @@ def serving_markdown(results: dict) -> str:
             lines.append(f"| {model} | " + " | ".join(f"{v:.0f}" for v in by_batch.values()) + " |")
     starts = {r["contender"]: r["startup_s"] for r in rows}
     lines += ["", "Start-up to listening (s): " + ", ".join(f"{c} {s}" for c, s in starts.items())]
+    firsts = {(r["contender"], f"{r['model']}:{r['payload']}"): r["first_request_s"]
+              for r in rows if r.get("first_request_s") is not None}
+    if firsts:
+        lines += ["First answer of each model after start-up, load and warm-up included (s): "
+                  + ", ".join(f"{c} {m} {s}" for (c, m), s in firsts.items())]
+    settles = [f"{r['contender']} {r['model']}:{r['payload']} c={r['concurrency']} {r['settle_s']}"
+               for r in rows if r.get("settle_s")]
+    if settles:
+        lines += ["Autoscaling to the replicas a concurrency needs, under that load, before it was measured (s): "
+                  + ", ".join(settles)]
     for name, reason in results.get("skipped", {}).items():
         lines.append(f"Not measured: {name} ({reason})")
     lines += ["", *_targets_md(serving_targets(results))]

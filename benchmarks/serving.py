@@ -80,11 +80,13 @@ def run(args: argparse.Namespace) -> dict:
                 answers(request)  # also the cold start of this model: load and warm-up
                 cold_s = round(time.monotonic() - first, 3)
                 for concurrency in args.concurrency:
+                    settle_s = contender.settle(request, concurrency)
                     result = closed_loop(request, concurrency, max_requests=args.max_requests,
                                          max_seconds=args.max_seconds)
                     row = {"contender": name, "model": model_key, "payload": payload,
                            "instances_per_request": PAYLOADS[payload], "startup_s": startup_s,
-                           "first_request_s": cold_s, **result.to_dict()}
+                           "first_request_s": cold_s, "settle_s": settle_s,
+                           **result.to_dict()}
                     results["serving"].append(row)
                     print(f"{name:8} {model_key}:{payload:7} c={concurrency:<4} {result.requests_per_s:>8.1f} req/s "
                           f"p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  errors {result.errors}",

@@ -41,6 +41,13 @@ class RequestTimeout(MaasError):
     http_status = 504
 
 
+class ServerBusy(MaasError):
+    """A replica already holds as many pending predictions as it may: the client should retry."""
+
+    http_status = 503
+    http_headers = {"Retry-After": "1"}
+
+
 class ModelNotFound(MaasError):
     """No model of that name in the registry."""
 

@@ -107,6 +107,7 @@ def ray_cluster(maas_home: Path, s3_server: S3Server):
     # Jobs run `python -m jobs.train`: that must be this environment's Python.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"  # as `maas cluster up`
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     # The test runs have epochs of about a second; Ray Train's controller polls its workers every
     # 2 s by default, which would make every start, report and finish wait for the next poll.

@@ -1,11 +1,13 @@
-"""Ray Serve wiring: one HTTP ingress speaking the TF Serving REST API and the KServe V2 (Open
-Inference) protocol, and a batching model server.
+"""Ray Serve wiring: one deployment, ``ModelServer``, that speaks the TF Serving REST API and the
+KServe V2 (Open Inference) protocol over HTTP and holds the models it answers with:
 
-    Ingress (HTTP, routing, canary split, validation)  --handle-->  ModelServer (@serve.multiplexed, @serve.batch)
+    HAProxy (Serve's ingress)  -->  ModelServer replica: routing, canary split, validation,
+                                    dynamic batching (@serve.batch), loaded versions (LRU)
 
-Each ModelServer replica keeps a few versions loaded with Ray Serve's model multiplexing (LRU); the
-ingress tags each request with its ``model:version``, so that Serve routes it to a replica that
-already holds that version when there is one.
+A request is answered in the replica that received it: no second hop between processes, which cost
+more than a small model's forward pass (see the benchmarks in the README). Replicas scale out (Serve
+autoscaling, on any node); HAProxy spreads requests over them; each replica loads the versions it is
+asked for and keeps the ``max_models_per_replica`` most recently used.
 
 Operational knobs (replicas, autoscaling, CPUs, batch size) live in the Serve config YAML
 (``deployments/serve_config.yaml``); the defaults below make ``serve run deployments.app:build_app``
@@ -15,7 +17,6 @@ work as is.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any, Callable, TypeVar
@@ -23,22 +24,19 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt
 from ray import serve
-from ray.exceptions import RayActorError, RayTaskError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
-from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
 import maas
 from maas import settings
 from maas.auth import ApiKey, authorize, key_id, presented_key
-from maas.errors import InferenceError, InvalidInput, MaasError, PayloadTooLarge, RequestTimeout, Unauthorized
+from maas.errors import InvalidInput, MaasError, PayloadTooLarge, RequestTimeout, Unauthorized
 from maas.registry import Registry
-from maas.serving import openapi, tfserving, v2
+from maas.serving import jsonbody, openapi, tfserving, v2
 from maas.serving.canary import CanaryMonitor, CanaryPolicy, Route, choose
 from maas.serving.registry_cache import RegistryCache
-from maas.serving.runtime import LoadedModel, load_saved_model
-from maas.serving.stats import RecentRequests, RequestInfo, ServingMetrics, batch_size_histogram
+from maas.serving.host import BatchConfig, ModelHost
+from maas.serving.stats import RecentRequests, RequestInfo, ServingMetrics
 from maas.signature import Signature
 
 logger = logging.getLogger("ray.serve")
@@ -67,125 +65,34 @@ class AppArgs(BaseModel):
         return self.registry or settings.default_registry_uri()
 
 
-class BatchConfig(BaseModel):
-    """``user_config`` of the ModelServer deployment: changeable without restarting replicas."""
-
-    max_batch_size: PositiveInt = Field(32, description="Most instances-requests combined into one forward pass.")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, description="Longest wait for a batch to fill.")
-
-
 @serve.deployment(
     name="ModelServer",
-    max_ongoing_requests=64,
-    max_queued_requests=256,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
+    max_ongoing_requests=512,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32},
     ray_actor_options={"num_cpus": 0.5},
     health_check_period_s=10,
 )
 class ModelServer:
-    """Holds loaded model versions (multiplexed, LRU) and runs dynamically batched predictions."""
+    """HTTP entry point and model host: routes, checks requests against the version's signature,
+    predicts in dynamic batches, answers JSON."""
 
     def __init__(self, args: AppArgs) -> None:
         import tensorflow  # noqa: F401  (seconds on a busy node: paid before the replica reports ready,
         #                                 not by the first request within its request_timeout_s)
 
-        self._registry = Registry(args.registry_uri())
-        self._config = BatchConfig()
-        self._replica = serve.get_replica_context().replica_id.unique_id
-        self._batch_size = batch_size_histogram()
-        self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
-
-        async def load(model_id: str) -> LoadedModel:  # a plain function: Serve keeps its cache on it
-            # A request that times out (504) is cancelled; the load it started goes on, shielded, and
-            # the next request for that version takes its result instead of starting another load.
-            task = self._loading.get(model_id)
-            if task is None:
-                task = self._loading[model_id] = asyncio.ensure_future(self._load_version(model_id))
-            try:
-                return await asyncio.shield(task)  # cancelled here: the running task stays for the next
-            finally:
-                if task.done() and self._loading.get(model_id) is task:  # claimed, or failed: a later
-                    del self._loading[model_id]  # request that finds the version unloaded loads it anew
-
-        self._load = serve.multiplexed(max_num_models_per_replica=args.max_models_per_replica)(load)
-
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self._config = BatchConfig(**user_config)
-        self._run_batch.set_max_batch_size(self._config.max_batch_size)
-        self._run_batch.set_batch_wait_timeout_s(self._config.batch_wait_timeout_s)
-
-    async def predict(self, model: str, version: int,
-                      inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
-        """The outputs, and the id of this replica (which the ingress reports per version)."""
-        result = await self._run_batch((model, version), inputs)
-        if isinstance(result, Exception):  # the batch hands a failed group's error back as a value
-            raise result
-        return result, self._replica
-
-    # Up to 4 batches at once: a batch waiting for a version to load does not hold up the others.
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, max_concurrent_batches=4)
-    async def _run_batch(
-        self, keys: list[tuple[str, int]], inputs: list[dict[str, np.ndarray]]
-    ) -> list[dict[str, np.ndarray] | Exception]:
-        results: list[dict[str, np.ndarray] | Exception] = [None] * len(keys)  # type: ignore[list-item]
-        groups: dict[tuple[str, int], list[int]] = {}
-        for i, key in enumerate(keys):
-            groups.setdefault(key, []).append(i)
-
-        async def run_group(key: tuple[str, int], members: list[int]) -> None:
-            try:
-                loaded = await self._load(model_id(*key))
-                merged = {name: np.concatenate([inputs[i][name] for i in members]) for name in inputs[members[0]]}
-                self._batch_size.observe(len(next(iter(merged.values()))),
-                                         tags={"model": key[0], "version": str(key[1])})
-                outputs = await asyncio.to_thread(loaded.predict, merged)
-            except Exception as exc:  # one bad group must not fail the others
-                for i in members:
-                    results[i] = exc
-                return
-            start = 0
-            for i in members:
-                n = next(iter(inputs[i].values())).shape[0]
-                results[i] = {name: value[start : start + n] for name, value in outputs.items()}
-                start += n
-
-        await asyncio.gather(*(run_group(key, members) for key, members in groups.items()))  # a load blocks no group
-        return results
-
-    async def _load_version(self, key: str) -> LoadedModel:
-        model, version = parse_model_id(key)
-        try:
-            return await asyncio.to_thread(load_saved_model, model, version, self._registry.local_path(model, version))
-        except MaasError:
-            raise
-        except Exception as exc:  # a missing or corrupt artifact: say which, keep serving the others
-            raise InferenceError(f"{model} version {version} could not be loaded: {type(exc).__name__}: {exc}") from exc
-
-
-def model_id(model: str, version: int) -> str:
-    """The multiplexed model id of a version (``:`` never occurs in model names)."""
-    return f"{model}:{version}"
-
-
-def parse_model_id(key: str) -> tuple[str, int]:
-    model, _, version = key.rpartition(":")
-    return model, int(version)
-
-
-@serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
-class Ingress:
-    """HTTP entry point: routes, checks requests against the version's signature, answers JSON."""
-
-    def __init__(self, model_server: DeploymentHandle, args: AppArgs) -> None:
-        self._model_server = model_server
         self._args = args
+        self._host = ModelHost(Registry(args.registry_uri()), max_models=args.max_models_per_replica)
+        self._replica = serve.get_replica_context().replica_id.unique_id
         self._registry = RegistryCache(Registry(args.registry_uri()), ttl_s=args.registry_refresh_s)
         self._canary = CanaryMonitor(args.canary)
         self._background: set[asyncio.Task[None]] = set()
         self._metrics = ServingMetrics()
         self._recent = RecentRequests(window_s=args.canary.window_s)
-        self._openapi = json.dumps(openapi.document()).encode()
+        self._openapi = jsonbody.dumps(openapi.document())
         self._app_name = serve.get_replica_context().replica_id.deployment_id.app_name
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self._host.reconfigure(BatchConfig(**user_config))
 
     async def __call__(self, request: Request) -> Response:
         info = RequestInfo(protocol=_protocol(request.url.path))
@@ -199,12 +106,8 @@ class Ingress:
     async def _answer(self, request: Request, info: RequestInfo) -> Response:
         try:
             return await self._handle(request, info)
-        except MaasError as exc:  # raised here, or in ModelServer and re-raised through the handle
-            return error_response(exc.http_status, _message(exc), headers=exc.http_headers)
-        except BackPressureError:
-            return error_response(503, "Model server queues are full; retry later", retry_after_s=1)
-        except (DeploymentUnavailableError, ReplicaUnavailableError, RayActorError):
-            return error_response(503, "Model server is unavailable; retry later", retry_after_s=1)
+        except MaasError as exc:
+            return error_response(exc.http_status, str(exc), headers=exc.http_headers)
         except Exception as exc:  # never let one request take the replica down
             logger.exception("unhandled error on %s %s", request.method, request.url.path)
             return error_response(500, f"Internal error: {type(exc).__name__}")
@@ -322,7 +225,7 @@ class Ingress:
             if (await self._registry.get(model, default)).signature != signature:
                 raise
             logger.warning("canary %s version %d failed (%s); answered by version %d",
-                           model, target.version, _message(exc), default)
+                           model, target.version, exc, default)
             self._metrics.canary_fallbacks.inc(tags={"model": model, "version": str(target.version)})
             info.version, info.label = default, default_label
             return default, decoded, await self._predict(model, default, inputs, info)
@@ -331,16 +234,13 @@ class Ingress:
 
     async def _predict(self, model: str, version: int, inputs: dict[str, np.ndarray],
                        info: RequestInfo) -> dict[str, np.ndarray]:
-        """One prediction on the ModelServer replica that holds the version, if any does (multiplexing)."""
-        handle = self._model_server.options(multiplexed_model_id=model_id(model, version))
-        response = handle.predict.remote(model, version, inputs)
+        """One prediction, batched with the others that reach this replica meanwhile."""
         timeout = self._args.request_timeout_s
+        info.replica = self._replica
         try:
-            outputs, info.replica = await asyncio.wait_for(response, timeout=timeout)
+            return await asyncio.wait_for(self._host.predict(model, version, inputs), timeout=timeout)
         except asyncio.TimeoutError:
-            response.cancel()
             raise RequestTimeout(f"{model} version {version} did not answer within {timeout:g}s") from None
-        return outputs
 
     async def _service_status(self, key: ApiKey | None) -> dict[str, Any]:
         """``GET /maas/v1/status``: the models the key may call, with their versions, labels, last label
@@ -392,7 +292,7 @@ class Ingress:
 
 def json_response(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json", headers=headers
+        jsonbody.dumps(body), status_code=status, media_type="application/json", headers=headers
     )
 
 
@@ -420,16 +320,10 @@ def _deployments(app_name: str) -> dict[str, Any]:
             for name, d in app.deployments.items()}
 
 
-def _message(exc: BaseException) -> str:
-    """An error's own message, without the remote traceback Ray adds to errors from other replicas."""
-    cause = exc.cause if isinstance(exc, RayTaskError) else None
-    return str(cause) if isinstance(cause, BaseException) else str(exc)
-
-
 def build_app(args: AppArgs | dict[str, Any] | None = None) -> serve.Application:
     """Builder for ``serve run`` / ``serve deploy`` (``import_path: deployments.app:build_app``).
 
     Serve hands the config's ``args:`` block over as a dict; it is validated into :class:`AppArgs`.
     """
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
-    return Ingress.bind(ModelServer.bind(args), args)
+    return ModelServer.bind(args)

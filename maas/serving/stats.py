@@ -5,9 +5,9 @@ model, which ``GET /maas/v1/status`` and ``maas status`` show.
 Metrics (Prometheus names carry Ray's ``ray_`` prefix)::
 
     maas_requests_total{model, version, label, protocol, code}   every answer, errors included
-    maas_request_latency_ms{model, version, label, protocol}      time in the ingress, per answer
+    maas_request_latency_ms{model, version, label, protocol}      time in the replica, per answer
     maas_canary_fallbacks_total{model, version}                   failed canary requests answered by stable
-    maas_batch_size{model, version}                               instances per forward pass (ModelServer)
+    maas_batch_size{model, version}                               instances per forward pass
 
 ``label`` says how the request reached its version: ``canary``/``stable``/``latest`` for routed
 requests (so the canary/stable split is a ratio of two series), the label's name for

@@ -6,7 +6,6 @@ columnar (``inputs``) requests, ``predictions`` / ``outputs`` answers, model sta
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -15,6 +14,7 @@ import numpy as np
 
 from maas.errors import InvalidInput
 from maas.registry import parse_version
+from maas.serving import jsonbody
 from maas.signature import Signature, TensorSpec, to_batch
 
 _ROUTE = re.compile(
@@ -65,10 +65,7 @@ class PredictRequest:
 
 def decode_predict(body: bytes, signature: Signature) -> PredictRequest:
     """Decode and validate a ``:predict`` body against ``signature``."""
-    try:
-        request = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"Request body is not valid JSON: {exc}") from None
+    request = jsonbody.parse(body)
     if not isinstance(request, dict):
         raise InvalidInput("Request body must be a JSON object with 'instances' or 'inputs'")
     name = request.get("signature_name", "serving_default")

@@ -9,7 +9,6 @@ outputs asked for with ``binary_data`` (or ``binary_data_output`` for all) come 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 
 from maas.errors import InvalidInput
 from maas.registry import parse_version
+from maas.serving import jsonbody
 from maas.signature import Signature, TensorSpec, to_batch, v2_tensor
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -65,10 +65,7 @@ class InferRequest:
 def decode_infer(body: bytes, signature: Signature, header_length: str | None = None) -> InferRequest:
     """Decode and validate an ``infer`` body (JSON, or JSON plus binary tensors) against ``signature``."""
     json_part, binary = _split(body, header_length)
-    try:
-        request = json.loads(json_part)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"Request body is not valid JSON: {exc}") from None
+    request = jsonbody.parse(json_part)
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise InvalidInput("Request must be a JSON object with a non-empty 'inputs' list")
     request_id = request.get("id")
@@ -134,7 +131,7 @@ def encode_infer(model: str, version: int, request: InferRequest,
     body: dict[str, Any] = {"model_name": model, "model_version": str(version), "outputs": tensors}
     if request.id is not None:
         body["id"] = request.id
-    head = json.dumps(body, separators=(",", ":")).encode()
+    head = jsonbody.dumps(body)
     if not blobs:
         return head, {"content-type": "application/json"}
     return head + b"".join(blobs), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}

@@ -123,6 +123,7 @@ def serving_plots(results: dict, out: Path) -> list[Path]:
     rows = results["serving"]
     scenarios = list(dict.fromkeys(f"{r['model']}:{r['payload']}" for r in rows))
     contenders = list(dict.fromkeys(r["contender"] for r in rows))
+    colors = {c: f"C{i}" for i, c in enumerate(contenders)}  # one colour per contender in every panel
     written = []
     for metric, ylabel, name in (("requests_per_s", "requests/s", "throughput"),
                                  ("p50_ms", "p50 latency (ms)", "latency_p50"),
@@ -133,7 +134,7 @@ def serving_plots(results: dict, out: Path) -> list[Path]:
                 points = [(r["concurrency"], r[metric]) for r in rows
                           if r["contender"] == contender and f"{r['model']}:{r['payload']}" == scenario]
                 if points:
-                    ax.plot(*zip(*points), marker="o", label=contender)
+                    ax.plot(*zip(*points), marker="o", label=contender, color=colors[contender])
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_title(scenario)

@@ -68,7 +68,7 @@ class AppArgs(BaseModel):
 @serve.deployment(
     name="ModelServer",
     max_ongoing_requests=512,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32},
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8},
     ray_actor_options={"num_cpus": 0.5},
     health_check_period_s=10,
 )
@@ -81,9 +81,10 @@ class ModelServer:
         #                                 not by the first request within its request_timeout_s)
 
         self._args = args
-        self._host = ModelHost(Registry(args.registry_uri()), max_models=args.max_models_per_replica)
+        registry = Registry(args.registry_uri())
+        self._host = ModelHost(registry, max_models=args.max_models_per_replica)
         self._replica = serve.get_replica_context().replica_id.unique_id
-        self._registry = RegistryCache(Registry(args.registry_uri()), ttl_s=args.registry_refresh_s)
+        self._registry = RegistryCache(registry, ttl_s=args.registry_refresh_s)
         self._canary = CanaryMonitor(args.canary)
         self._background: set[asyncio.Task[None]] = set()
         self._metrics = ServingMetrics()

@@ -100,7 +100,6 @@ def _dataset(uri: str, fmt: str) -> Any:
 
 
 def _describe_table(template: Template, splits: DataSplits) -> DataInfo:
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     train, test = _dataset(splits.train, splits.format), _dataset(splits.test, splits.format)
@@ -208,7 +207,7 @@ def _item_shape(template: Template, train: Any, feature_columns: tuple[str, ...]
     else:
         first = train.head(1, columns=[template.input_name]).column(0)
         if len(first) == 0:
-            raise ConfigError(f"data: the training split has no rows")
+            raise ConfigError("data: the training split has no rows")
         length = int(np.asarray(first[0].as_py(), dtype=np.float64).size)
     known = int(np.prod([d for d in template.item_shape if d is not None]))
     unknown = sum(d is None for d in template.item_shape)

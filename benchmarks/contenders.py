@@ -201,21 +201,16 @@ class Maas(Contender):
         """Serve's autoscaler adds replicas when the ongoing requests per replica exceed the config's
         target: under that load, wait (bounded) until it has, as a user's service would have."""
         from benchmarks.loadgen import closed_loop
+        from maas import deploy
 
         spec = self._config["applications"][0]["deployments"][0]["autoscaling_config"]
         wanted = min(spec["max_replicas"], max(spec["min_replicas"], -(-concurrency // spec["target_ongoing_requests"])))
         started = time.monotonic()
-        while self._running_replicas() < wanted:
+        while len(deploy.running_replicas()) < wanted:
             if time.monotonic() - started > 90:
                 raise RuntimeError(f"Serve did not scale to {wanted} replicas within 90 s")
             closed_loop(request, concurrency, max_requests=100_000, max_seconds=3.0, warmup=0)
         return round(time.monotonic() - started, 1)
-
-    def _running_replicas(self) -> int:
-        from maas import deploy
-
-        details = deploy.serve_client().get_serve_details()["applications"]["maas"]["deployments"]["ModelServer"]
-        return sum(1 for r in details["replicas"] if r["state"] == "RUNNING")
 
     def request(self, model: BenchModel, payload: str) -> Request | None:
         auth = {"authorization": f"Bearer {self._key}"}

@@ -125,7 +125,6 @@ def up(*, num_cpus: int | None = None, ha_proxy: bool = True) -> ClusterState:
 
 def _wait_for_dashboard(timeout_s: float = 60.0) -> None:
     """`ray start` returns before the dashboard listens; deploys and job submissions go through it."""
-
     deadline = time.monotonic() + timeout_s
     while True:
         try:

@@ -74,5 +74,12 @@ def deploy(config: dict[str, Any], *, dashboard: str | None = None, timeout_s: f
         time.sleep(1.0)
 
 
+def running_replicas(deployment: str = "ModelServer", *, app: str = "maas",
+                     dashboard: str | None = None) -> list[dict[str, Any]]:
+    """The RUNNING replicas of one deployment of a Serve app, as Serve details them (``node_id``, ...)."""
+    replicas = serve_client(dashboard).get_serve_details()["applications"][app]["deployments"][deployment]["replicas"]
+    return [r for r in replicas if r["state"] == "RUNNING"]
+
+
 def undeploy(*, dashboard: str | None = None) -> None:
     serve_client(dashboard).delete_applications()

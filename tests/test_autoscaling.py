@@ -49,9 +49,7 @@ def _deploy(ray_cluster, root: str, server: dict, args: dict | None = None) -> N
 
 
 def _running(ray_cluster) -> int:
-    details = deploy.serve_client(ray_cluster.dashboard_url).get_serve_details()
-    replicas = details["applications"]["maas"]["deployments"]["ModelServer"]["replicas"]
-    return sum(1 for r in replicas if r["state"] == "RUNNING")
+    return len(deploy.running_replicas(dashboard=ray_cluster.dashboard_url))
 
 
 def _slow_call(seconds: float) -> Call:

@@ -124,12 +124,10 @@ def test_serve_replicas_on_two_nodes_answer_through_the_ingress(ray_cluster, spr
 
 def _model_server_replicas(dashboard_url: str, *, want: int, timeout_s: float = 120) -> list[dict]:
     """ModelServer's RUNNING replicas once there are ``want`` of them (bounded wait)."""
-    client = deploy.serve_client(dashboard_url)
     deadline = time.monotonic() + timeout_s
     while True:
-        deployment = client.get_serve_details()["applications"]["maas"]["deployments"]["ModelServer"]
-        running = [r for r in deployment["replicas"] if r["state"] == "RUNNING"]
+        running = deploy.running_replicas(dashboard=dashboard_url)
         if len(running) >= want or time.monotonic() > deadline:
-            assert len(running) == want, deployment
+            assert len(running) == want, running
             return running
         time.sleep(1)

@@ -31,6 +31,9 @@ class BatchConfig(BaseModel):
         512, description="Predictions waiting or running in one replica; beyond it requests get 503 + Retry-After.")
 
 
+DEFAULT_BATCHING = BatchConfig()  # until the deployment's user_config arrives
+
+
 def model_id(model: str, version: int) -> str:
     """The cache key of a version (``:`` never occurs in model names)."""
     return f"{model}:{version}"
@@ -47,7 +50,7 @@ class ModelHost:
 
     def __init__(self, registry: Registry, *, max_models: int) -> None:
         self._registry = registry
-        self.config = BatchConfig()
+        self.config = DEFAULT_BATCHING
         self._pending = 0
         self._batch_size = batch_size_histogram()
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
@@ -85,7 +88,8 @@ class ModelHost:
         return result
 
     # Up to 4 batches at once: a batch waiting for a version to load does not hold up the others.
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, max_concurrent_batches=4)
+    @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
+                 batch_wait_timeout_s=DEFAULT_BATCHING.batch_wait_timeout_s, max_concurrent_batches=4)
     async def _run_batch(
         self, keys: list[tuple[str, int]], inputs: list[dict[str, np.ndarray]]
     ) -> list[dict[str, np.ndarray] | Exception]:
@@ -116,9 +120,14 @@ class ModelHost:
 
     async def _load_version(self, key: str) -> LoadedModel:
         model, version = parse_model_id(key)
+        warm_batch_size = self.config.max_batch_size
+
+        def load() -> LoadedModel:  # in a thread: fetching the artifact (S3, GCS) must not block the loop
+            return load_saved_model(model, version, self._registry.local_path(model, version),
+                                    warm_batch_size=warm_batch_size)
+
         try:
-            return await asyncio.to_thread(load_saved_model, model, version, self._registry.local_path(model, version),
-                                           warm_batch_size=self.config.max_batch_size)
+            return await asyncio.to_thread(load)
         except MaasError:
             raise
         except Exception as exc:  # a missing or corrupt artifact: say which, keep serving the others

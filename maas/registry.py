@@ -29,7 +29,6 @@ import datetime as _dt
 import hashlib
 import json
 import random
-import re
 import shutil
 import time
 import uuid
@@ -40,7 +39,9 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import pyarrow.fs as pafs
 
-from maas.errors import InvalidInput, LabelNotFound, ModelNotFound, RegistryConflict, VersionNotFound
+from maas.errors import (InvalidInput, LabelNotFound, ModelNotFound, RegistryConflict, StorageUnavailable,
+                         VersionNotFound)
+from maas.names import MODEL_PATTERN, VERSION_PATTERN, matches, validate_label, validate_model_name
 from maas.settings import maas_home
 from maas.signature import Signature
 from maas.storage import resolve_uri
@@ -51,38 +52,10 @@ CLAIMS_DIR = ".claims"
 STAGING_DIR = ".staging"
 LOCKS_DIR = ".locks"
 T = TypeVar("T")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_LABEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _PUBLISH_ATTEMPTS = 20
 _LIST_ATTEMPTS = 5
 _LOCK_TIMEOUT_S = 30.0
 _LOCK_STALE_S = 120.0  # a label change takes milliseconds; older claims are a dead holder's
-
-
-def validate_model_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise InvalidInput(
-            "Model names are 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit. "
-            f"Received: {name!r}"
-        )
-    return name
-
-
-def validate_label(label: str) -> str:
-    if not isinstance(label, str) or not _LABEL_RE.match(label):
-        raise InvalidInput(
-            f"Labels are lower-case letters, digits, '_' or '-', starting with a letter. Received: {label!r}"
-        )
-    return label
-
-
-def parse_version(text: str | None) -> int | None:
-    """A version as written in a URL or on a command line: a positive integer, or ``None`` if absent."""
-    if text is None:
-        return None
-    if not (text.isdigit() and int(text) > 0):
-        raise InvalidInput(f"Version must be a positive integer. Received: {text!r}")
-    return int(text)
 
 
 @dataclass(frozen=True)
@@ -107,9 +80,10 @@ class Label:
     version: int
     weight: float = 1.0  # share of traffic for a canary label, in [0, 1]
     updated_at: str = ""
+    id: str = ""  # new at every assignment of the label (not at a weight change): what a canary is judged as
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "weight": self.weight, "updated_at": self.updated_at}
+        return {"version": self.version, "weight": self.weight, "updated_at": self.updated_at, "id": self.id}
 
 
 @dataclass
@@ -133,19 +107,27 @@ class Registry:
 
     def models(self) -> list[str]:
         infos = self._list(self._root)
-        names = [i.base_name for i in infos if i.type == pafs.FileType.Directory and _NAME_RE.match(i.base_name)]
+        names = [i.base_name for i in infos if i.type == pafs.FileType.Directory and matches(MODEL_PATTERN, i.base_name)]
         return sorted(n for n in names if self.versions(n))
 
     def check_reachable(self) -> None:
-        """One listing of the registry's root; raises ``OSError`` when its storage cannot be reached."""
-        self._list(self._root)
+        """Raises :class:`StorageUnavailable` when the storage cannot be reached or the registry's root
+        does not exist: a root never disappears while in use, so a vanished one (an unmounted volume, a
+        deleted prefix) is an outage, not an empty registry."""
+        try:
+            info = self._fs.get_file_info(self._root)
+        except OSError as exc:
+            raise StorageUnavailable(f"Registry storage {self.uri} is unreachable: {exc}") from None
+        if info.type == pafs.FileType.NotFound:
+            raise StorageUnavailable(f"Registry root {self.uri} does not exist (or its storage is not mounted)")
 
     def versions(self, model: str) -> list[int]:
         """Published versions of ``model``, ascending; empty if the model does not exist."""
         model_dir = self._model_dir(model)
         infos = self._list(model_dir)
         candidates = sorted(
-            int(i.base_name) for i in infos if i.type == pafs.FileType.Directory and i.base_name.isdigit()
+            int(i.base_name) for i in infos
+            if i.type == pafs.FileType.Directory and matches(VERSION_PATTERN, i.base_name)
         )
         if not candidates:
             return []
@@ -181,23 +163,7 @@ class Registry:
 
     def resolve(self, model: str, *, version: int | None = None, label: str | None = None) -> int:
         """Turn a request's version or label into a published version number, or raise a 404 error."""
-        if version is not None and label is not None:
-            raise InvalidInput("Give a version or a label, not both")
-        if label is not None:
-            labels = self.labels(model)
-            if label not in labels:
-                if not self.versions(model):
-                    raise ModelNotFound(model)
-                raise LabelNotFound(model, label)
-            return labels[label].version
-        versions = self.versions(model)
-        if not versions:
-            raise ModelNotFound(model)
-        if version is None:
-            return self.default_version(model)
-        if int(version) not in versions:
-            raise VersionNotFound(model, version)
-        return int(version)
+        return resolve_version(model, self.versions(model), self.labels(model), version=version, label=label)
 
     def local_path(self, model: str, version: int) -> str:
         """A local directory holding the version's SavedModel (downloaded once if the registry is remote)."""
@@ -209,11 +175,14 @@ class Registry:
         if not (dst / METADATA_FILE).exists():
             tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}")
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            pafs.copy_files(src, str(tmp), source_filesystem=self._fs, destination_filesystem=pafs.LocalFileSystem())
             try:
+                pafs.copy_files(src, str(tmp), source_filesystem=self._fs,
+                                destination_filesystem=pafs.LocalFileSystem())
                 tmp.rename(dst)
-            except OSError:  # another process finished the same download first
-                shutil.rmtree(tmp, ignore_errors=True)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)  # a failed download leaves nothing behind
+                if not (dst / METADATA_FILE).exists():  # else another process finished the same download first
+                    raise
         return str(dst)
 
     # ---- publishing ----------------------------------------------------------------------------
@@ -242,6 +211,7 @@ class Registry:
             body = json.dumps(full, indent=2, sort_keys=True).encode()
             if self._is_local:
                 staging = self._staging_path()
+                self._fs.create_dir(staging)  # copy_files creates sub-folders only
                 pafs.copy_files(str(src), staging, source_filesystem=local, destination_filesystem=self._fs)
                 self._write_bytes(f"{staging}/{METADATA_FILE}", body)
                 try:
@@ -280,7 +250,7 @@ class Registry:
         def reweigh(doc: _LabelsDoc) -> Label:
             if label not in doc.labels:
                 raise LabelNotFound(model, label)
-            return _apply_label(doc, label, doc.labels[label].version, float(weight))
+            return _apply_label(doc, label, doc.labels[label].version, float(weight), reweigh=True)
 
         return self._update_labels(model, reweigh)
 
@@ -365,7 +335,7 @@ class Registry:
     def _all_version_dirs(self, model: str) -> list[int]:
         """Every number taken, committed or not (numbered folders and claims): numbers are never reused."""
         infos = self._list(self._model_dir(model))
-        taken = [int(i.base_name) for i in infos if i.base_name.isdigit()]
+        taken = [int(i.base_name) for i in infos if matches(VERSION_PATTERN, i.base_name)]
         if not self._is_local:
             taken += [version for version, _ in self._claims(model)]
         return taken
@@ -374,23 +344,30 @@ class Registry:
         claims = []
         for info in self._list(f"{self._model_dir(model)}/{CLAIMS_DIR}"):
             number, _, token = info.base_name.partition(".")
-            if number.isdigit() and token:
+            if matches(VERSION_PATTERN, number) and token:
                 claims.append((int(number), token))
         return claims
 
     def _claim(self, model: str, version: int) -> bool:
         """Own ``version`` on an object store, or withdraw and return False (see the module docstring)."""
         return self._try_claim(f"{self._model_dir(model)}/{CLAIMS_DIR}", f"{version}.{uuid.uuid4().hex}",
-                               rival=lambda info: info.base_name.startswith(f"{version}."))
+                               rival=lambda info, now: info.base_name.startswith(f"{version}."))
 
-    def _try_claim(self, folder: str, name: str, *, rival: Callable[[pafs.FileInfo], bool]) -> bool:
+    def _try_claim(self, folder: str, name: str, *,
+                   rival: Callable[[pafs.FileInfo, float | None], bool]) -> bool:
         """Write the claim ``folder/name``; keep it if no rival claim is listed beside it, else
-        withdraw it. With consistent listing (local disks, S3, GCS) two claimants never both keep theirs."""
+        withdraw it. With consistent listing (local disks, S3, GCS) two claimants never both keep theirs.
+
+        ``rival(info, now)`` judges each other claim; ``now`` is the storage's own clock (the
+        modification time the storage gave the claim just written), or ``None`` if it keeps none."""
         if self._is_local:
             self._fs.create_dir(folder, recursive=True)
         path = f"{folder}/{name}"
         self._write_bytes(path, _now().encode())
-        if any(rival(info) for info in self._list(folder) if info.base_name != name):
+        listed = self._list(folder)
+        mine = next((i for i in listed if i.base_name == name), None)
+        now = mine.mtime.timestamp() if mine is not None and mine.mtime is not None else None
+        if any(rival(info, now) for info in listed if info.base_name != name):
             self._fs.delete_file(path)
             return False
         return True
@@ -399,14 +376,19 @@ class Registry:
     def _locked(self, model: str, what: str) -> Iterator[None]:
         """Hold ``what``'s lock for ``model`` against every other process, on any storage.
 
-        A claim older than ``_LOCK_STALE_S`` belonged to a holder that died and is ignored.
+        A claim is judged by the storage's clock, never this machine's: one written more than
+        ``_LOCK_STALE_S`` before this claimant's own (a holder that died) or dated more than that after
+        it (a writer whose clock, or forged time, is off) is ignored. A skewed local clock therefore
+        neither expires live locks nor keeps dead ones alive.
         """
         folder = f"{self._model_dir(model)}/{LOCKS_DIR}/{what}"
         name = uuid.uuid4().hex
         deadline = time.monotonic() + _LOCK_TIMEOUT_S
 
-        def live(info: pafs.FileInfo) -> bool:
-            return info.mtime is None or time.time() - info.mtime.timestamp() < _LOCK_STALE_S
+        def live(info: pafs.FileInfo, now: float | None) -> bool:
+            if info.mtime is None or now is None:
+                return True
+            return abs(now - info.mtime.timestamp()) < _LOCK_STALE_S
 
         attempt = 0
         while not self._try_claim(folder, name, rival=live):
@@ -453,14 +435,36 @@ class Registry:
             f.write(data)
 
 
+def resolve_version(model: str, versions: list[int], labels: dict[str, Label], *, version: int | None,
+                    label: str | None) -> int:
+    """A request's version or label as a published version of ``model`` (``versions`` ascending), or the
+    404 error naming what is missing. Without either, the ``stable`` label's version, else the latest."""
+    if version is not None and label is not None:
+        raise InvalidInput("Give a version or a label, not both")
+    if not versions:
+        raise ModelNotFound(model)
+    if label is not None:
+        if label not in labels:
+            raise LabelNotFound(model, label)
+        return labels[label].version
+    if version is None:
+        return labels["stable"].version if "stable" in labels else versions[-1]
+    if int(version) not in versions:
+        raise VersionNotFound(model, version)
+    return int(version)
+
+
 def _check_weight(weight: float) -> None:
     if not 0.0 <= weight <= 1.0:
         raise InvalidInput(f"A label's weight is a share of traffic in [0, 1]. Received: {weight}")
 
 
-def _apply_label(doc: _LabelsDoc, label: str, version: int, weight: float) -> Label:
-    new = Label(version=version, weight=weight, updated_at=_now())
+def _apply_label(doc: _LabelsDoc, label: str, version: int, weight: float, *, reweigh: bool = False) -> Label:
+    """Point ``label`` at ``version``: a new assignment (a new id), or with ``reweigh`` the same one
+    with another weight."""
     previous = doc.labels.get(label)
+    same = reweigh and previous is not None and previous.version == version
+    new = Label(version=version, weight=weight, updated_at=_now(), id=previous.id if same else uuid.uuid4().hex[:12])
     doc.labels[label] = new
     doc.history.append({"at": new.updated_at, "label": label, "version": version, "weight": weight,
                         "previous": previous.version if previous else None})

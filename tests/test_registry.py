@@ -254,12 +254,58 @@ def test_a_live_writers_lock_times_out_and_a_dead_ones_goes_stale(
     assert sorted(p.name for p in lock.parent.iterdir()) == ["another-writer"]  # ours was released
 
 
-def test_check_reachable_fails_only_when_storage_cannot_be_reached(
-    root: str, monkeypatch: pytest.MonkeyPatch
+def test_check_reachable_fails_when_storage_cannot_be_reached_or_the_root_is_gone(
+    root: str, tiny_saved_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    Registry(root).check_reachable()  # an empty registry on working storage is reachable
-    from conftest import free_port
+    from maas.errors import StorageUnavailable
+
+    with pytest.raises(StorageUnavailable, match="does not exist"):  # a root that is not there: an outage
+        Registry(root).check_reachable()
+    Registry(root).publish("m", str(tiny_saved_model), _meta())
+    Registry(root).check_reachable()
+    from support import free_port
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    with pytest.raises(OSError):
+    with pytest.raises(StorageUnavailable, match="unreachable"):
         Registry("s3://no-such-bucket/registry").check_reachable()
+
+
+def test_lock_staleness_is_judged_by_the_storages_clock_not_this_machines(
+    root: str, tiny_saved_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """6c14451 compared this machine's clock with the lock's modification time: an hour ahead, every
+    live lock looked stale (two writers at once); behind, a dead holder's lock blocked label changes."""
+    import maas.registry
+
+    reg = Registry(root)
+    reg.publish("m", str(tiny_saved_model), _meta())
+    lock = join_uri(root, "m", ".locks", "labels", "another-writer")
+    monkeypatch.setattr(maas.registry, "_LOCK_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(maas.registry, "_LOCK_STALE_S", 2.0)
+    real = time.time
+    for skew in (3600.0, -3600.0):
+        _write(lock, b"held")  # a live holder's lock, dated now by the storage
+        monkeypatch.setattr(maas.registry.time, "time", lambda skew=skew: real() + skew)
+        with pytest.raises(RegistryConflict, match="stayed locked"):
+            reg.promote("m", 1)
+    monkeypatch.setattr(maas.registry.time, "time", real)
+    time.sleep(2.5)  # by the storage's clock, the holder has been gone longer than _LOCK_STALE_S
+    assert reg.promote("m", 1).version == 1
+
+
+def test_a_lock_dated_in_the_future_does_not_block_label_changes(
+    tmp_path: Path, tiny_saved_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import maas.registry
+
+    reg = Registry(str(tmp_path))
+    reg.publish("m", str(tiny_saved_model), _meta())
+    lock = tmp_path / "m" / ".locks" / "labels" / "skewed-writer"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("held")
+    tomorrow = time.time() + 86_400  # written by a machine whose clock is a day ahead (or forged)
+    os.utime(lock, (tomorrow, tomorrow))
+    monkeypatch.setattr(maas.registry, "_LOCK_TIMEOUT_S", 0.5)
+    assert reg.promote("m", 1).version == 1  # 6c14451: blocked for as long as the date is ahead

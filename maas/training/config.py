@@ -8,7 +8,7 @@ from typing import Any, Literal, get_args
 
 from maas import settings
 from maas.errors import ConfigError
-from maas.registry import validate_model_name
+from maas.names import validate_model_name
 from maas.templates import get_template
 
 # How Ray places the training workers: PACK (fewest nodes) or SPREAD / STRICT_SPREAD (across nodes).

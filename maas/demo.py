@@ -71,11 +71,12 @@ def run_demo(*, num_workers: int = 2, epochs: int | None = None, samples: int = 
 
 
 def _ensure_api_key(registry: Registry) -> tuple[str, str]:
-    """This machine's clients need an API key: keep a working saved one, else create and save one."""
+    """This machine's clients need an API key: keep a working saved one (signed with this cluster's
+    secret), else create and save one."""
     keys = KeyStore(registry.uri)
     saved = settings.api_key()
     record = keys.get(key_id(saved) or "") if saved else None
-    if record is not None and record.active and record.allows(_MODEL):
+    if record is not None and record.active and record.allows(_MODEL) and record.signature_valid(keys.secret):
         return saved, f"API key {record.id} ({settings.API_KEY_ENV} or {settings.api_key_path()})"
     key, record = keys.create("local", ["*"])
     path = settings.save_api_key(key)

@@ -68,6 +68,20 @@ def test_scoped_keys_from_the_cli_401_403_revocation_and_open_health(digits_app,
     import ray
 
     logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
-    secret = key.split("_")[2]
+    secret = key.split("_", 2)[2]  # the whole secret: token_urlsafe may itself contain "_"
     leaked = [p for p in logs.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert leaked == [], f"API key found in Ray logs: {leaked}"
+
+
+def test_a_flood_of_random_key_ids_gets_401s_and_the_valid_key_still_answers(digits_app) -> None:
+    """Unknown key ids cost no storage read (the unit tier counts them); over HTTP, every one of them
+    is a 401, and a valid key is answered meanwhile."""
+    import secrets
+
+    app = digits_app.ensure()
+    valid = Client(app.cluster.serve_url)
+    assert valid.send(PREDICT).status == 200
+    statuses = [Client(app.cluster.serve_url, api_key=f"maas_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}")
+                .send(PREDICT).status for _ in range(500)]
+    assert statuses == [401] * 500
+    assert valid.send(PREDICT).status == 200

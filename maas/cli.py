@@ -329,7 +329,7 @@ def _undeploy(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from maas.client import JSON, Call, Client, tf_model_path
+    from maas.client import JSON, Call, Client, predict_path
 
     try:
         if args.instances is not None:
@@ -339,8 +339,7 @@ def _predict(args: argparse.Namespace) -> int:
             body = json.loads(raw)
     except (json.JSONDecodeError, OSError) as exc:
         fail(f"cannot read the request: {exc}")
-    call = Call("POST", tf_model_path(args.model, args.version, args.label) + ":predict", json.dumps(body).encode(),
-                JSON)
+    call = Call("POST", predict_path(args.model, args.version, args.label), json.dumps(body).encode(), JSON)
     print(json.dumps(_call_service(Client(args.url), lambda client: client.send(call).raise_for_status().json())))
     return 0
 

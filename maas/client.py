@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from maas import settings
+from maas.serving.protocol import ROUTES
+from maas.serving.protocol.service import STATUS_PATH
 from maas.signature import numpy_dtype, v2_tensor
 
 V2_HEADER_LENGTH = "inference-header-content-length"
@@ -74,26 +76,33 @@ class Call:
 # ---- requests and answers, shared by both clients ------------------------------------------------
 
 
+def _path(protocol: str, kind: str, **params: Any) -> str:
+    """A route's path from the service's own route table (the one the server matches against)."""
+    given = {k: v for k, v in params.items() if v is not None}
+    return ROUTES.route(protocol, kind, with_params=given).path(**given)
+
+
 def tf_model_path(model: str, version: int | None = None, label: str | None = None) -> str:
     if version is not None and label is not None:
         raise ValueError("give a version or a label, not both")
-    path = f"/v1/models/{model}"
-    if version is not None:
-        path += f"/versions/{version}"
-    elif label is not None:
-        path += f"/labels/{label}"
-    return path
+    return _path("tfserving", "status", model=model, version=version, label=label)
+
+
+def predict_path(model: str, version: int | None = None, label: str | None = None) -> str:
+    if version is not None and label is not None:
+        raise ValueError("give a version or a label, not both")
+    return _path("tfserving", "predict", model=model, version=version, label=label)
 
 
 def v2_model_path(model: str, version: int | None = None) -> str:
-    return f"/v2/models/{model}" + (f"/versions/{version}" if version is not None else "")
+    return _path("v2", "model_metadata", model=model, version=version)
 
 
 def predict_call(model: str, instances: Any, version: int | None, label: str | None) -> Call:
     if isinstance(instances, np.ndarray):
         instances = instances.tolist()
     body = json.dumps({"instances": instances}, separators=(",", ":")).encode()
-    return Call("POST", tf_model_path(model, version, label) + ":predict", body, JSON)
+    return Call("POST", predict_path(model, version, label), body, JSON)
 
 
 def predict_result(reply: Reply) -> np.ndarray:
@@ -118,7 +127,7 @@ def infer_call(model: str, inputs: Mapping[str, np.ndarray], version: int | None
     elif binary:
         doc["parameters"] = {"binary_data_output": True}
     head = json.dumps(doc, separators=(",", ":")).encode()
-    path = v2_model_path(model, version) + "/infer"
+    path = _path("v2", "infer", model=model, version=version)
     if not binary:
         return Call("POST", path, head, JSON)
     headers = {"content-type": "application/octet-stream", V2_HEADER_LENGTH: str(len(head))}
@@ -184,7 +193,7 @@ class Client(_Base):
         return json_result(self.send(Call("GET", tf_model_path(model, version, label))))
 
     def metadata(self, model: str, *, version: int | None = None, label: str | None = None) -> dict[str, Any]:
-        return json_result(self.send(Call("GET", tf_model_path(model, version, label) + "/metadata")))
+        return json_result(self.send(Call("GET", _path("tfserving", "metadata", model=model, version=version, label=label))))
 
     # KServe V2
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, version: int | None = None, binary: bool = False,
@@ -196,18 +205,18 @@ class Client(_Base):
         return json_result(self.send(Call("GET", v2_model_path(model, version))))
 
     def model_ready(self, model: str, *, version: int | None = None) -> bool:
-        return self.send(Call("GET", v2_model_path(model, version) + "/ready")).status == 200
+        return self.send(Call("GET", _path("v2", "model_ready", model=model, version=version))).status == 200
 
     def live(self) -> bool:
-        return self.send(Call("GET", "/v2/health/live")).status == 200
+        return self.send(Call("GET", _path("v2", "live"))).status == 200
 
     def ready(self) -> bool:
-        return self.send(Call("GET", "/v2/health/ready")).status == 200
+        return self.send(Call("GET", _path("v2", "ready"))).status == 200
 
     # this service
     def service_status(self) -> dict[str, Any]:
         """``GET /maas/v1/status``: per-model versions, labels, replicas and recent error rates."""
-        return json_result(self.send(Call("GET", "/maas/v1/status")))
+        return json_result(self.send(Call("GET", STATUS_PATH)))
 
     def send(self, call: Call, headers: Mapping[str, str] | None = None) -> Reply:
         """Send one request and return the answer, error statuses included (no exception for those)."""
@@ -269,7 +278,7 @@ class AsyncClient(_Base):
         return json_result(await self.send(Call("GET", tf_model_path(model, version, label))))
 
     async def metadata(self, model: str, *, version: int | None = None, label: str | None = None) -> dict[str, Any]:
-        return json_result(await self.send(Call("GET", tf_model_path(model, version, label) + "/metadata")))
+        return json_result(await self.send(Call("GET", _path("tfserving", "metadata", model=model, version=version, label=label))))
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, version: int | None = None,
                     binary: bool = False, outputs: list[str] | None = None,
@@ -281,16 +290,16 @@ class AsyncClient(_Base):
         return json_result(await self.send(Call("GET", v2_model_path(model, version))))
 
     async def model_ready(self, model: str, *, version: int | None = None) -> bool:
-        return (await self.send(Call("GET", v2_model_path(model, version) + "/ready"))).status == 200
+        return (await self.send(Call("GET", _path("v2", "model_ready", model=model, version=version)))).status == 200
 
     async def live(self) -> bool:
-        return (await self.send(Call("GET", "/v2/health/live"))).status == 200
+        return (await self.send(Call("GET", _path("v2", "live")))).status == 200
 
     async def ready(self) -> bool:
-        return (await self.send(Call("GET", "/v2/health/ready"))).status == 200
+        return (await self.send(Call("GET", _path("v2", "ready")))).status == 200
 
     async def service_status(self) -> dict[str, Any]:
-        return json_result(await self.send(Call("GET", "/maas/v1/status")))
+        return json_result(await self.send(Call("GET", STATUS_PATH)))
 
     async def send(self, call: Call, headers: Mapping[str, str] | None = None) -> Reply:
         import aiohttp

@@ -36,7 +36,25 @@ def load_serve_config(path: str | Path = DEFAULT_CONFIG, *, registry: str | None
         ServeDeploySchema.model_validate(config)
     except Exception as exc:
         raise ConfigError(f"Invalid Serve config {path}: {exc}") from None
+    _check_app_args(config, path)
     return config
+
+
+def _check_app_args(config: dict[str, Any], path: str | Path) -> None:
+    """The ``args`` of the model service, checked here (one line) rather than in a failing replica."""
+    from pydantic import ValidationError
+
+    from maas.serving.app import AppArgs
+
+    for app in config.get("applications", []):
+        if app.get("import_path") == "deployments.app:build_app":
+            try:
+                AppArgs.model_validate(app.get("args") or {})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ConfigError(f"Invalid args in {path}: {where}: {first['msg']} "
+                                  f"(received {first.get('input')!r})") from None
 
 
 def serve_client(dashboard: str | None = None):  # noqa: ANN201 (Ray's ServeSubmissionClient)

@@ -17,9 +17,21 @@ class InvalidInput(MaasError):
 
 
 class PayloadTooLarge(InvalidInput):
-    """The request body is over the configured limit."""
+    """The request (its body, its instances, or the answer it asks for) is over a configured limit."""
 
     http_status = 413
+
+
+class BodyTimeout(InvalidInput):
+    """The request body did not arrive within ``body_timeout_s``."""
+
+    http_status = 408
+
+
+class ClientClosed(MaasError):
+    """The client went away before its request was read: nobody gets the answer (nginx's 499)."""
+
+    http_status = 499
 
 
 class Unauthorized(MaasError):
@@ -46,6 +58,19 @@ class ServerBusy(MaasError):
 
     http_status = 503
     http_headers = {"Retry-After": "1"}
+
+
+class StorageUnavailable(MaasError):
+    """The registry's storage cannot be reached, and nothing known is fresh enough to answer with."""
+
+    http_status = 503
+    http_headers = {"Retry-After": "2"}
+
+
+class ModelUnavailable(MaasError):
+    """A version could not be loaded (a corrupt or refused artifact): it cannot answer until it is fixed."""
+
+    http_status = 503
 
 
 class ModelNotFound(MaasError):
@@ -85,7 +110,7 @@ class RegistryConflict(MaasError):
 
 
 class InferenceError(MaasError):
-    """The model failed on input that passed validation."""
+    """The model failed on input that passed validation: a fault of the model, hence of the service."""
 
     http_status = 500
 

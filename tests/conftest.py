@@ -5,7 +5,6 @@ use with their own ports so that a ``make demo`` cluster on the same machine is 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import SERVICE_BODY_TIMEOUT_S, SERVICE_MAX_BODY, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -254,7 +248,6 @@ def trained_digits(ray_cluster: TestCluster):
     return config, run_training(config)
 
 
-SERVICE_MAX_BODY = 1 << 20  # the digits service's max_request_bytes, small enough to test 413 cheaply
 
 
 @dataclass
@@ -273,7 +266,9 @@ class DigitsService:
         app = deploy.serve_client(self.cluster.dashboard_url).get_serve_details().get("applications", {}).get("maas")
         if app is None or app.get("last_deployed_time_s") != self.deployed_at:
             config = deploy.load_serve_config(registry=self.registry_uri, port=self.cluster.serve_port)
-            config["applications"][0]["args"]["max_request_bytes"] = SERVICE_MAX_BODY
+            limits = config["applications"][0]["args"]["limits"]
+            limits["max_request_bytes"] = SERVICE_MAX_BODY
+            limits["body_timeout_s"] = SERVICE_BODY_TIMEOUT_S
             details = deploy.deploy(config, dashboard=self.cluster.dashboard_url, timeout_s=300)
             self.deployed_at = details["applications"]["maas"]["last_deployed_time_s"]
         return self

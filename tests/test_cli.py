@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from support import free_port
 
 from maas.registry import Registry
 from maas.signature import Signature, TensorSpec
@@ -100,3 +100,19 @@ def test_unreachable_storage_is_one_line_and_exit_code_2() -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: OSError:"), proc.stderr
     assert "no-such-bucket" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_keys_create_save_makes_an_existing_key_file_owner_only(tmp_path: Path) -> None:
+    """`maas keys create --save` into a ~/.maas/api_key that exists with mode 0644: it ends 0600."""
+    import stat
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "api_key").write_text("old\n")
+    (home / "api_key").chmod(0o644)
+    proc = subprocess.run([MAAS, "keys", "--registry", str(tmp_path / "registry"), "create", "ops", "--save"],
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, MAAS_HOME=str(home)))
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_IMODE((home / "api_key").stat().st_mode) == 0o600
+    saved = (home / "api_key").read_text().strip()
+    assert saved.startswith("maas_") and f"Created key {saved.split('_')[1]}" in proc.stdout + proc.stderr

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from maas import deploy
 from maas.client import JSON, Call, Client, HTTPError
 from maas.registry import Registry
 from maas.signature import Signature
+from traffic import Traffic
 
 pytestmark = pytest.mark.cluster
 MAAS = str(Path(sys.executable).parent / "maas")
@@ -43,10 +42,11 @@ def rollout(ray_cluster, tiny_saved_model, tmp_path_factory, new_api_key):
     args["canary"] = {"window_s": 30, "min_requests": 10, "max_error_rate": 0.2}
     args["request_timeout_s"] = REQUEST_TIMEOUT_S
     deploy.deploy(config, dashboard=ray_cluster.dashboard_url, timeout_s=300)
-    client = Client(ray_cluster.serve_url, api_key=new_api_key(root), timeout_s=120)
+    key = new_api_key(root)
+    client = Client(ray_cluster.serve_url, api_key=key, timeout_s=120)
     for version in (1, 2):  # cold loads happen before the load tests start, not within their 6 s budget
         _warm_up(client, MODEL, np.zeros((1, 8, 8)).tolist(), version)
-    return client, registry
+    return client, registry, key, config
 
 
 def _warm_up(client: Client, model: str, instances: list, version: int | None = None,
@@ -63,63 +63,6 @@ def _warm_up(client: Client, model: str, instances: list, version: int | None = 
                 raise
 
 
-class Load:
-    """Clients sending routed requests (no version, no label) in both protocols until stopped,
-    bounded in count and time; every answer's status and answering version is kept."""
-
-    def __init__(self, client: Client, *, clients: int = 3, max_requests: int = 20_000, max_s: float = 240) -> None:
-        self.client, self.max_requests, self.deadline = client, max_requests, time.monotonic() + max_s
-        self.answers: list[tuple[int, int | None, str]] = []  # (status, version, error)
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
-
-    def __enter__(self) -> "Load":
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=60)
-
-    def _run(self, i: int) -> None:
-        x = np.random.default_rng(i).random((1, 8, 8)).round(3).tolist()
-        bodies = [(f"/v1/models/{MODEL}:predict", {"instances": x}),
-                  (f"/v2/models/{MODEL}/infer",
-                   {"inputs": [{"name": "pixels", "shape": [1, 8, 8], "datatype": "FP32",
-                                "data": np.ravel(x).tolist()}]})]
-        n = 0
-        while not self._stop.is_set() and len(self.answers) < self.max_requests and time.monotonic() < self.deadline:
-            path, body = bodies[n % 2]
-            n += 1
-            try:
-                reply = self.client.send(Call("POST", path, json.dumps(body).encode(), JSON))
-                version = int(reply.headers["model-version"]) if reply.status == 200 else None
-                self.answers.append((reply.status, version, "" if version else reply.body.decode()[:200]))
-            except OSError as exc:  # a refused or reset connection is a failed request too
-                self.answers.append((0, None, repr(exc)))
-
-    def versions_since(self, start: int) -> Counter:
-        return Counter(v for _, v, _ in self.answers[start:])
-
-    def wait_until(self, predicate, what: str, timeout_s: float = 60) -> None:
-        """Wait until ``predicate(answers since now)`` holds for a fresh run of answers."""
-        deadline = time.monotonic() + timeout_s
-        start = len(self.answers)
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            recent = self.versions_since(start)
-            if sum(recent.values()) >= 20 and predicate(recent):
-                return
-            if sum(recent.values()) >= 60:
-                start = len(self.answers) - 20  # judge only the latest answers
-        raise AssertionError(f"not seen within {timeout_s:.0f}s: {what}; recent {self.versions_since(start)}")
-
-    def failures(self) -> list[tuple[int, int | None, str]]:
-        return [a for a in self.answers if a[0] != 200]
-
-
 def _cli(registry: Registry, *args: str) -> str:
     proc = subprocess.run([MAAS, "models", "--registry", registry.uri, *args], capture_output=True, text=True,
                           timeout=60)
@@ -127,9 +70,14 @@ def _cli(registry: Registry, *args: str) -> str:
     return proc.stdout.strip()
 
 
+def _load(client: Client, key: str) -> Traffic:
+    """3 clients of both protocols sending routed requests (no version, no label)."""
+    return Traffic(client.base_url, key, MODEL, clients=3, max_requests=20_000, max_s=240)
+
+
 def test_canary_split_promote_rollback_and_set_weight_under_load_fail_no_request(rollout) -> None:
-    client, registry = rollout
-    with Load(client) as load:
+    client, registry, key, _ = rollout
+    with _load(client, key) as load:
         load.wait_until(lambda seen: set(seen) == {1}, "only the stable version 1")
         _cli(registry, "label", MODEL, "canary", "2", "--weight", "0.5")
         load.wait_until(lambda seen: 0.25 < seen[2] / sum(seen.values()) < 0.75, "about half on canary 2")
@@ -139,22 +87,44 @@ def test_canary_split_promote_rollback_and_set_weight_under_load_fail_no_request
         load.wait_until(lambda seen: set(seen) == {2}, "everything on the promoted version 2")
         _cli(registry, "rollback", MODEL)
         load.wait_until(lambda seen: set(seen) == {1}, "everything back on version 1")
-    assert len(load.answers) >= 200
+    assert len(load.outcomes) >= 200
     assert load.failures() == []
 
 
+def test_a_saturated_healthy_canary_is_not_retired(rollout, ray_cluster) -> None:
+    """Overload answers (503 from a full replica) are no fault of the canary's: with every routed
+    request on the canary and the replicas' queues overflowing, it keeps its label."""
+    client, registry, key, config = rollout
+    registry.set_label(MODEL, "canary", 2, weight=1.0)
+    server = config["applications"][0]["deployments"][0]
+    server["user_config"]["max_pending_predictions"] = 1  # changed in place, no replica restarts
+    deploy.deploy(config, dashboard=ray_cluster.dashboard_url, timeout_s=300)
+    try:
+        with Traffic(client.base_url, key, MODEL, clients=48, max_s=8) as load:
+            time.sleep(8)
+        statuses = load.statuses()
+        assert statuses[503] >= 20 and statuses[200] >= 20, statuses  # saturated, and answering
+        assert set(statuses) == {200, 503}, statuses
+        assert registry.labels(MODEL)["canary"].version == 2
+        assert not [e for e in registry.label_history(MODEL) if "auto-rollback" in (e.get("reason") or "")]
+    finally:
+        server["user_config"]["max_pending_predictions"] = 512
+        deploy.deploy(config, dashboard=ray_cluster.dashboard_url, timeout_s=300)
+        registry.remove_label(MODEL, "canary")
+
+
 def test_a_failing_canary_is_rolled_back_automatically_without_failed_requests(rollout, tiny_saved_model) -> None:
-    client, registry = rollout
+    client, registry, key, _ = rollout
     signature = registry.get(MODEL, 1).metadata["signature"]
     broken = registry.publish(MODEL, str(tiny_saved_model), {"signature": signature}).version
     (Path(registry.local_path(MODEL, broken)) / "saved_model.pb").write_bytes(b"not a graph")
     registry.set_label(MODEL, "canary", broken, weight=0.5)
-    with Load(client) as load:
+    with _load(client, key) as load:
         deadline = time.monotonic() + 120
         while "canary" in registry.labels(MODEL):
-            assert time.monotonic() < deadline, f"canary not retired; answers {Counter(load.answers)}"
+            assert time.monotonic() < deadline, f"canary not retired; answers {load.statuses()}"
             time.sleep(0.5)
-        seen = len(load.answers)
+        seen = len(load.outcomes)
         load.wait_until(lambda recent: set(recent) == {1}, "stable answers after the rollback")
     assert load.failures() == []  # the canary's failures were answered by the stable version
     assert broken not in load.versions_since(0)
@@ -171,7 +141,7 @@ def _post(client: Client, path: str, body: dict) -> tuple[int, dict]:
 
 
 def test_a_slow_prediction_gets_504_and_the_service_goes_on(rollout, slow_saved_model) -> None:
-    client, registry = rollout
+    client, registry, _, _ = rollout
     path, signature = slow_saved_model
     version = registry.publish("slow", str(path), {"signature": signature.to_dict()}).version
     predict = "/v1/models/slow:predict"
@@ -190,7 +160,7 @@ def test_a_load_outlasting_the_timeout_goes_on_and_the_next_request_gets_its_res
     """The version's load (9 s) outlasts the 6 s request timeout: that request gets 504, the load is
     not cancelled with it, and the next request takes the loaded version in about the 3 s left. A load
     started anew would take 9 s again and end in another 504."""
-    client, registry = rollout
+    client, registry, _, _ = rollout
     path, signature = slow_loading_saved_model
     version = registry.publish("slow_loading", str(path), {"signature": signature.to_dict()}).version
     predict = "/v1/models/slow_loading:predict"

@@ -1,1 +1,3 @@
-"""Serving in three layers: the model runtime, the wire protocols, and the Ray Serve wiring."""
+"""Serving in layers: the protocol layer (``protocol/``: wire formats and route tables), the data plane
+(``dataplane``), HTTP over it (``http``), the model host and runtime (``host``, ``runtime``), and the
+Ray Serve wiring (``app``)."""

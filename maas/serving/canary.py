@@ -6,10 +6,12 @@ Requests that name neither a version nor a label are *routed*: with a ``canary``
 rest to the default version (``stable``, else the latest). Requests that name a version or a label
 always get exactly that.
 
-The ingress records every routed canary request in a :class:`CanaryMonitor`. When, over the last
+The data plane records every routed canary request in a :class:`CanaryMonitor`, but only the
+outcomes that are the canary's own: its load or its model failing, or its own forward pass too slow.
+Overload answers (503), storage outages and client errors never count. When, over the last
 ``window_s`` seconds and at least ``min_requests`` requests, the canary's error rate exceeds
 ``max_error_rate`` or its p99 latency exceeds ``max_p99_latency_ms``, the monitor reports a breach
-once; the ingress then removes the canary label in the registry (with the reason in the label
+once per canary label (a version labelled canary again is judged afresh); the data plane then removes the canary label in the registry (with the reason in the label
 history, where ``maas models show`` and ``maas status`` find it) and logs a warning. A routed request
 that fails on the canary is answered by the default version, so a bad canary costs no failed requests.
 """
@@ -57,6 +59,7 @@ def choose(labels: dict[str, Label], default_version: int, draw: float | None = 
 
 @dataclass
 class _Window:
+    generation: str  # the canary label's id: labelled canary anew, a version is judged afresh
     events: deque[tuple[float, bool, float]] = field(default_factory=deque)  # (when, ok, latency_ms)
     tripped: bool = False
 
@@ -68,10 +71,14 @@ class CanaryMonitor:
         self.policy = policy
         self._windows: dict[tuple[str, int], _Window] = {}
 
-    def record(self, model: str, version: int, *, ok: bool, latency_s: float, now: float | None = None) -> str | None:
-        """Record one routed canary request; the breach (a one-line reason) the first time a bound is exceeded."""
+    def record(self, model: str, version: int, *, ok: bool, latency_s: float, generation: str = "",
+               now: float | None = None) -> str | None:
+        """Record one routed canary request; the breach (a one-line reason) the first time a bound is
+        exceeded. ``generation`` identifies the canary label: a new one starts a new window."""
         now = time.monotonic() if now is None else now
-        window = self._windows.setdefault((model, version), _Window())
+        window = self._windows.get((model, version))
+        if window is None or window.generation != generation:
+            window = self._windows[(model, version)] = _Window(generation)
         window.events.append((now, ok, latency_s * 1000.0))
         while window.events and window.events[0][0] < now - self.policy.window_s:
             window.events.popleft()
@@ -80,6 +87,12 @@ class CanaryMonitor:
         reason = self._breach(window)
         window.tripped = reason is not None
         return reason
+
+    def reopen(self, model: str, version: int, generation: str) -> None:
+        """Judge again after a breach whose rollback could not be written (the storage was down)."""
+        window = self._windows.get((model, version))
+        if window is not None and window.generation == generation:
+            window.tripped = False
 
     def _breach(self, window: _Window) -> str | None:
         n = len(window.events)

@@ -3,30 +3,42 @@
 It lives in the same process as the HTTP ingress: a request goes from HAProxy to a replica and is
 answered there, with no second hop between processes (that hop cost more than the model itself for
 small models; see the benchmarks in the README).
+
+Batches count instances, not requests (``max_batch_size``): ``@serve.batch`` sums the instances of
+the requests it gathers, so one pass never holds more than ``max_batch_size`` instances. A request
+larger than that runs in passes of its own, ``max_batch_size`` instances each, in a thread. A pass
+runs on the event loop only when it is known to be short *for its batch size* (the version's measured
+time per instance, times the instances); any other runs in a thread, where TensorFlow releases the GIL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field, PositiveInt
 from ray import serve
 
-from maas.errors import InferenceError, MaasError, ServerBusy
+from maas.errors import MaasError, ModelUnavailable, ServerBusy, StorageUnavailable
 from maas.registry import Registry
+from maas.serving.dataplane import PassTicket
 from maas.serving.runtime import LoadedModel, load_saved_model
 from maas.serving.stats import batch_size_histogram
 
 BUSY = "Model server queues are full; retry later"
+INLINE_PASS_S = 0.002  # a pass expected to be shorter runs on the event loop: a thread hand-off costs more
+FAILED_LOAD_RETRY_S = 5.0  # a version that failed to load is not tried again for this long
 
 
 class BatchConfig(BaseModel):
     """``user_config`` of the ModelServer deployment: changeable without restarting replicas."""
 
-    max_batch_size: PositiveInt = Field(32, description="Most instances-requests combined into one forward pass.")
-    batch_wait_timeout_s: float = Field(0.002, ge=0, description="Longest wait for a batch to fill.")
+    max_batch_size: PositiveInt = Field(32, description="Most instances combined into one forward pass.")
+    batch_wait_timeout_s: float = Field(0.0, ge=0, description="Longest wait for a batch to fill (0: a pass "
+                                                                "takes what arrived while the last one ran).")
     max_pending_predictions: PositiveInt = Field(
         512, description="Predictions waiting or running in one replica; beyond it requests get 503 + Retry-After.")
 
@@ -44,6 +56,24 @@ def parse_model_id(key: str) -> tuple[str, int]:
     return model, int(version)
 
 
+@dataclass
+class _Item:
+    """One request's share of a batch."""
+
+    model: str
+    version: int
+    inputs: dict[str, np.ndarray]
+    ticket: PassTicket
+
+    @property
+    def size(self) -> int:
+        return next(iter(self.inputs.values())).shape[0]
+
+
+def _instances(items: list[_Item]) -> int:
+    return sum(item.size for item in items)
+
+
 class ModelHost:
     """Holds up to ``max_models`` loaded versions (LRU, Serve's ``@serve.multiplexed`` cache) and runs
     dynamically batched predictions on them. Created inside a Serve replica."""
@@ -54,10 +84,14 @@ class ModelHost:
         self._pending = 0
         self._batch_size = batch_size_histogram()
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
+        self._failed: dict[str, tuple[float, MaasError]] = {}
 
         async def load(key: str) -> LoadedModel:  # a plain function: Serve keeps its cache on it
             # A request that times out (504) is cancelled; the load it started goes on, shielded, and
             # the next request for that version takes its result instead of starting another load.
+            failed = self._failed.get(key)
+            if failed is not None and time.monotonic() - failed[0] < FAILED_LOAD_RETRY_S:
+                raise failed[1]
             task = self._loading.get(key)
             if task is None:
                 task = self._loading[key] = asyncio.ensure_future(self._load_version(key))
@@ -74,45 +108,66 @@ class ModelHost:
         self._run_batch.set_max_batch_size(config.max_batch_size)
         self._run_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
-    async def predict(self, model: str, version: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def predict(self, model: str, version: int, inputs: dict[str, np.ndarray],
+                      ticket: PassTicket) -> dict[str, np.ndarray]:
         """One request's outputs, computed in a batch with the requests that arrived beside it."""
         if self._pending >= self.config.max_pending_predictions:
             raise ServerBusy(BUSY)
         self._pending += 1
         try:
-            result = await self._run_batch((model, version), inputs)
+            item = _Item(model, version, inputs, ticket)
+            if item.size > self.config.max_batch_size:
+                return await self._run_alone(item)
+            result = await self._run_batch(item)
         finally:
             self._pending -= 1
         if isinstance(result, Exception):  # the batch hands a failed group's error back as a value
             raise result
         return result
 
+    async def _run_alone(self, item: _Item) -> dict[str, np.ndarray]:
+        """A request larger than a batch: passes of ``max_batch_size`` instances, in a thread."""
+        loaded = await self._load(model_id(item.model, item.version))
+        step = self.config.max_batch_size
+        n = item.size
+        item.ticket.pass_started = time.monotonic()
+
+        def run() -> dict[str, np.ndarray]:
+            parts = [loaded.predict({k: v[i: i + step] for k, v in item.inputs.items()}) for i in range(0, n, step)]
+            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+        self._batch_size.observe(n, tags={"model": item.model, "version": str(item.version)})
+        return await asyncio.to_thread(run)
+
     # Up to 4 batches at once: a batch waiting for a version to load does not hold up the others.
     @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
-                 batch_wait_timeout_s=DEFAULT_BATCHING.batch_wait_timeout_s, max_concurrent_batches=4)
-    async def _run_batch(
-        self, keys: list[tuple[str, int]], inputs: list[dict[str, np.ndarray]]
-    ) -> list[dict[str, np.ndarray] | Exception]:
-        results: list[dict[str, np.ndarray] | Exception] = [None] * len(keys)  # type: ignore[list-item]
+                 batch_wait_timeout_s=DEFAULT_BATCHING.batch_wait_timeout_s, max_concurrent_batches=4,
+                 batch_size_fn=_instances)
+    async def _run_batch(self, items: list[_Item]) -> list[dict[str, np.ndarray] | Exception]:
+        results: list[dict[str, np.ndarray] | Exception] = [None] * len(items)  # type: ignore[list-item]
         groups: dict[tuple[str, int], list[int]] = {}
-        for i, key in enumerate(keys):
-            groups.setdefault(key, []).append(i)
+        for i, item in enumerate(items):
+            groups.setdefault((item.model, item.version), []).append(i)
 
         async def run_group(key: tuple[str, int], members: list[int]) -> None:
             try:
                 loaded = await self._load(model_id(*key))
-                merged = {name: np.concatenate([inputs[i][name] for i in members]) for name in inputs[members[0]]}
-                self._batch_size.observe(len(next(iter(merged.values()))),
-                                         tags={"model": key[0], "version": str(key[1])})
-                outputs = await run_forward_pass(loaded, merged)
+                first = items[members[0]].inputs
+                merged = {name: np.concatenate([items[i].inputs[name] for i in members]) for name in first}
+                n = len(next(iter(merged.values())))
+                self._batch_size.observe(n, tags={"model": key[0], "version": str(key[1])})
+                started = time.monotonic()
+                for i in members:
+                    items[i].ticket.pass_started = started
+                outputs = await run_forward_pass(loaded, merged, n)
             except Exception as exc:  # one bad group must not fail the others
                 for i in members:
                     results[i] = exc
                 return
             start = 0
             for i in members:
-                n = next(iter(inputs[i].values())).shape[0]
-                results[i] = {name: value[start : start + n] for name, value in outputs.items()}
+                n = items[i].size
+                results[i] = {name: value[start: start + n] for name, value in outputs.items()}
                 start += n
 
         await asyncio.gather(*(run_group(key, members) for key, members in groups.items()))  # a load blocks no group
@@ -121,26 +176,33 @@ class ModelHost:
     async def _load_version(self, key: str) -> LoadedModel:
         model, version = parse_model_id(key)
         warm_batch_size = self.config.max_batch_size
-
-        def load() -> LoadedModel:  # in a thread: fetching the artifact (S3, GCS) must not block the loop
-            return load_saved_model(model, version, self._registry.local_path(model, version),
-                                    warm_batch_size=warm_batch_size)
-
         try:
-            return await asyncio.to_thread(load)
-        except MaasError:
+            # In a thread: fetching the artifact (S3, GCS) and loading it must not block the loop.
+            metadata = (await asyncio.to_thread(self._registry.get, model, version)).metadata
+            path = await asyncio.to_thread(self._registry.local_path, model, version)
+        except OSError as exc:  # the storage, not the version: a retry may succeed
+            raise StorageUnavailable(f"{model} version {version} could not be fetched from the registry's "
+                                     f"storage ({type(exc).__name__}); retry later") from None
+        try:
+            loaded = await asyncio.to_thread(load_saved_model, model, version, path,
+                                             warm_batch_size=warm_batch_size,
+                                             allowed_ops=frozenset(metadata.get("allowed_ops", ())))
+        except MaasError as exc:
+            self._failed[key] = (time.monotonic(), exc)
             raise
         except Exception as exc:  # a missing or corrupt artifact: say which, keep serving the others
-            raise InferenceError(f"{model} version {version} could not be loaded: {type(exc).__name__}: {exc}") from exc
+            error = ModelUnavailable(f"{model} version {version} could not be loaded: {type(exc).__name__}: "
+                                     f"{str(exc)[:300]}")
+            self._failed[key] = (time.monotonic(), error)
+            raise error from exc
+        self._failed.pop(key, None)
+        return loaded
 
 
-INLINE_PASS_S = 0.002
-
-
-async def run_forward_pass(loaded: LoadedModel, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Short passes run right on the event loop: handing them to a thread costs more than the pass
-    (GIL hand-over and wake-up take milliseconds). Long ones run in a thread, where TensorFlow
-    releases the GIL and the loop goes on reading requests meanwhile."""
-    if loaded.recent_pass_s < INLINE_PASS_S:
+async def run_forward_pass(loaded: LoadedModel, inputs: dict[str, Any], n: int) -> dict[str, np.ndarray]:
+    """A pass expected to be short for ``n`` instances runs right on the event loop: handing it to a
+    thread costs more than the pass (GIL hand-over and wake-up take milliseconds). Any other runs in a
+    thread, where TensorFlow releases the GIL and the loop goes on reading requests meanwhile."""
+    if loaded.expected_pass_s(n) < INLINE_PASS_S:
         return loaded.predict(inputs)
     return await asyncio.to_thread(loaded.predict, inputs)

@@ -1,4 +1,5 @@
-"""Model runtime: load a SavedModel version, warm it up, predict a batch. No HTTP here."""
+"""Model runtime: load a SavedModel version, check what its graph may do, warm it up, predict a batch.
+No HTTP here."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from maas.errors import InferenceError
+from maas.errors import InferenceError, ModelUnavailable
+from maas.serving.graph_policy import refused_ops
 from maas.signature import Signature
 
 logger = logging.getLogger(__name__)
@@ -22,29 +24,42 @@ class LoadedModel:
     signature: Signature
     load_seconds: float
     _fn: Any  # the SavedModel's serving_default concrete function: one graph for every batch size
-    recent_pass_s: float = 0.0  # moving average of a forward pass's duration (from the warm-up's, which traces:
-    #                             an over-estimate that the next passes correct)
+    instance_s: float = 0.0  # moving average of a pass's duration per instance (from the warm-up's, which
+    #                          traces: an over-estimate that the next passes correct)
+
+    def expected_pass_s(self, n: int) -> float:
+        """How long a pass over ``n`` instances is expected to take."""
+        return self.instance_s * n
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch. Inputs are already validated against :attr:`signature`."""
         import tensorflow as tf
 
+        n = len(next(iter(inputs.values())))
         started = time.perf_counter()
         try:
             out = self._fn(**{name: tf.constant(value) for name, value in inputs.items()})
             result = {name: tensor.numpy() for name, tensor in out.items()}
         except (tf.errors.OpError, ValueError, TypeError) as exc:
-            raise InferenceError(f"{self.model} version {self.version} failed: {exc}") from exc
-        self.recent_pass_s += 0.2 * (time.perf_counter() - started - self.recent_pass_s)
+            raise InferenceError(f"{self.model} version {self.version} failed: {str(exc)[:300]}") from exc
+        self.instance_s += 0.2 * ((time.perf_counter() - started) / max(n, 1) - self.instance_s)
         return result
 
 
-def load_saved_model(model: str, version: int, path: str, *, warm_batch_size: int = 1) -> LoadedModel:
-    """Load ``path`` and warm it up with one all-zeros batch of ``warm_batch_size`` (the largest a
-    batch will be): the first call traces and allocates, so that no request pays for it. The
-    signature's batch dimension is unknown (-1), so every batch size runs this one graph, untraced."""
+def load_saved_model(model: str, version: int, path: str, *, warm_batch_size: int = 1,
+                     allowed_ops: frozenset[str] = frozenset()) -> LoadedModel:
+    """Check the graph (:mod:`maas.serving.graph_policy`), load ``path`` and warm it up with one
+    all-zeros batch of ``warm_batch_size`` (the largest a batch will be): the first call traces and
+    allocates, so that no request pays for it. The signature's batch dimension is unknown (-1), so
+    every batch size runs this one graph, untraced."""
     import tensorflow as tf
 
+    refused = refused_ops(path) - allowed_ops
+    if refused:
+        raise ModelUnavailable(
+            f"{model} version {version} is refused: its serving graph uses {', '.join(sorted(refused))}, which "
+            "can read or write files or run code on the serving node. If that is intended, list them in the "
+            "version's metadata as allowed_ops")
     started = time.perf_counter()
     fn = tf.saved_model.load(path).signatures["serving_default"]
     signature = Signature.from_concrete_function(fn)

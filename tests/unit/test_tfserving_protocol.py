@@ -7,9 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from maas.errors import InvalidInput
-from maas.serving import tfserving
+from maas.errors import InvalidInput, PayloadTooLarge
+from maas.serving.protocol import tfserving
+from maas.serving.protocol.limits import RequestLimits
 from maas.signature import Signature, TensorSpec
+
+LIMITS = RequestLimits()
 
 DIGITS = Signature(
     inputs=(TensorSpec("pixels", "float32", (-1, 8, 8)),),
@@ -22,53 +25,29 @@ TWO_INPUTS = Signature(
 IMAGE = np.arange(64, dtype=np.float32).reshape(8, 8) % 17
 
 
-@pytest.mark.parametrize(
-    "path, expected",
-    [
-        ("/v1/models/digits", tfserving.Route("status", "digits")),
-        ("/v1/models/digits/versions/3", tfserving.Route("status", "digits", version=3)),
-        ("/v1/models/digits/metadata", tfserving.Route("metadata", "digits")),
-        ("/v1/models/digits/versions/2/metadata", tfserving.Route("metadata", "digits", version=2)),
-        ("/v1/models/digits:predict", tfserving.Route("predict", "digits")),
-        ("/v1/models/digits/versions/7:predict", tfserving.Route("predict", "digits", version=7)),
-        ("/v1/models/digits/labels/canary:predict", tfserving.Route("predict", "digits", label="canary")),
-        ("/v2/models/digits", None),
-        ("/v1/models", None),
-    ],
-)
-def test_routes(path: str, expected: tfserving.Route | None) -> None:
-    assert tfserving.match_route(path) == expected
-
-
-@pytest.mark.parametrize("path", ["/v1/models/d/versions/0:predict", "/v1/models/d/versions/x", "/v1/models/d:classify"])
-def test_bad_routes_are_invalid_input(path: str) -> None:
-    with pytest.raises(InvalidInput):
-        tfserving.match_route(path)
-
-
 def test_row_format_single_input() -> None:
-    req = tfserving.decode_predict(json.dumps({"instances": [IMAGE.tolist(), IMAGE.tolist()]}).encode(), DIGITS)
+    req = tfserving.decode_predict(json.dumps({"instances": [IMAGE.tolist(), IMAGE.tolist()]}).encode(), DIGITS, LIMITS)
     assert req.row_format and req.batch_size == 2
     assert req.inputs["pixels"].dtype == np.float32 and req.inputs["pixels"].shape == (2, 8, 8)
 
 
 def test_row_format_named_instances_and_columnar() -> None:
     named = {"instances": [{"pixels": IMAGE.tolist()}]}
-    assert tfserving.decode_predict(json.dumps(named).encode(), DIGITS).inputs["pixels"].shape == (1, 8, 8)
-    columnar = tfserving.decode_predict(json.dumps({"inputs": {"pixels": [IMAGE.tolist()]}}).encode(), DIGITS)
+    assert tfserving.decode_predict(json.dumps(named).encode(), DIGITS, LIMITS).inputs["pixels"].shape == (1, 8, 8)
+    columnar = tfserving.decode_predict(json.dumps({"inputs": {"pixels": [IMAGE.tolist()]}}).encode(), DIGITS, LIMITS)
     assert not columnar.row_format and columnar.batch_size == 1
-    bare = tfserving.decode_predict(json.dumps({"inputs": [IMAGE.tolist()]}).encode(), DIGITS)
+    bare = tfserving.decode_predict(json.dumps({"inputs": [IMAGE.tolist()]}).encode(), DIGITS, LIMITS)
     assert bare.inputs["pixels"].shape == (1, 8, 8)
 
 
 def test_multiple_inputs() -> None:
     body = {"instances": [{"a": [1.0, 2.0], "b": 3}, {"a": [0.5, 0.5], "b": 4}]}
-    req = tfserving.decode_predict(json.dumps(body).encode(), TWO_INPUTS)
+    req = tfserving.decode_predict(json.dumps(body).encode(), TWO_INPUTS, LIMITS)
     assert req.inputs["a"].shape == (2, 2) and req.inputs["b"].dtype == np.int64
     with pytest.raises(InvalidInput, match="each instance must be an object"):
-        tfserving.decode_predict(json.dumps({"instances": [[1.0, 2.0]]}).encode(), TWO_INPUTS)
+        tfserving.decode_predict(json.dumps({"instances": [[1.0, 2.0]]}).encode(), TWO_INPUTS, LIMITS)
     with pytest.raises(InvalidInput, match="expects integers"):
-        tfserving.decode_predict(json.dumps({"inputs": {"a": [[1.0, 2.0]], "b": [1.5]}}).encode(), TWO_INPUTS)
+        tfserving.decode_predict(json.dumps({"inputs": {"a": [[1.0, 2.0]], "b": [1.5]}}).encode(), TWO_INPUTS, LIMITS)
 
 
 @pytest.mark.parametrize(
@@ -92,23 +71,28 @@ def test_multiple_inputs() -> None:
 )
 def test_bad_requests_name_the_problem(body: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
-        tfserving.decode_predict(body, DIGITS)
+        tfserving.decode_predict(body, DIGITS, LIMITS)
 
 
 def test_nan_and_infinity_are_rejected() -> None:
     image = IMAGE.tolist()
     image[0][0] = float("nan")
     with pytest.raises(InvalidInput, match="NaN or infinity"):
-        tfserving.decode_predict(json.dumps({"instances": [image]}).encode(), DIGITS)
+        tfserving.decode_predict(json.dumps({"instances": [image]}).encode(), DIGITS, LIMITS)
+
+
+def _encode(outputs: dict, row_format: bool, limits: RequestLimits = LIMITS) -> dict:
+    return json.loads(tfserving.encode_predict(outputs, row_format, limits))
 
 
 def test_encode_predict_shapes() -> None:
     one = {"probabilities": np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)}
-    assert tfserving.encode_predict(one, row_format=True) == {"predictions": one["probabilities"].tolist()}
-    assert tfserving.encode_predict(one, row_format=False) == {"outputs": one["probabilities"].tolist()}
+    assert _encode(one, row_format=True) == {"predictions": [[0.1, 0.9], [0.8, 0.2]]}  # float32's shortest text
+    assert _encode(one, row_format=False) == {"outputs": [[0.1, 0.9], [0.8, 0.2]]}
     two = {"p": np.array([0.5, 0.25]), "c": np.array([1, 0])}
-    assert tfserving.encode_predict(two, row_format=True) == {"predictions": [{"p": 0.5, "c": 1}, {"p": 0.25, "c": 0}]}
-    assert tfserving.encode_predict(two, row_format=False) == {"outputs": {"p": [0.5, 0.25], "c": [1, 0]}}
+    assert _encode(two, row_format=True) == {"predictions": [{"p": 0.5, "c": 1}, {"p": 0.25, "c": 0}]}
+    assert _encode(two, row_format=False) == {"outputs": {"p": [0.5, 0.25], "c": [1, 0]}}
+    assert _encode({"p": np.array([np.nan, 1.0])}, row_format=True) == {"predictions": [None, 1.0]}
 
 
 def test_status_and_metadata_bodies_follow_tf_serving() -> None:
@@ -127,6 +111,22 @@ def test_status_and_metadata_bodies_follow_tf_serving() -> None:
 
 def test_integer_inputs_out_of_their_dtype_range_are_rejected_not_wrapped() -> None:
     image = Signature(inputs=(TensorSpec("image", "uint8", (-1, 2)),), outputs=(TensorSpec("p", "float32", (-1, 1)),))
-    assert tfserving.decode_predict(b'{"instances": [[0, 255]]}', image).inputs["image"].dtype == np.uint8
+    assert tfserving.decode_predict(b'{"instances": [[0, 255]]}', image, LIMITS).inputs["image"].dtype == np.uint8
     with pytest.raises(InvalidInput, match=r"expects uint8 values in \[0, 255\], received values in \[-1, 256\]"):
-        tfserving.decode_predict(b'{"instances": [[-1, 256]]}', image)
+        tfserving.decode_predict(b'{"instances": [[-1, 256]]}', image, LIMITS)
+
+
+def test_instances_over_the_limit_are_413_in_both_formats() -> None:
+    limits = RequestLimits(max_instances=2)
+    rows = json.dumps({"instances": [IMAGE.tolist()] * 3}).encode()
+    with pytest.raises(PayloadTooLarge, match=r"'instances' has 3 instances; the limit is 2 \(max_instances\)"):
+        tfserving.decode_predict(rows, DIGITS, limits)
+    columns = json.dumps({"inputs": {"pixels": [IMAGE.tolist()] * 3}}).encode()
+    with pytest.raises(PayloadTooLarge, match=r"'inputs.pixels' has 3 instances"):
+        tfserving.decode_predict(columns, DIGITS, limits)
+
+
+def test_an_answer_over_max_response_bytes_is_413() -> None:
+    outputs = {"probabilities": np.full((4, 10), 0.123456, dtype=np.float32)}
+    with pytest.raises(PayloadTooLarge, match="the limit is 100 .max_response_bytes."):
+        tfserving.encode_predict(outputs, True, RequestLimits(max_response_bytes=100))

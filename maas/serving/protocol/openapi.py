@@ -1,8 +1,9 @@
 """The OpenAPI 3.1 document of the HTTP API, served at ``GET /openapi.json``.
 
-It describes what the ingress does, route by route: the TF Serving REST API, the KServe V2 protocol,
-this service's status route, their errors and who may call them. ``tests/test_openapi.py`` drives the
-live service with generated requests and checks every answer against this document.
+Its paths are derived from the route tables (:data:`maas.serving.protocol.ROUTES`): each route's
+method, path parameters with the patterns the server applies, request body, answer and the errors it
+may give. The schemas of the bodies are here. ``tests/test_serving_openapi.py`` and the fuzzing tier
+(schemathesis) drive the live service with generated requests and check every answer against it.
 """
 
 from __future__ import annotations
@@ -10,86 +11,58 @@ from __future__ import annotations
 from typing import Any
 
 import maas
+from maas.serving.protocol.routes import Route, RouteTable
 
-_ERR = {"$ref": "#/components/responses/Error"}
-_MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
-_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"},
-            "description": "A positive integer; anything else is a 400."}
-_LABEL = {"name": "label", "in": "path", "required": True, "schema": {"type": "string"}}
 _OPEN: list[dict[str, list[str]]] = []  # no API key needed
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    return {str(c): _ERR for c in codes}
-
-
-_READ_ERRORS = _errors(400, 401, 403, 404, 503)
-_INFER_ERRORS = _errors(400, 401, 403, 404, 405, 413, 500, 503, 504)
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+_ERROR_RESPONSES = {401: "Unauthorized", 405: "MethodNotAllowed", 503: "Unavailable"}  # others: "Error"
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _tf_serving_paths() -> dict[str, Any]:
+def _operation(route: Route) -> dict[str, Any]:
+    """One route's OpenAPI operation, from its declaration in the protocol's route table."""
+    op: dict[str, Any] = {"tags": [route.tag], "summary": route.summary,
+                          "operationId": route.template.strip("/").replace("/", "_").replace("{", "")
+                          .replace("}", "").replace(":", "_").replace(".", "_") or "root"}
+    if route.params:
+        op["parameters"] = [{"name": p.name, "in": "path", "required": True, "schema": p.schema(),
+                             "description": f"{p.rule.capitalize()}; anything else is a 400."} for p in route.params]
+    if not route.auth:
+        op["security"] = _OPEN
+    if route.request_body is not None:
+        content = {"application/json": {"schema": _ref(route.request_body["schema"])}}
+        if route.request_body.get("binary"):
+            content["application/octet-stream"] = {"schema": {
+                "type": "string", "format": "binary",
+                "description": "Binary tensor data extension: the JSON part's length is in "
+                               "Inference-Header-Content-Length."}}
+        op["requestBody"] = {"required": True, "content": content}
+    responses: dict[str, Any] = {}
+    if route.ok:
+        ok: dict[str, Any] = {"description": route.summary,
+                              "content": {"application/json": {"schema": _ref(route.ok["schema"])}}}
+        if route.ok.get("binary"):
+            ok["content"]["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
+        headers = {h: {"$ref": f"#/components/headers/{h.replace('-', '')}"} for h in route.ok.get("headers", ())}
+        if route.ok.get("binary"):
+            headers["Inference-Header-Content-Length"] = {"$ref": "#/components/headers/InferenceHeaderContentLength"}
+        if headers:
+            ok["headers"] = headers
+        responses["200"] = ok
+    codes = set(route.errors) | ({401, 403} if route.auth else set())
+    if route.auth and not route.params:
+        codes.discard(403)  # no model in the path: nothing outside a key's scope
+    for code in sorted(codes):
+        responses[str(code)] = {"$ref": f"#/components/responses/{_ERROR_RESPONSES.get(code, 'Error')}"}
+    return op | {"responses": responses}
+
+
+def _paths(table: RouteTable) -> dict[str, Any]:
     paths: dict[str, Any] = {}
-    for suffix, params in (("", [_MODEL]), ("/versions/{version}", [_MODEL, _VERSION]),
-                           ("/labels/{label}", [_MODEL, _LABEL])):
-        base = "/v1/models/{model}" + suffix
-        paths[base] = {"get": {
-            "tags": ["TensorFlow Serving"], "summary": "Model version status", "parameters": params,
-            "responses": {"200": _json(_ref("ModelStatus"), "Status of the servable versions"), **_READ_ERRORS}}}
-        paths[base + "/metadata"] = {"get": {
-            "tags": ["TensorFlow Serving"], "summary": "Model metadata (signature_def)", "parameters": params,
-            "responses": {"200": _json(_ref("ModelMetadata"), "The version's serving_default signature"),
-                          **_READ_ERRORS}}}
-        paths[base + ":predict"] = {"post": {
-            "tags": ["TensorFlow Serving"], "summary": "Predict (row or columnar format)", "parameters": params,
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("PredictRequest")}}},
-            "responses": {"200": {**_json(_ref("PredictResponse"), "Predictions"),
-                                  "headers": {"Model-Version": {"$ref": "#/components/headers/ModelVersion"}}},
-                          **_INFER_ERRORS}}}
-    return paths
-
-
-def _v2_paths() -> dict[str, Any]:
-    paths: dict[str, Any] = {
-        "/v2": {"get": {"tags": ["KServe V2"], "summary": "Server metadata", "security": _OPEN,
-                        "responses": {"200": _json(_ref("ServerMetadata"), "Server name, version, extensions")}}},
-        "/v2/health/live": {"get": {"tags": ["KServe V2"], "summary": "Liveness", "security": _OPEN,
-                                    "responses": {"200": _json(_ref("Live"), "The server is live")}}},
-        "/v2/health/ready": {"get": {"tags": ["KServe V2"], "summary": "Readiness (model storage reachable)",
-                                     "security": _OPEN,
-                                     "responses": {"200": _json(_ref("Ready"), "Ready"), "503": _ERR}}},
-    }
-    for suffix, params in (("", [_MODEL]), ("/versions/{version}", [_MODEL, _VERSION])):
-        base = "/v2/models/{model}" + suffix
-        paths[base] = {"get": {
-            "tags": ["KServe V2"], "summary": "Model metadata", "parameters": params,
-            "responses": {"200": _json(_ref("V2ModelMetadata"), "Name, versions, platform, tensors"),
-                          **_READ_ERRORS}}}
-        paths[base + "/ready"] = {"get": {
-            "tags": ["KServe V2"], "summary": "Model readiness", "parameters": params,
-            "responses": {"200": _json(_ref("ModelReady"), "The model version is ready"), **_READ_ERRORS}}}
-        paths[base + "/infer"] = {"post": {
-            "tags": ["KServe V2"], "summary": "Inference (JSON, or JSON plus binary tensors)", "parameters": params,
-            "requestBody": {"required": True, "content": {
-                "application/json": {"schema": _ref("InferRequest")},
-                "application/octet-stream": {"schema": {
-                    "type": "string", "format": "binary",
-                    "description": "Binary tensor data extension: the JSON part's length is in "
-                                   "Inference-Header-Content-Length."}}}},
-            "responses": {"200": {"description": "Outputs", "headers": {
-                "Model-Version": {"$ref": "#/components/headers/ModelVersion"},
-                "Inference-Header-Content-Length": {"schema": {"type": "integer"},
-                                                    "description": "Set when outputs are binary."}},
-                "content": {"application/json": {"schema": _ref("InferResponse")},
-                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-                **_INFER_ERRORS}}}
+    for route in table.routes:
+        paths.setdefault(route.template, {})[route.method.lower()] = _operation(route)
     return paths
 
 
@@ -121,9 +94,12 @@ def _schemas() -> dict[str, Any]:
                             "inputs": {"type": "object", "additionalProperties": tensor_info},
                             "outputs": {"type": "object", "additionalProperties": tensor_info},
                             "method_name": {"type": "string"}}}}}}}}}},
+        "AnyJson": {"description": "Any JSON document"},
+        "OpenApiDocument": {"type": "object", "required": ["openapi", "paths"]},
         "PredictRequest": {
             "type": "object", "description": "Exactly one of instances (row format) or inputs (columnar).",
-            "properties": {"signature_name": {"type": "string"}, "instances": {"type": "array"}, "inputs": {}},
+            "properties": {"signature_name": {"type": "string"}, "instances": {"type": "array", "minItems": 1},
+                           "inputs": {}},
             "oneOf": [{"required": ["instances"], "not": {"required": ["inputs"]}},
                       {"required": ["inputs"], "not": {"required": ["instances"]}}]},
         "PredictResponse": {"type": "object", "oneOf": [
@@ -165,32 +141,48 @@ def _schemas() -> dict[str, Any]:
     }
 
 
-def document() -> dict[str, Any]:
-    """The whole OpenAPI 3.1 document."""
+def document(table: RouteTable) -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document of ``table`` (the service's routes)."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "maas model service", "version": maas.__version__,
                  "description": "TensorFlow Serving REST API and KServe V2 Open Inference Protocol on Ray Serve. "
                                 "Every route but health, server metadata and this document needs an API key "
-                                "(`maas keys create`)."},
+                                "(`maas keys create`). Errors are JSON `{\"error\": \"...\"}` naming the "
+                                "problem. No request is answered 500 for what it sends: a 500 is a bug of the "
+                                "service (or a model failing on valid input), and is not a documented answer."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}, {"apiKey": []}],
-        "paths": {
-            **_tf_serving_paths(),
-            **_v2_paths(),
-            "/maas/v1/status": {"get": {
-                "tags": ["Service"], "summary": "Per-model versions, labels, replicas and recent error rate",
-                "responses": {"200": _json(_ref("ServiceStatus"), "Models the key may see"), **_errors(401)}}},
-            "/openapi.json": {"get": {"tags": ["Service"], "summary": "This document", "security": _OPEN,
-                                      "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}},
-        },
+        "paths": _paths(table),
         "components": {
             "schemas": _schemas(),
-            "responses": {"Error": _json(_ref("Error"), "An error, named in one message")},
-            "headers": {"ModelVersion": {"schema": {"type": "string"}, "description": "The version that answered."}},
+            "responses": {
+                "Error": _error_response("An error, named in one message"),
+                "Unauthorized": _error_response("No valid API key", {"WWW-Authenticate": {
+                    "schema": {"type": "string"}, "required": True, "description": "Bearer realm=\"maas\""}}),
+                "MethodNotAllowed": _error_response("Wrong method", {"Allow": {
+                    "schema": {"type": "string"}, "required": True, "description": "The methods the path takes"}}),
+                "Unavailable": _error_response("Overloaded, storage unreachable, or the version cannot be loaded", {
+                    "Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait (when retrying "
+                                                                                 "can help)"}}),
+            },
+            "headers": {
+                "ModelVersion": {"schema": {"type": "string"}, "required": True,
+                                 "description": "The version that answered."},
+                "InferenceHeaderContentLength": {"schema": {"type": "string", "pattern": "^[0-9]+$"},
+                                                 "description": "Set when outputs are binary: the JSON part's length."},
+            },
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer maas_…"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             },
         },
     }
+
+
+def _error_response(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description,
+                           "content": {"application/json": {"schema": _ref("Error")}}}
+    if headers:
+        out["headers"] = headers
+    return out

@@ -1,56 +1,50 @@
-"""TensorFlow Serving REST API codec: routes, predict request decoding, response bodies.
+"""TensorFlow Serving REST API: its routes, predict request decoding, response bodies.
 
 Follows https://www.tensorflow.org/tfx/serving/api_rest to the letter: row (``instances``) and
 columnar (``inputs``) requests, ``predictions`` / ``outputs`` answers, model status and metadata.
+Pure functions over bytes and numpy: no HTTP server, no Ray, no TensorFlow.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from maas.errors import InvalidInput
-from maas.registry import parse_version
-from maas.serving import jsonbody
+from maas.errors import InvalidInput, PayloadTooLarge
+from maas.serving.protocol import jsonbody
+from maas.serving.protocol.limits import RequestLimits
+from maas.serving.protocol.routes import Route, RouteTable
 from maas.signature import Signature, TensorSpec, to_batch
 
-_ROUTE = re.compile(
-    r"^/v1/models/(?P<model>[^/:]+)"
-    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
-    r"(?::(?P<verb>predict|classify|regress)|/(?P<metadata>metadata))?$"
-)
-
-RouteKind = Literal["status", "metadata", "predict"]
+PROTOCOL = "tfserving"
+_TAG = "TensorFlow Serving"
+_READ_ERRORS = (400, 401, 403, 404, 503)
+_PREDICT_ERRORS = (400, 401, 403, 404, 408, 413, 503, 504)
 
 
-@dataclass(frozen=True)
-class Route:
-    kind: RouteKind
-    model: str
-    version: int | None = None
-    label: str | None = None
+def _routes() -> list[Route]:
+    routes = []
+    for suffix in ("", "/versions/{version}", "/labels/{label}"):
+        base = "/v1/models/{model}" + suffix
+        routes += [
+            Route(PROTOCOL, "status", "GET", base, "Model version status", _TAG, ok={"schema": "ModelStatus"},
+                  errors=_READ_ERRORS),
+            Route(PROTOCOL, "metadata", "GET", base + "/metadata", "Model metadata (signature_def)", _TAG,
+                  ok={"schema": "ModelMetadata"}, errors=_READ_ERRORS),
+            Route(PROTOCOL, "predict", "POST", base + ":predict", "Predict (row or columnar format)", _TAG,
+                  request_body={"schema": "PredictRequest"},
+                  ok={"schema": "PredictResponse", "headers": ["Model-Version"]}, errors=_PREDICT_ERRORS),
+            Route(PROTOCOL, "classify", "POST", base + ":classify", "Classify: not supported (use :predict)",
+                  _TAG, request_body={"schema": "AnyJson"}, errors=(400, 401, 403, 404)),
+            Route(PROTOCOL, "regress", "POST", base + ":regress", "Regress: not supported (use :predict)",
+                  _TAG, request_body={"schema": "AnyJson"}, errors=(400, 401, 403, 404)),
+        ]
+    return routes
 
-    @property
-    def method(self) -> str:
-        return "POST" if self.kind == "predict" else "GET"
 
-
-def match_route(path: str) -> Route | None:
-    """Parse a ``/v1/models/...`` path; ``None`` if it is not a TF Serving route.
-
-    Raises :class:`InvalidInput` for a route of the right form with an invalid version.
-    """
-    m = _ROUTE.match(path)
-    if m is None:
-        return None
-    version = parse_version(m["version"])
-    if m["verb"] in ("classify", "regress"):
-        raise InvalidInput(f":{m['verb']} is not supported; use :predict")
-    kind: RouteKind = "predict" if m["verb"] else ("metadata" if m["metadata"] else "status")
-    return Route(kind=kind, model=m["model"], version=version, label=m["label"])
+ROUTES = RouteTable(_routes())
 
 
 @dataclass(frozen=True)
@@ -63,21 +57,21 @@ class PredictRequest:
         return next(iter(self.inputs.values())).shape[0]
 
 
-def decode_predict(body: bytes, signature: Signature) -> PredictRequest:
+def decode_predict(body: bytes, signature: Signature, limits: RequestLimits) -> PredictRequest:
     """Decode and validate a ``:predict`` body against ``signature``."""
-    request = jsonbody.parse(body)
+    request = jsonbody.parse(body, max_depth=limits.max_json_depth)
     if not isinstance(request, dict):
         raise InvalidInput("Request body must be a JSON object with 'instances' or 'inputs'")
     name = request.get("signature_name", "serving_default")
     if name != "serving_default":
-        raise InvalidInput(f"Unknown signature_name {name!r}; this model has 'serving_default'")
+        raise InvalidInput(f"Unknown signature_name {_short(name)}; this model has 'serving_default'")
     has_rows, has_cols = "instances" in request, "inputs" in request
     if has_rows == has_cols:
         raise InvalidInput("Request must contain exactly one of 'instances' (row format) or 'inputs' (columnar)")
     if has_rows:
-        inputs = _decode_rows(request["instances"], signature)
+        inputs = _decode_rows(request["instances"], signature, limits)
     else:
-        inputs = _decode_columns(request["inputs"], signature)
+        inputs = _decode_columns(request["inputs"], signature, limits)
     sizes = {value.shape[0] for value in inputs.values()}
     if len(sizes) != 1:
         raise InvalidInput(f"All inputs must have the same batch size. Received sizes {sorted(sizes)}")
@@ -86,47 +80,60 @@ def decode_predict(body: bytes, signature: Signature) -> PredictRequest:
     return PredictRequest(inputs=inputs, row_format=has_rows)
 
 
-def _decode_rows(instances: Any, signature: Signature) -> dict[str, np.ndarray]:
+def _check_count(values: Any, where: str, limits: RequestLimits) -> None:
+    """Bound the instances before any of them is converted."""
+    if isinstance(values, list) and len(values) > limits.max_instances:
+        raise PayloadTooLarge(f"'{where}' has {len(values)} instances; the limit is {limits.max_instances} "
+                              "(max_instances)")
+
+
+def _decode_rows(instances: Any, signature: Signature, limits: RequestLimits) -> dict[str, np.ndarray]:
     if not isinstance(instances, list):
         raise InvalidInput("'instances' must be a list")
     if not instances:
         raise InvalidInput("Request has no instances")
+    _check_count(instances, "instances", limits)
     specs = signature.inputs
     if all(isinstance(i, dict) for i in instances):
         names = {s.name for s in specs}
         for i, inst in enumerate(instances):
             if set(inst) != names:
-                raise InvalidInput(
-                    f"instances[{i}] has keys {sorted(inst)}; the model takes {sorted(names)}"
-                )
+                raise InvalidInput(f"instances[{i}] has keys {_names(inst)}; the model takes {sorted(names)}")
         return {s.name: to_batch([inst[s.name] for inst in instances], s, where="instances") for s in specs}
     if len(specs) != 1:
         raise InvalidInput(f"The model takes {len(specs)} inputs: each instance must be an object naming them")
     return {specs[0].name: to_batch(instances, specs[0], where="instances")}
 
 
-def _decode_columns(inputs: Any, signature: Signature) -> dict[str, np.ndarray]:
+def _decode_columns(inputs: Any, signature: Signature, limits: RequestLimits) -> dict[str, np.ndarray]:
     specs = signature.inputs
     if isinstance(inputs, dict):
         names = {s.name for s in specs}
         if set(inputs) != names:
-            raise InvalidInput(f"'inputs' has keys {sorted(inputs)}; the model takes {sorted(names)}")
+            raise InvalidInput(f"'inputs' has keys {_names(inputs)}; the model takes {sorted(names)}")
+        for s in specs:
+            _check_count(inputs[s.name], f"inputs.{s.name}", limits)
         return {s.name: to_batch(inputs[s.name], s, where=f"inputs.{s.name}") for s in specs}
     if len(specs) != 1:
         raise InvalidInput(f"The model takes {len(specs)} inputs: 'inputs' must be an object naming them")
+    _check_count(inputs, "inputs", limits)
     return {specs[0].name: to_batch(inputs, specs[0], where="inputs")}
 
 
-def encode_predict(outputs: dict[str, np.ndarray], row_format: bool) -> dict[str, Any]:
+def encode_predict(outputs: dict[str, np.ndarray], row_format: bool, limits: RequestLimits) -> bytes:
     """The ``:predict`` answer: one output is returned bare, several as objects keyed by name."""
+    jsonbody.check_answer_size(outputs.values(), limits.max_response_bytes)
     if row_format:
         if len(outputs) == 1:
-            return {"predictions": next(iter(outputs.values())).tolist()}
-        n = next(iter(outputs.values())).shape[0]
-        return {"predictions": [{k: v[i].tolist() for k, v in outputs.items()} for i in range(n)]}
-    if len(outputs) == 1:
-        return {"outputs": next(iter(outputs.values())).tolist()}
-    return {"outputs": {k: v.tolist() for k, v in outputs.items()}}
+            doc: dict[str, Any] = {"predictions": next(iter(outputs.values()))}
+        else:
+            n = next(iter(outputs.values())).shape[0]
+            doc = {"predictions": [{k: v[i] for k, v in outputs.items()} for i in range(n)]}
+    elif len(outputs) == 1:
+        doc = {"outputs": next(iter(outputs.values()))}
+    else:
+        doc = {"outputs": outputs}
+    return jsonbody.dumps_bounded(doc, limits.max_response_bytes)
 
 
 def status_body(versions: list[int]) -> dict[str, Any]:
@@ -166,3 +173,14 @@ def metadata_body(model: str, version: int, signature: Signature) -> dict[str, A
             }
         },
     }
+
+
+def _names(obj: dict[str, Any]) -> list[str]:
+    """An object's keys for a message: at most 8, each cut short (a client chooses them)."""
+    keys = sorted(str(k)[:64] for k in obj)
+    return keys[:8] + (["…"] if len(keys) > 8 else [])
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

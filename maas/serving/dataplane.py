@@ -1,0 +1,222 @@
+"""The data plane: what a request to a model means, whatever protocol carried it.
+
+It resolves a version or label, chooses between stable and canary for routed requests (and falls
+back to the default version when the canary fails), checks the request against the chosen version's
+signature (through the protocol's decoder), predicts within the request's deadline, authorizes API
+keys, and reports the service's status. It is a plain class: its registry view and its model host
+are injected, so every case here is a unit test with small fakes (``tests/unit/``); the Serve wiring
+(:mod:`maas.serving.app`) gives it the real ones.
+
+A canary is judged only on its own faults: its load failing, its model failing on valid input, or
+its own forward pass outlasting the deadline. Overload (503), storage outages and client errors
+never count against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
+
+import numpy as np
+
+from maas.auth import ApiKey, authorize, key_id
+from maas.errors import InferenceError, ModelUnavailable, RequestTimeout, Unauthorized
+from maas.registry import Label
+from maas.serving.canary import CanaryMonitor, Route, choose
+from maas.serving.stats import RecentRequests, RequestInfo
+from maas.signature import Signature
+
+logger = logging.getLogger("ray.serve")
+D = TypeVar("D")
+MISSING_KEY = ("API key required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' (create one with "
+               "`maas keys create`)")
+CANARY_FAULTS = (InferenceError, ModelUnavailable)  # failures that are the canary version's own
+
+
+class ModelRegistry(Protocol):
+    """What the data plane reads of the registry (:class:`maas.serving.registry_cache.RegistryCache`)."""
+
+    async def resolve(self, model: str, version: int | None, label: str | None) -> int: ...
+    async def labels(self, model: str) -> dict[str, Label]: ...
+    async def versions(self, model: str) -> list[int]: ...
+    async def signature(self, model: str, version: int) -> Signature: ...
+    async def models(self) -> list[str]: ...
+    async def label_history(self, model: str) -> list[dict[str, Any]]: ...
+    async def check_reachable(self) -> None: ...
+    async def api_key(self, key_id: str) -> ApiKey | None: ...
+    async def retire_canary(self, model: str, version: int, reason: str) -> bool: ...
+
+
+@dataclass
+class PassTicket:
+    """Filled in by the model host: when the forward pass holding this request began (``None`` while
+    it waits for a batch or for its version to load)."""
+
+    pass_started: float | None = None
+
+
+class Predictor(Protocol):
+    """The model host: predictions, batched with others, on loaded versions."""
+
+    async def predict(self, model: str, version: int, inputs: dict[str, np.ndarray],
+                      ticket: PassTicket) -> dict[str, np.ndarray]: ...
+
+
+class DataPlane:
+    def __init__(self, registry: ModelRegistry, host: Predictor, *, canary: CanaryMonitor, key_secret: bytes | None,
+                 recent: RecentRequests, request_timeout_s: float, replica: str | None = None,
+                 deployments: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+                 on_canary_fallback: Callable[[str, int], None] = lambda model, version: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._registry = registry
+        self._host = host
+        self._canary = canary
+        self._key_secret = key_secret  # None: auth off
+        self._recent = recent
+        self._timeout_s = request_timeout_s
+        self._replica = replica
+        self._deployments = deployments
+        self._on_canary_fallback = on_canary_fallback
+        self._clock = clock
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ---- access ----------------------------------------------------------------------------------
+
+    async def authenticate(self, key: str | None) -> ApiKey | None:
+        """The record of the caller's key (401 for none, an unknown, forged or revoked one); ``None``
+        when auth is off. The key's scope is checked against the model once the path is (403)."""
+        if self._key_secret is None:
+            return None
+        if key is None:
+            raise Unauthorized(MISSING_KEY)
+        kid = key_id(key)
+        record = None if kid is None else await self._registry.api_key(kid)
+        return authorize(record, key, None, secret=self._key_secret)
+
+    # ---- reading ---------------------------------------------------------------------------------
+
+    async def ready(self) -> None:
+        """Raises :class:`maas.errors.StorageUnavailable` when the registry's storage cannot be reached."""
+        await self._registry.check_reachable()
+
+    async def versions(self, model: str) -> list[int]:
+        return await self._registry.versions(model)
+
+    async def resolve(self, model: str, version: int | None, label: str | None) -> int:
+        return await self._registry.resolve(model, version, label)
+
+    async def signature(self, model: str, version: int) -> Signature:
+        return await self._registry.signature(model, version)
+
+    # ---- predicting ------------------------------------------------------------------------------
+
+    async def infer(self, model: str, version: int | None, label: str | None,
+                    decode: Callable[[Signature], Awaitable[D]], inputs_of: Callable[[D], dict[str, np.ndarray]],
+                    info: RequestInfo) -> tuple[int, D, dict[str, np.ndarray]]:
+        """Route, decode (check against the chosen version's signature) and predict within the request
+        timeout, whatever the client asks (Serve's ``x-request-timeout-seconds: 0`` turns Serve's own off).
+
+        A request naming neither version nor label is routed: the canary's share goes to the canary.
+        A routed request that fails on the canary by the canary's own fault is answered by the default
+        version when both have the same signature, and the failure counts against the canary."""
+        deadline = self._clock() + self._timeout_s
+        what = f"{model} version {version or label or ''}".rstrip()
+        default = await self._within(self._registry.resolve(model, version, label), deadline, what)
+        routed = version is None and label is None
+        labels = await self._within(self._registry.labels(model), deadline, what) if routed else {}
+        target = choose(labels, default) if routed else Route(default)
+        default_label = "stable" if "stable" in labels else "latest"
+        info.model, info.version, info.replica = model, target.version, self._replica
+        info.label = ("canary" if target.canary else default_label) if routed else (label or "none")
+        what = f"{model} version {target.version}"
+        signature = await self._within(self._registry.signature(model, target.version), deadline, what)
+        decoded = await self._within(decode(signature), deadline, what)
+        inputs = inputs_of(decoded)
+        if not target.canary:
+            return target.version, decoded, await self._predict(model, target.version, inputs, deadline)
+        canary_label = labels["canary"]
+        ticket = PassTicket()
+        started = self._clock()
+        try:
+            outputs = await self._predict(model, target.version, inputs, deadline, ticket)
+        except RequestTimeout:
+            if self._own_slowness(ticket, started):
+                self._judge(model, target.version, canary_label, ok=False, latency_s=self._clock() - started)
+            raise
+        except CANARY_FAULTS as exc:
+            self._judge(model, target.version, canary_label, ok=False, latency_s=self._clock() - started)
+            if await self._within(self._registry.signature(model, default), deadline, what) != signature:
+                raise
+            logger.warning("canary %s version %d failed (%s); answered by version %d",
+                           model, target.version, type(exc).__name__, default)
+            self._on_canary_fallback(model, target.version)
+            info.version, info.label = default, default_label
+            return default, decoded, await self._predict(model, default, inputs, deadline)
+        self._judge(model, target.version, canary_label, ok=True, latency_s=self._clock() - started)
+        return target.version, decoded, outputs
+
+    async def _predict(self, model: str, version: int, inputs: dict[str, np.ndarray], deadline: float,
+                       ticket: PassTicket | None = None) -> dict[str, np.ndarray]:
+        """One prediction, batched with the others that reach this replica meanwhile."""
+        return await self._within(self._host.predict(model, version, inputs, ticket or PassTicket()), deadline,
+                                  f"{model} version {version}")
+
+    async def _within(self, work: Awaitable[D], deadline: float, what: str) -> D:
+        remaining = deadline - self._clock()
+        try:
+            if remaining <= 0:
+                raise asyncio.TimeoutError
+            return await asyncio.wait_for(work, timeout=remaining)
+        except asyncio.TimeoutError:
+            if asyncio.iscoroutine(work):
+                work.close()  # never awaited: no "coroutine was never awaited" warning
+            raise RequestTimeout(f"{what} did not answer within {self._timeout_s:g}s") from None
+
+    def _own_slowness(self, ticket: PassTicket, started: float) -> bool:
+        """A timed-out canary request counts against the canary only if its own forward pass ran for
+        most of the time it had; one that waited in a queue or for a load timed out for other reasons."""
+        if ticket.pass_started is None:
+            return False
+        return self._clock() - ticket.pass_started >= 0.5 * (self._clock() - started)
+
+    def _judge(self, model: str, version: int, label: Label, *, ok: bool, latency_s: float) -> None:
+        reason = self._canary.record(model, version, ok=ok, latency_s=latency_s, generation=label.id)
+        if reason is not None:
+            task = asyncio.get_running_loop().create_task(self._retire_canary(model, version, label, reason))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _retire_canary(self, model: str, version: int, label: Label, reason: str) -> None:
+        try:
+            retired = await self._registry.retire_canary(model, version, f"auto-rollback: {reason}")
+        except Exception as exc:  # storage down: judge again on the next breach
+            logger.warning("auto-rollback of %s canary version %d failed (%s); will retry", model, version,
+                           type(exc).__name__)
+            self._canary.reopen(model, version, label.id)
+            return
+        if retired:
+            logger.warning("auto-rollback: %s canary version %d retired, traffic back to the default version: %s",
+                           model, version, reason)
+
+    # ---- the service's status ---------------------------------------------------------------------
+
+    async def service_status(self, key: ApiKey | None) -> dict[str, Any]:
+        """``GET /maas/v1/status``: the models the key may call, with their versions, labels, last label
+        change (automatic rollbacks say why) and recent requests; the deployments' replica counts."""
+        models: dict[str, Any] = {}
+        for name in await self._registry.models():
+            if key is not None and not key.allows(name):
+                continue
+            labels = await self._registry.labels(name)
+            history = await self._registry.label_history(name)
+            models[name] = {
+                "versions": await self._registry.versions(name),
+                "labels": {k: {"version": v.version, "weight": v.weight} for k, v in labels.items()},
+                "last_label_change": history[-1] if history else None,
+                "recent": self._recent.summary(name),
+            }
+        deployments = await self._deployments() if self._deployments is not None else {}
+        return {"models": models, "deployments": deployments}

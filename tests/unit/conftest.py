@@ -1,0 +1,155 @@
+"""The serving stack without a cluster: the real HTTP layer, data plane, registry cache and key store
+over a registry on local disk, with only the model host replaced by a small fake (no TensorFlow)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pytest
+
+from maas.auth import KeyStore
+from maas.registry import Registry
+from maas.serving.canary import CanaryMonitor, CanaryPolicy
+from maas.serving.dataplane import DataPlane, PassTicket
+from maas.serving.http import HttpApi, HttpRequest, HttpResponse, in_thread
+from maas.serving.protocol.limits import RequestLimits
+from maas.serving.registry_cache import RegistryCache
+from maas.serving.stats import RecentRequests
+from maas.signature import Signature, TensorSpec
+
+SECRET = b"unit-test-secret-" * 2
+DIGITS = Signature(inputs=(TensorSpec("pixels", "float32", (-1, 8, 8)),),
+                   outputs=(TensorSpec("probabilities", "float32", (-1, 10)),))
+
+
+class FakeHost:
+    """A model host whose version ``v`` answers ``v`` for every output value; ``fail[v]`` makes
+    version ``v`` raise, ``delay_s`` makes every pass last that long."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, int]] = []  # (model, version, instances)
+        self.fail: dict[int, Exception] = {}
+        self.delay_s = 0.0
+        self.queued_s = 0.0  # time spent "waiting for a batch" before the pass starts
+
+    async def predict(self, model: str, version: int, inputs: dict[str, np.ndarray],
+                      ticket: PassTicket) -> dict[str, np.ndarray]:
+        n = len(next(iter(inputs.values())))
+        self.calls.append((model, version, n))
+        if self.queued_s:
+            await asyncio.sleep(self.queued_s)
+        if version in self.fail:
+            raise self.fail[version]
+        ticket.pass_started = time.monotonic()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        return {"probabilities": np.full((n, 10), float(version), np.float32)}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Stack:
+    api: HttpApi
+    plane: DataPlane
+    cache: RegistryCache
+    host: FakeHost
+    registry: Registry
+    keys: KeyStore
+    key: str
+    clock: Clock
+    root: Path
+    offloaded: list[str] = field(default_factory=list)
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)  # one, as in a replica
+
+    def run(self, work: Any) -> Any:
+        """Run a coroutine on the stack's event loop, then let background work (rollbacks) finish."""
+        result = self.loop.run_until_complete(work)
+        while self.plane._background:
+            self.loop.run_until_complete(asyncio.gather(*self.plane._background))
+        return result
+
+    def publish(self, model: str = "digits", signature: Signature = DIGITS, **metadata: Any) -> int:
+        return publish(self.registry, self.root.parent, model, signature, **metadata)
+
+    def call(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+             *, chunks: Iterable[bytes] | None = None, delay_s: float = 0.0, key: str | None = "default") -> HttpResponse:
+        """One request through the HTTP layer (the body sent as ``chunks``, ``delay_s`` apart)."""
+        return self.run(self.acall(method, path, body, headers, chunks=chunks, delay_s=delay_s, key=key))
+
+    async def acall(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+                    *, chunks: Iterable[bytes] | None = None, delay_s: float = 0.0,
+                    key: str | None = "default") -> HttpResponse:
+        all_headers = {k.lower(): v for k, v in (headers or {}).items()}
+        if key == "default":
+            all_headers.setdefault("authorization", f"Bearer {self.key}")
+        elif key is not None:
+            all_headers.setdefault("authorization", f"Bearer {key}")
+        parts = list(chunks) if chunks is not None else ([body] if body else [])
+
+        async def stream():
+            for part in parts:
+                if delay_s:
+                    await asyncio.sleep(delay_s)
+                yield part
+
+        return await self.api.handle(HttpRequest(method, path, all_headers, stream))
+
+
+def publish(registry: Registry, root: Path, model: str = "digits", signature: Signature = DIGITS,
+            **metadata: Any) -> int:
+    """A version with a placeholder artifact: the fake host never loads it."""
+    artifact = root / f"artifact-{model}"
+    artifact.mkdir(exist_ok=True)
+    (artifact / "saved_model.pb").write_bytes(b"placeholder")
+    return registry.publish(model, str(artifact), {"signature": signature.to_dict(), **metadata}).version
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path) -> Callable[..., Stack]:
+    stacks: list[Stack] = []
+
+    def make(*, limits: RequestLimits | None = None, canary: CanaryPolicy | None = None,
+             request_timeout_s: float = 2.0, ttl_s: float = 2.0, stale_s: float = 30.0, auth: bool = True,
+             max_buffered_bytes: int = 64 << 20, offload: Callable | None = None) -> Stack:
+        root = tmp_path / "registry"
+        registry = Registry(str(root))
+        publish(registry, tmp_path)
+        keys = KeyStore(registry.uri, SECRET)
+        key = keys.create("unit", ["*"])[0]
+        clock = Clock()
+        cache = RegistryCache(registry, ttl_s=ttl_s, stale_s=stale_s, keys=keys, clock=clock)
+        host = FakeHost()
+        plane = DataPlane(cache, host, canary=CanaryMonitor(canary or CanaryPolicy()),
+                          key_secret=SECRET if auth else None, recent=RecentRequests(),
+                          request_timeout_s=request_timeout_s)
+        offloaded: list[str] = []
+
+        async def recording(fn, *args):  # noqa: ANN001, ANN202
+            offloaded.append(fn.__name__)
+            return await in_thread(fn, *args)
+
+        api = HttpApi(plane, limits=limits or RequestLimits(), max_buffered_bytes=max_buffered_bytes,
+                      offload=offload or recording)
+        stacks.append(Stack(api, plane, cache, host, registry, keys, key, clock, root, offloaded))
+        return stacks[-1]
+
+    yield make
+    for made in stacks:
+        made.loop.close()
+
+
+@pytest.fixture
+def stack(make_stack) -> Stack:
+    return make_stack()

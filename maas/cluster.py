@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -94,6 +95,61 @@ def local_state() -> ClusterState:
     )
 
 
+HAPROXY_IDLE_CLIENT_S = 60  # Ray's default keeps a silent client connection for an hour
+
+
+HAPROXY_DIR_ENV = "MAAS_HAPROXY_DIR"
+_MAX_HAPROXY_DIR = 30  # HAProxy refuses socket paths over 97 bytes; Ray adds a 56-character folder and the name
+
+
+def haproxy_dir() -> Path:
+    """Where Serve's HAProxy keeps its config, state and sockets on this machine: a short path (see
+    ``_MAX_HAPROXY_DIR``), ``$MAAS_HAPROXY_DIR`` or ``/tmp/maas-haproxy-<uid>``, made owner-only by
+    :func:`prepare_haproxy_dir`."""
+    return Path(os.environ.get(HAPROXY_DIR_ENV) or f"/tmp/maas-haproxy-{os.getuid()}")
+
+
+def node_env(haproxy_folder: str | Path, *, head: bool) -> dict[str, str]:
+    """The environment every Ray node of this project starts with (``maas cluster up``, ``cluster.yaml``,
+    the KubeRay pods and the tests' cluster all take it from here).
+
+    - Serve's throughput-optimized mode: replicas run request code on their main event loop (no thread
+      hop per request), freeze the start-up heap out of the GC, buffer their request logs.
+    - On the head, Serve's HAProxy ingress, with its files in ``haproxy_folder``: Ray's template creates
+      the admin socket ``mode 666 level admin`` (anyone who can reach it can reconfigure the proxy), so
+      it must live in a folder only Ray's user can enter (0700, made by :func:`prepare_haproxy_dir`).
+    - A client connection silent for ``HAPROXY_IDLE_CLIENT_S`` is closed (HAProxy's ``timeout client``).
+    """
+    folder = str(haproxy_folder)
+    env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    if head:
+        env.update({
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{folder}/metrics.sock",
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
+            "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(HAPROXY_IDLE_CLIENT_S),
+        })
+    return env
+
+
+def prepare_haproxy_dir(folder: Path) -> Path:
+    """Create ``folder`` owner-only (0700), or make it so (Ray would create it 0755). One that exists
+    but is not a folder of this user's (another user's squatted ``/tmp`` path, a symlink) is refused."""
+    if len(str(folder)) > _MAX_HAPROXY_DIR:
+        raise RuntimeError(f"{HAPROXY_DIR_ENV}={folder} is longer than {_MAX_HAPROXY_DIR} characters: HAProxy "
+                           "refuses longer socket paths")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise RuntimeError(f"{folder} exists but is not a folder owned by this user: refusing to put HAProxy's "
+                           f"admin socket there (remove it, or set {HAPROXY_DIR_ENV})")
+    os.chmod(folder, 0o700)
+    return folder
+
+
 def up(*, num_cpus: int | None = None, ha_proxy: bool = True) -> ClusterState:
     """Start the local Ray head (idempotent): dashboard on 127.0.0.1:8265, token auth, HAProxy ingress."""
     state = local_state()
@@ -103,11 +159,7 @@ def up(*, num_cpus: int | None = None, ha_proxy: bool = True) -> ClusterState:
     env = dict(os.environ, **{AUTH_MODE_ENV: "token"})
     # Jobs run `python -m jobs.…` with the cluster's PATH: make that this environment's Python.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    if ha_proxy:
-        env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-    # Serve's throughput-optimized mode: replicas run request code on their main event loop (no
-    # thread hop per request), freeze the start-up heap out of the GC, buffer their request logs.
-    env.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    env.update(node_env(prepare_haproxy_dir(haproxy_dir()), head=ha_proxy))
     cmd = [
         _ray_bin(), "start", "--head",
         "--dashboard-host", settings.DASHBOARD_HOST,

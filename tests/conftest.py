@@ -100,8 +100,10 @@ def ray_cluster(maas_home: Path, s3_server: S3Server):
     ensure_token()
     # Jobs run `python -m jobs.train`: that must be this environment's Python.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"  # as `maas cluster up`
+    from maas.cluster import HAPROXY_DIR_ENV, haproxy_dir, node_env, prepare_haproxy_dir
+
+    os.environ[HAPROXY_DIR_ENV] = f"/tmp/maas-hap-{uuid.uuid4().hex[:8]}"  # not a `make demo` cluster's
+    os.environ.update(node_env(prepare_haproxy_dir(haproxy_dir()), head=True))  # as `maas cluster up`
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     # The test runs have epochs of about a second; Ray Train's controller polls its workers every
     # 2 s by default, which would make every start, report and finish wait for the next poll.
@@ -163,6 +165,9 @@ def ray_cluster(maas_home: Path, s3_server: S3Server):
     finally:
         ray.shutdown()
         ray_cluster.shutdown()
+        import shutil
+
+        shutil.rmtree(haproxy_dir(), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -63,6 +63,59 @@ def _get_json(url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
+def _listeners() -> set[tuple[str, int]]:
+    """Every listening TCP socket on this machine, as (address, port), from /proc/net/tcp and tcp6."""
+    import ipaddress
+
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state != "0A":  # LISTEN
+                continue
+            raw, port = local.split(":")
+            packed = bytes.fromhex(raw)
+            if len(packed) == 4:
+                address = str(ipaddress.IPv4Address(packed[::-1]))
+            else:  # four little-endian 32-bit words
+                address = str(ipaddress.IPv6Address(b"".join(packed[i:i + 4][::-1] for i in range(0, 16, 4))))
+            found.add((address, int(port, 16)))
+    return found
+
+
+def _check_what_listens_where() -> None:
+    """The HTTP ingress and the dashboard on loopback only; HAProxy's stats page and metrics are the
+    two documented exceptions (Ray's template binds them on every interface); its admin socket lives in
+    a folder only this user can enter, so another local user cannot reach it."""
+    from maas.cluster import haproxy_dir
+
+    listening = _listeners()
+    wildcard = {port for address, port in listening if address in ("0.0.0.0", "::")}
+    assert ("127.0.0.1", 8000) in listening and 8000 not in wildcard
+    assert ("127.0.0.1", 8265) in listening and 8265 not in wildcard
+    assert {8404, 9101} <= wildcard  # documented in the README, with the firewall rule that closes them
+    folder = haproxy_dir()
+    assert (folder.stat().st_mode & 0o777) == 0o700
+    sockets = list(folder.rglob("admin.sock"))
+    assert sockets, f"no HAProxy admin socket under {folder}"
+    if os.geteuid() == 0:  # as another user (nobody), the socket cannot be reached
+        pid = os.fork()
+        if pid == 0:  # the child: become nobody, try to connect, say how it went in the exit code
+            code = 2
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(str(sockets[0]))
+                code = 1
+            except PermissionError:
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "another local user reached HAProxy's admin socket"
+
+
 def _up_deploy_and_answer(env: dict[str, str]) -> None:
     up = _maas("cluster", "up", env=env)
     assert up.returncode == 0, up.stderr
@@ -79,6 +132,7 @@ def test_cluster_up_down_is_idempotent_and_leaves_nothing_behind(tmp_path: Path)
     env["MAAS_HOME"] = str(tmp_path)
     try:
         _up_deploy_and_answer(env)
+        _check_what_listens_where()
         again = _maas("cluster", "up", env=env)
         assert again.returncode == 0 and "already running" in again.stdout
         status = _maas("cluster", "status", env=env)

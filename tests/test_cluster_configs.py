@@ -13,6 +13,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_YAML = ROOT / "cluster.yaml"
+from maas.kuberay import IMAGE_HAPROXY_DIR  # noqa: E402  (in the project image; cluster/Dockerfile makes it 0700)
 
 
 def pinned_ray_version() -> str:
@@ -82,7 +83,14 @@ def test_every_node_gets_the_project_the_token_and_the_shared_storage(cluster_co
         for var in ("MAAS_REGISTRY=s3://", "MAAS_RUNS=s3://", "MAAS_DATA=s3://", "RAY_AUTH_MODE=token"):
             assert var in joined
     head_start = " ".join(cluster_config["head_start_ray_commands"])
-    assert "RAY_SERVE_ENABLE_HA_PROXY=1" in head_start and "--disable-usage-stats" in head_start
+    assert "--disable-usage-stats" in head_start
+    from maas.cluster import node_env
+
+    for head, key in ((True, "head_start_ray_commands"), (False, "worker_start_ray_commands")):
+        start = " ".join(cluster_config[key])
+        for name, value in node_env(IMAGE_HAPROXY_DIR, head=head).items():  # the same settings as `maas cluster up`
+            assert f"{name}={value}" in start, (key, name)
+    assert f"install -d -m 700 {IMAGE_HAPROXY_DIR}" in head_start
     assert all(". ~/.maas_env" in " ".join(cluster_config[k]) for k in ("head_start_ray_commands", "worker_start_ray_commands"))
 
 

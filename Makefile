@@ -10,13 +10,23 @@ TF_VERSION := 2.21.0
 BENCH_PIN_bentoml := 'bentoml>=1.4,<1.5'
 BENCH_PIN_kserve := 'kserve>=0.15'
 
-.PHONY: demo test install stop status clean bench bench-serving bench-training bench-venvs
+.PHONY: demo test test-unit chaos fuzz install stop status clean bench bench-serving bench-training bench-venvs
 
 demo: $(STAMP)  ## train on 2 Ray Train workers, publish, deploy with Ray Serve, predict over HTTP
 	$(BIN)/maas demo
 
 test: $(STAMP)  ## the whole suite on a real local Ray cluster (pytest exit 5, "no tests", is not a failure)
 	@$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+test-unit: $(STAMP)  ## the unit tier: protocol layer, data plane, keys, caches; no Ray, no cluster (seconds)
+	$(BIN)/python -m pytest tests/unit
+
+chaos: $(STAMP)  ## the slow tier: faults under load (tests marked chaos), on the same real local cluster
+	$(BIN)/python -m pytest -m chaos
+
+FUZZ_REQUESTS ?= 10000
+fuzz: $(STAMP)  ## schemathesis against the live service's /openapi.json: FUZZ_REQUESTS generated requests
+	MAAS_FUZZ_REQUESTS=$(FUZZ_REQUESTS) $(BIN)/python -m pytest tests/test_fuzz.py -s
 
 bench: bench-venvs  ## the training and serving benchmarks (quiet machine, no other Ray cluster): tables and plots in benchmarks/results/
 	$(BIN)/python -m benchmarks.training

@@ -10,7 +10,7 @@ TF_VERSION := 2.21.0
 BENCH_PIN_bentoml := 'bentoml>=1.4,<1.5'
 BENCH_PIN_kserve := 'kserve>=0.15'
 
-.PHONY: demo test test-unit chaos fuzz install stop status clean bench bench-serving bench-training bench-venvs
+.PHONY: demo test test-unit chaos fuzz install stop status clean bench bench-serving bench-training bench-big-bodies bench-venvs
 
 demo: $(STAMP)  ## train on 2 Ray Train workers, publish, deploy with Ray Serve, predict over HTTP
 	$(BIN)/maas demo
@@ -28,9 +28,13 @@ FUZZ_REQUESTS ?= 10000
 fuzz: $(STAMP)  ## schemathesis against the live service's /openapi.json: FUZZ_REQUESTS generated requests
 	MAAS_FUZZ_REQUESTS=$(FUZZ_REQUESTS) $(BIN)/python -m pytest tests/test_fuzz.py -s
 
-bench: bench-venvs  ## the training and serving benchmarks (quiet machine, no other Ray cluster): tables and plots in benchmarks/results/
+bench: bench-venvs  ## the training, serving and big-body benchmarks (quiet machine, no other Ray cluster): benchmarks/results/
 	$(BIN)/python -m benchmarks.training
 	$(BIN)/python -m benchmarks.serving
+	$(BIN)/python -m benchmarks.big_bodies
+
+bench-big-bodies: $(BENCH_STAMP)  ## health and small predictions while 4 clients post 16 MB bodies
+	$(BIN)/python -m benchmarks.big_bodies
 
 bench-training: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.training

@@ -60,6 +60,10 @@ class ServerBusy(MaasError):
     http_headers = {"Retry-After": "1"}
 
 
+class BodyBudgetFull(ServerBusy):
+    """A replica already holds as many bytes of request bodies as it may (``max_buffered_bytes``)."""
+
+
 class StorageUnavailable(MaasError):
     """The registry's storage cannot be reached, and nothing known is fresh enough to answer with."""
 

@@ -41,9 +41,20 @@ def v2_datatype(dtype: str) -> str:
 
 def v2_tensor(name: str, value: np.ndarray, binary: bool) -> tuple[dict[str, Any], bytes | None]:
     """A V2 tensor object for ``value``: with ``data`` (JSON), or, when ``binary``, with
-    ``parameters.binary_data_size`` and the raw little-endian bytes that follow the JSON part."""
+    ``parameters.binary_data_size`` and the raw little-endian bytes that follow the JSON part. String
+    tensors (TensorFlow's come as object arrays of bytes) are ``BYTES``: UTF-8 text in JSON, each
+    element as a 4-byte little-endian length and its bytes in binary, as the protocol's extension says."""
     array = np.asarray(value)
-    tensor: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": v2_datatype(array.dtype.name)}
+    if array.dtype.kind in "OSU":
+        items = [x if isinstance(x, bytes) else str(x).encode() for x in array.reshape(-1).tolist()]
+        tensor: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": "BYTES"}
+        if not binary:
+            tensor["data"] = [x.decode("utf-8", "replace") for x in items]
+            return tensor, None
+        raw = b"".join(len(x).to_bytes(4, "little") + x for x in items)
+        tensor["parameters"] = {"binary_data_size": len(raw)}
+        return tensor, raw
+    tensor = {"name": name, "shape": list(array.shape), "datatype": v2_datatype(array.dtype.name)}
     if not binary:
         tensor["data"] = array.reshape(-1).tolist()
         return tensor, None
@@ -195,6 +206,8 @@ def to_batch(value: Any, spec: TensorSpec, *, where: str) -> np.ndarray:
             f"{where}: input '{spec.name}' expects instances of shape {list(expected)}, "
             f"received shape {list(got)}"
         )
+    if spec.dtype == "bool" and array.dtype.kind != "b":
+        raise InvalidInput(f"{where}: input '{spec.name}' expects true or false, received {_json_type_name(array)}")
     if np.dtype(spec.dtype).kind in "iub" and array.dtype.kind == "f":
         raise InvalidInput(f"{where}: input '{spec.name}' expects integers ({spec.dtype}), received floats")
     if np.dtype(spec.dtype).kind in "iu" and array.dtype.kind in "iu" and array.size:

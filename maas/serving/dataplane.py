@@ -7,9 +7,9 @@ keys, and reports the service's status. It is a plain class: its registry view a
 are injected, so every case here is a unit test with small fakes (``tests/unit/``); the Serve wiring
 (:mod:`maas.serving.app`) gives it the real ones.
 
-A canary is judged only on its own faults: its load failing, its model failing on valid input, or
-its own forward pass outlasting the deadline. Overload (503), storage outages and client errors
-never count against it.
+A canary is judged only on its own faults: its load failing, its model failing on input that the
+default version answers, or its own forward pass outlasting the deadline. Overload (503), storage
+outages, client errors and inputs that fail every version never count against it.
 """
 
 from __future__ import annotations
@@ -147,14 +147,20 @@ class DataPlane:
                 self._judge(model, target.version, canary_label, ok=False, latency_s=self._clock() - started)
             raise
         except CANARY_FAULTS as exc:
-            self._judge(model, target.version, canary_label, ok=False, latency_s=self._clock() - started)
+            latency_s = self._clock() - started
             if await self._within(self._registry.signature(model, default), deadline, what) != signature:
+                self._judge(model, target.version, canary_label, ok=False, latency_s=latency_s)
                 raise
             logger.warning("canary %s version %d failed (%s); answered by version %d",
                            model, target.version, type(exc).__name__, default)
             self._on_canary_fallback(model, target.version)
             info.version, info.label = default, default_label
-            return default, decoded, await self._predict(model, default, inputs, deadline)
+            try:
+                outputs = await self._predict(model, default, inputs, deadline)
+            except InferenceError:  # the default version fails on this input too: the input's fault
+                raise
+            self._judge(model, target.version, canary_label, ok=False, latency_s=latency_s)
+            return default, decoded, outputs
         self._judge(model, target.version, canary_label, ok=True, latency_s=self._clock() - started)
         return target.version, decoded, outputs
 
@@ -205,18 +211,22 @@ class DataPlane:
 
     async def service_status(self, key: ApiKey | None) -> dict[str, Any]:
         """``GET /maas/v1/status``: the models the key may call, with their versions, labels, last label
-        change (automatic rollbacks say why) and recent requests; the deployments' replica counts."""
-        models: dict[str, Any] = {}
-        for name in await self._registry.models():
-            if key is not None and not key.allows(name):
-                continue
-            labels = await self._registry.labels(name)
-            history = await self._registry.label_history(name)
-            models[name] = {
-                "versions": await self._registry.versions(name),
-                "labels": {k: {"version": v.version, "weight": v.weight} for k, v in labels.items()},
-                "last_label_change": history[-1] if history else None,
-                "recent": self._recent.summary(name),
-            }
-        deployments = await self._deployments() if self._deployments is not None else {}
-        return {"models": models, "deployments": deployments}
+        change (automatic rollbacks say why) and recent requests; the deployments' replica counts.
+        Read concurrently, within the request timeout."""
+        deadline = self._clock() + self._timeout_s
+
+        async def model(name: str) -> dict[str, Any]:
+            labels, history, versions = await asyncio.gather(
+                self._registry.labels(name), self._registry.label_history(name), self._registry.versions(name))
+            return {"versions": versions,
+                    "labels": {k: {"version": v.version, "weight": v.weight} for k, v in labels.items()},
+                    "last_label_change": history[-1] if history else None,
+                    "recent": self._recent.summary(name)}
+
+        async def status() -> dict[str, Any]:
+            names = [n for n in await self._registry.models() if key is None or key.allows(n)]
+            models = await asyncio.gather(*(model(n) for n in names))
+            deployments = await self._deployments() if self._deployments is not None else {}
+            return {"models": dict(zip(names, models)), "deployments": deployments}
+
+        return await self._within(status(), deadline, "the service's status")

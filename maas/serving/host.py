@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, Field, PositiveInt
 from ray import serve
 
-from maas.errors import MaasError, ModelUnavailable, ServerBusy, StorageUnavailable
+from maas.errors import InferenceError, MaasError, ModelUnavailable, ServerBusy, StorageUnavailable
 from maas.registry import Registry
 from maas.serving.dataplane import PassTicket
 from maas.serving.runtime import LoadedModel, load_saved_model
@@ -68,6 +68,11 @@ class _Item:
     @property
     def size(self) -> int:
         return next(iter(self.inputs.values())).shape[0]
+
+    @property
+    def shapes(self) -> tuple:
+        """The instance shape of each input: only requests alike in it can share a pass."""
+        return tuple((name, value.shape[1:]) for name, value in sorted(self.inputs.items()))
 
 
 def _instances(items: list[_Item]) -> int:
@@ -137,7 +142,12 @@ class ModelHost:
             return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
         self._batch_size.observe(n, tags={"model": item.model, "version": str(item.version)})
-        return await asyncio.to_thread(run)
+        try:
+            return await asyncio.to_thread(run)
+        except MaasError:
+            raise
+        except Exception as exc:
+            raise InferenceError(f"{item.model} version {item.version} failed: {type(exc).__name__}") from exc
 
     # Up to 4 batches at once: a batch waiting for a version to load does not hold up the others.
     @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
@@ -145,33 +155,44 @@ class ModelHost:
                  batch_size_fn=_instances)
     async def _run_batch(self, items: list[_Item]) -> list[dict[str, np.ndarray] | Exception]:
         results: list[dict[str, np.ndarray] | Exception] = [None] * len(items)  # type: ignore[list-item]
-        groups: dict[tuple[str, int], list[int]] = {}
-        for i, item in enumerate(items):
-            groups.setdefault((item.model, item.version), []).append(i)
+        groups: dict[tuple, list[int]] = {}
+        for i, item in enumerate(items):  # one pass per version and per instance shape (-1 dims vary)
+            groups.setdefault((item.model, item.version, item.shapes), []).append(i)
 
-        async def run_group(key: tuple[str, int], members: list[int]) -> None:
+        async def run_group(key: tuple, members: list[int]) -> None:
             try:
-                loaded = await self._load(model_id(*key))
-                first = items[members[0]].inputs
-                merged = {name: np.concatenate([items[i].inputs[name] for i in members]) for name in first}
-                n = len(next(iter(merged.values())))
-                self._batch_size.observe(n, tags={"model": key[0], "version": str(key[1])})
-                started = time.monotonic()
-                for i in members:
-                    items[i].ticket.pass_started = started
-                outputs = await run_forward_pass(loaded, merged, n)
-            except Exception as exc:  # one bad group must not fail the others
+                loaded = await self._load(model_id(key[0], key[1]))
+            except Exception as exc:  # the version's fault: every member gets it
                 for i in members:
                     results[i] = exc
                 return
-            start = 0
-            for i in members:
-                n = items[i].size
-                results[i] = {name: value[start: start + n] for name, value in outputs.items()}
-                start += n
+            for i, outcome in zip(members, await self._passes(loaded, [items[i] for i in members])):
+                results[i] = outcome
 
         await asyncio.gather(*(run_group(key, members) for key, members in groups.items()))  # a load blocks no group
         return results
+
+    async def _passes(self, loaded: LoadedModel, items: list[_Item]) -> list[dict[str, np.ndarray] | Exception]:
+        """One forward pass over ``items``; if it fails and holds more than one request, each runs
+        alone, so that one request's input fails that request only."""
+        merged = {name: np.concatenate([item.inputs[name] for item in items]) for name in items[0].inputs}
+        n = sum(item.size for item in items)
+        self._batch_size.observe(n, tags={"model": loaded.model, "version": str(loaded.version)})
+        started = time.monotonic()
+        for item in items:
+            item.ticket.pass_started = started
+        try:
+            outputs = await run_forward_pass(loaded, merged, n)
+        except Exception as exc:
+            if len(items) == 1:
+                return [exc if isinstance(exc, MaasError) else InferenceError(
+                    f"{loaded.model} version {loaded.version} failed: {type(exc).__name__}")]
+            return [outcome for item in items for outcome in await self._passes(loaded, [item])]
+        answers, start = [], 0
+        for item in items:
+            answers.append({name: value[start: start + item.size] for name, value in outputs.items()})
+            start += item.size
+        return answers
 
     async def _load_version(self, key: str) -> LoadedModel:
         model, version = parse_model_id(key)

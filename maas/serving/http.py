@@ -22,8 +22,7 @@ import numpy as np
 
 import maas
 from maas.auth import ApiKey, presented_key
-from maas.errors import (BodyTimeout, ClientClosed, Forbidden, InvalidInput, MaasError, PayloadTooLarge,
-                         ServerBusy)
+from maas.errors import BodyBudgetFull, BodyTimeout, ClientClosed, Forbidden, InvalidInput, MaasError, PayloadTooLarge
 from maas.serving.dataplane import DataPlane
 from maas.serving.protocol import ROUTES, jsonbody, openapi, service, tfserving, v2
 from maas.serving.protocol.limits import RequestLimits
@@ -67,7 +66,7 @@ class BodyBudget:
 
     def take(self, n: int) -> None:
         if self.held + n > self.max_bytes:
-            raise ServerBusy(f"This replica holds {self.held} bytes of request bodies (max_buffered_bytes "
+            raise BodyBudgetFull(f"This replica holds {self.held} bytes of request bodies (max_buffered_bytes "
                              f"{self.max_bytes}); retry later")
         self.held += n
 
@@ -219,6 +218,9 @@ class HttpApi:
             if int(declared) > limit:
                 raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit} bytes "
                                       "(max_request_bytes)")
+            if int(declared) > self._budget.max_bytes:  # could never be held: no use retrying
+                raise PayloadTooLarge(f"Request body of {declared} bytes exceeds what a replica holds at once, "
+                                      f"{self._budget.max_bytes} bytes (max_buffered_bytes)")
 
         async def read() -> bytes:
             chunks, size = [], 0
@@ -242,7 +244,7 @@ def error_response(exc: MaasError) -> HttpResponse:
     """The one place errors become HTTP: TF Serving's ``{"error": "..."}`` body, the error's headers,
     and ``Connection: close`` where the body was not read to its end."""
     headers = dict(exc.http_headers)
-    if isinstance(exc, (BodyTimeout, PayloadTooLarge, ClientClosed)):
+    if isinstance(exc, (BodyTimeout, PayloadTooLarge, ClientClosed, BodyBudgetFull)):
         headers["Connection"] = "close"
     return _error(exc.http_status, str(exc), headers)
 

@@ -42,6 +42,8 @@ _RELIST_S = 1.0  # an unknown key id, model, version or label re-reads its listi
 _REVALIDATE_WAIT_S = 0.25  # how long a request waits for a refresh before it is answered from the cache
 _READ_WAIT_S = 5.0  # a read with nothing cached to fall back on: past this, the storage counts as unreachable
 _MAX_ENTRIES = 20_000
+_MAX_READS = 64  # reads of entries with nothing cached, in flight at once; beyond, 503 at once
+_MAX_READS_WHILE_DOWN = 8  # the same, while the storage is known to be down
 
 
 def _consume_exception(future: asyncio.Future) -> None:
@@ -69,6 +71,7 @@ class RegistryCache:
         self._signatures: dict[tuple[str, int], Signature] = {}
         self._short: dict[tuple, _Entry] = {}
         self._reading: dict[tuple, asyncio.Future] = {}  # misses being read: later ones wait for the same read
+        self._generation: dict[tuple, int] = {}  # bumped when an entry is invalidated: older reads are dropped
         self._unreachable_since: float | None = None
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="registry")
 
@@ -87,27 +90,31 @@ class RegistryCache:
 
     async def versions(self, model: str) -> list[int]:
         """Published versions (a model published a moment ago is looked for again at most once a second)."""
-        versions = await self._cached(("versions", model), lambda: self._registry.versions(model))
-        if not versions and self._forget_if_older(_RELIST_S, ("versions", model)):
-            versions = await self._cached(("versions", model), lambda: self._registry.versions(model))
+        load = lambda: self._registry.versions(model)  # noqa: E731
+        versions = await self._cached(("versions", model), load)
         if not versions:
+            versions = await self._recheck(("versions", model), load) or versions
+        if not versions:
+            self._refuse_while_unreachable(model)
             raise ModelNotFound(model)
         return versions
 
     async def resolve(self, model: str, version: int | None, label: str | None) -> int:
         """From the cached versions and labels (what a loaded version needs to keep answering in an
-        outage). A miss while the storage is unreachable is a 503: the answer may be out of date."""
-        for attempt in (1, 2):
-            try:
-                return resolve_version(model, await self.versions(model), await self.labels(model),
-                                       version=version, label=label)
-            except _NOT_FOUND:
-                if self._unreachable_since is not None:
-                    raise StorageUnavailable(f"Model storage is unreachable and this replica's copy of {model}'s "
-                                             "versions and labels may be out of date; retry later") from None
-                if attempt == 2 or not self._forget_if_older(_RELIST_S, ("versions", model), ("labels", model)):
-                    raise
-        raise AssertionError("unreachable")
+        outage); a version or label missing from them is looked for again at most once a second. A
+        miss while the storage is unreachable is a 503: the copy may be out of date."""
+        try:
+            return resolve_version(model, await self.versions(model), await self.labels(model),
+                                   version=version, label=label)
+        except _NOT_FOUND:
+            self._refuse_while_unreachable(model)
+            versions = await self._recheck(("versions", model), lambda: self._registry.versions(model))
+            labels = await self._recheck(("labels", model), lambda: self._registry.labels(model))
+            if versions is None and labels is None:
+                raise
+            return resolve_version(model, versions or await self.versions(model),
+                                   labels if labels is not None else await self.labels(model),
+                                   version=version, label=label)
 
     async def labels(self, model: str) -> dict[str, Label]:
         return await self._cached(("labels", model), lambda: self._registry.labels(model))
@@ -115,19 +122,26 @@ class RegistryCache:
     async def api_key(self, key_id: str) -> ApiKey | None:
         """The stored record of an API key (``None`` if unknown); a revocation is seen within ``ttl_s``.
 
-        An id not among the listed ones costs no storage read of its own: the listing is read again at
-        most once a second (so a key just created works within a second), whatever the number of ids."""
+        An id not among the listed ones costs no storage read of its own: the listing is refreshed in
+        the background at most once a second (so a key just created works within a second), whatever
+        the number of ids, and the known ids keep being answered from the current listing meanwhile."""
         ids = await self._cached(("key_ids",), self._keys.ids)
-        if key_id not in ids and self._forget_if_older(_RELIST_S, ("key_ids",)):
-            ids = await self._cached(("key_ids",), self._keys.ids)
         if key_id not in ids:
+            ids = await self._recheck(("key_ids",), self._keys.ids) or ids
+        if key_id not in ids:
+            if self._unreachable_since is not None:  # perhaps a key made since the listing was read
+                raise StorageUnavailable("Model storage is unreachable and this replica's list of API keys "
+                                         "may be out of date; retry later")
             return None
         return await self._cached(("api_key", key_id), lambda: self._keys.get(key_id))
 
     async def retire_canary(self, model: str, version: int, reason: str) -> bool:
         """:meth:`Registry.retire_canary`, then forget what is cached of the model's labels."""
         retired = await self._in_thread(self._registry.retire_canary, model, version, reason)
-        self._short = {k: v for k, v in self._short.items() if not (len(k) > 1 and k[1] == model)}
+        for key in [k for k in (*self._short, *self._reading) if len(k) > 1 and k[1] == model]:
+            self._short.pop(key, None)
+            self._reading.pop(key, None)  # a read under way began before the change: not to be cached
+            self._generation[key] = self._generation.get(key, 0) + 1
         return retired
 
     async def get(self, model: str, version: int) -> ModelVersion:
@@ -161,6 +175,9 @@ class RegistryCache:
         servable = stale_ok and hit is not None and now - hit.at < self._ttl_s + self._stale_s
         if servable and key in self._reading:  # a refresh already under way, and slow: don't wait again
             return hit.value  # type: ignore[union-attr]
+        if not servable and key not in self._reading and len(self._reading) >= (
+                _MAX_READS if self._unreachable_since is None else _MAX_READS_WHILE_DOWN):
+            raise self._outage(None)  # enough reads under way: no queue of them grows
         read = self._shared_read(key, load)
         # With nothing to fall back on, wait for the read, but only briefly while the storage is known to
         # be down (the read goes on, and tells when it is back).
@@ -177,6 +194,8 @@ class RegistryCache:
         cached when it ends, whether or not anyone still waits for it."""
         reading = self._reading.get(key)
         if reading is None:
+            generation = self._generation.get(key, 0)
+
             async def read() -> T:
                 try:
                     value = await self._in_thread(self._read, load)
@@ -184,8 +203,11 @@ class RegistryCache:
                     self._outage(exc)
                     raise
                 finally:
-                    self._reading.pop(key, None)
+                    if self._reading.get(key) is reading:
+                        del self._reading[key]
                 self._reachable()
+                if self._generation.get(key, 0) != generation:
+                    return value  # invalidated while it ran (a retired canary): answer, don't cache
                 self._short[key] = _Entry(self._clock(), value)  # errors (404s) are not cached
                 if len(self._short) > _MAX_ENTRIES:
                     self._prune()
@@ -214,16 +236,23 @@ class RegistryCache:
             keep = {**keys, **{k: keep[k] for _, k in rest[len(rest) // 2:]}}
         self._short = keep
 
-    def _forget_if_older(self, age_s: float, *keys: tuple) -> bool:
-        """Drop the entries ``keys`` if any was read more than ``age_s`` ago (and the storage answers);
-        True if they were dropped, so that the caller reads them again."""
-        now = self._clock()
-        if self._unreachable_since is not None or not any(
-                k in self._short and now - self._short[k].at >= age_s for k in keys):
-            return False
-        for k in keys:
-            self._short.pop(k, None)
-        return True
+    async def _recheck(self, key: tuple, load: Callable[[], T]) -> T | None:
+        """After a miss in the entry ``key`` (an unknown key id, model, version or label): refresh it if
+        it was read more than ``_RELIST_S`` ago, in the background and shared, without evicting it (the
+        others keep being answered from it); the fresh value if it comes within ``_REVALIDATE_WAIT_S``,
+        else ``None``."""
+        entry = self._short.get(key)
+        if entry is None or self._unreachable_since is not None or self._clock() - entry.at < _RELIST_S:
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._shared_read(key, load)), _REVALIDATE_WAIT_S)
+        except (asyncio.TimeoutError, OSError, StorageUnavailable):
+            return None
+
+    def _refuse_while_unreachable(self, model: str) -> None:
+        if self._unreachable_since is not None:
+            raise StorageUnavailable(f"Model storage is unreachable and this replica's copy of {model}'s "
+                                     "versions and labels may be out of date; retry later")
 
     def _read(self, load: Callable[[], T]) -> T:
         """``load()``, in a worker thread. An empty or not-found answer is believed only once the registry's
@@ -238,8 +267,11 @@ class RegistryCache:
             self._registry.check_reachable()
         return value
 
-    def _outage(self, exc: BaseException) -> StorageUnavailable:
-        """Note that the storage is unreachable (logged once per outage); the error for the request."""
+    def _outage(self, exc: BaseException | None) -> StorageUnavailable:
+        """Note that the storage is unreachable (logged once per outage); the error for the request.
+        ``exc`` is ``None`` when the request is refused without a read (too many under way)."""
+        if exc is None:
+            return StorageUnavailable("Too many registry reads are under way on this replica; retry later")
         cause = "no answer in time" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
         if self._unreachable_since is None:
             self._unreachable_since = self._clock()

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from maas.errors import InferenceError, ModelUnavailable
+from maas.errors import InferenceError, InvalidInput, ModelUnavailable
 from maas.serving.graph_policy import refused_ops
 from maas.signature import Signature
 
@@ -40,8 +40,12 @@ class LoadedModel:
         try:
             out = self._fn(**{name: tf.constant(value) for name, value in inputs.items()})
             result = {name: tensor.numpy() for name, tensor in out.items()}
+        except tf.errors.InvalidArgumentError as exc:  # the input, as TF Serving maps it: a 400
+            raise InvalidInput(f"{self.model} version {self.version} refused the input: "
+                               f"{_first_line(exc.message)}") from None
         except (tf.errors.OpError, ValueError, TypeError) as exc:
-            raise InferenceError(f"{self.model} version {self.version} failed: {str(exc)[:300]}") from exc
+            raise InferenceError(f"{self.model} version {self.version} failed: {type(exc).__name__}: "
+                                 f"{_first_line(str(exc))}") from exc
         self.instance_s += 0.2 * ((time.perf_counter() - started) / max(n, 1) - self.instance_s)
         return result
 
@@ -69,3 +73,8 @@ def load_saved_model(model: str, version: int, path: str, *, warm_batch_size: in
     loaded.load_seconds = time.perf_counter() - started
     logger.info("loaded %s version %d in %.2fs", model, version, loaded.load_seconds)
     return loaded
+
+
+def _first_line(message: str) -> str:
+    """An error's first line, cut short: TensorFlow's messages carry graph dumps and stack traces."""
+    return message.strip().splitlines()[0][:300] if message.strip() else ""

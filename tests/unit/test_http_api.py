@@ -241,3 +241,137 @@ def test_a_version_published_a_moment_ago_is_found_without_waiting_for_the_refre
     stack.publish()
     stack.clock.now += 1.0  # a second later, well inside registry_refresh_s
     assert stack.call("POST", "/v1/models/digits/versions/2:predict", _predict_body()).status == 200
+
+
+# ---- found by a hostile review of this layer ----------------------------------------------------
+
+
+class _Strings:
+    """A model host whose output 'label' is a string tensor (object array of bytes, as TF gives it)."""
+
+    async def predict(self, model, version, inputs, ticket):  # noqa: ANN001, ANN201
+        n = len(next(iter(inputs.values())))
+        return {"label": np.array([b"cat", b"\xff\xfe"] * n, dtype=object)[:n]}
+
+
+def test_string_outputs_are_text_or_b64_in_tf_serving_and_bytes_in_v2(stack) -> None:
+    from maas.signature import Signature, TensorSpec
+
+    signature = Signature(inputs=(TensorSpec("x", "float32", (-1, 2)),), outputs=(TensorSpec("label", "string", (-1,)),))
+    stack.publish("labeller", signature)
+    stack.plane._host = _Strings()
+    reply = stack.call("POST", "/v1/models/labeller:predict", b'{"instances": [[1, 2], [3, 4]]}')
+    assert reply.status == 200 and reply.json() == {"predictions": ["cat", {"b64": "//4="}]}
+    body = json.dumps({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+    reply = stack.call("POST", "/v2/models/labeller/infer", body.encode())
+    assert reply.status == 200 and reply.json()["outputs"][0]["datatype"] == "BYTES"
+    binary = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}],
+                         "parameters": {"binary_data_output": True}})
+    reply = stack.call("POST", "/v2/models/labeller/infer", binary.encode())
+    head = int(reply.headers["inference-header-content-length"])
+    assert reply.status == 200 and reply.body[head:] == b"\x03\x00\x00\x00cat"  # length-prefixed, per element
+    strings_in = Signature(inputs=(TensorSpec("s", "string", (-1,)),), outputs=(TensorSpec("y", "float32", (-1,)),))
+    stack.publish("texts", strings_in)
+    head = json.dumps({"inputs": [{"name": "s", "shape": [1], "datatype": "BYTES",
+                                   "parameters": {"binary_data_size": 7}}]}).encode()
+    reply = stack.call("POST", "/v2/models/texts/infer", head + b"\x03\x00\x00\x00abc",
+                       {"inference-header-content-length": str(len(head))})
+    assert reply.status == 400 and "string inputs are not supported" in reply.json()["error"]
+
+
+def test_a_random_key_id_does_not_make_valid_keys_wait_for_the_storage(stack, monkeypatch) -> None:
+    assert stack.call("GET", "/v2/models/digits").status == 200
+    listing = stack.keys.ids
+    monkeypatch.setattr(stack.keys, "ids", lambda: time.sleep(1.0) or listing())
+    stack.clock.now += 1.5  # the listing may be read again (once a second), still within registry_refresh_s
+
+    async def both():  # noqa: ANN202
+        stranger = asyncio.ensure_future(stack.acall("GET", "/v2/models/digits", key=f"maas_{'e' * 12}_{'z' * 43}"))
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        valid = await stack.acall("GET", "/v2/models/digits")
+        seconds = time.monotonic() - started
+        return (await stranger).status, valid.status, seconds
+
+    stranger, valid, seconds = stack.run(both())
+    assert (stranger, valid) == (401, 200) and seconds < 0.2  # the valid key never waited for the slow listing
+
+
+def test_what_an_outage_hides_is_503_not_401_or_404(stack) -> None:
+    assert stack.call("GET", "/v2/models/digits").status == 200  # the key listing read
+    assert stack.call("GET", "/v1/models/later").status == 404  # "no such model", read
+    newer = stack.keys.create("made-before-the-outage")[0]  # not in the cached listing
+    stack.publish("later")
+    stack.root.rename(stack.root.with_name("away"))
+    stack.clock.now += 5
+    stack.call("POST", PREDICT, _predict_body())  # the replica notices the outage
+    assert stack.call("GET", "/v2/models/digits", key=newer).status == 503
+    assert stack.call("GET", "/v1/models/later").status == 503
+
+
+def test_an_input_that_fails_every_version_does_not_count_against_the_canary(make_stack) -> None:
+    from maas.errors import InferenceError
+    from maas.serving.canary import CanaryPolicy
+
+    stack = make_stack(canary=CanaryPolicy(window_s=60, min_requests=5, max_error_rate=0.2))
+    stack.publish()
+    stack.registry.promote("digits", 1)
+    stack.registry.set_label("digits", "canary", 2, weight=1.0)
+    stack.host.fail = {1: InferenceError("digits version 1 failed"), 2: InferenceError("digits version 2 failed")}
+    assert {stack.call("POST", PREDICT, _predict_body()).status for _ in range(10)} == {500}
+    assert "canary" in stack.registry.labels("digits")  # 6c14451's review: retired by 5 poison requests
+
+
+def test_a_refresh_under_way_does_not_bring_a_retired_canary_back(make_stack, monkeypatch) -> None:
+    from maas.errors import InferenceError
+    from maas.serving.canary import CanaryPolicy
+
+    stack = make_stack(canary=CanaryPolicy(window_s=60, min_requests=5, max_error_rate=0.2))
+    stack.publish()
+    stack.registry.promote("digits", 1)
+    stack.registry.set_label("digits", "canary", 2, weight=1.0)
+    assert stack.call("POST", PREDICT, _predict_body()).headers["Model-Version"] == "2"
+    labels = stack.registry.labels
+    monkeypatch.setattr(stack.registry, "labels", lambda model: time.sleep(0.6) or labels(model))
+    stack.clock.now += 5  # a slow labels read starts with the next request, with the canary still set
+    stack.host.fail[2] = InferenceError("digits version 2 failed")
+    replies = [stack.call("POST", PREDICT, _predict_body()) for _ in range(8)]  # the breach, the rollback
+    stack.run(asyncio.sleep(0.8))  # the slow read that began before the rollback ends now
+    assert {r.headers["Model-Version"] for r in replies} == {"1"}
+    assert "canary" not in stack.registry.labels("digits")
+    assert [stack.call("POST", PREDICT, _predict_body()).headers["Model-Version"] for _ in range(3)] == ["1"] * 3
+
+
+def test_reads_in_flight_stay_bounded_while_the_storage_hangs(make_stack, monkeypatch) -> None:
+    from maas.serving import registry_cache
+
+    stack = make_stack(request_timeout_s=10)
+    assert stack.call("POST", PREDICT, _predict_body()).status == 200
+    versions = stack.registry.versions
+    monkeypatch.setattr(stack.registry, "versions", lambda model: time.sleep(0.5) or versions(model))
+    stack.root.rename(stack.root.with_name("away"))
+    stack.clock.now += 5
+
+    async def many():  # noqa: ANN202
+        return await asyncio.gather(*(stack.acall("POST", f"/v1/models/m{i}:predict", _predict_body())
+                                      for i in range(200)))
+
+    assert {r.status for r in stack.run(many())} == {503}
+    assert len(stack.cache._reading) <= registry_cache._MAX_READS  # the rest answered at once, not queued
+
+
+def test_the_status_route_answers_within_the_request_timeout(make_stack, monkeypatch) -> None:
+    stack = make_stack(request_timeout_s=0.5)
+    history = stack.registry.label_history
+    monkeypatch.setattr(stack.registry, "label_history", lambda model: time.sleep(2) or history(model))
+    started = time.monotonic()
+    reply = stack.call("GET", "/maas/v1/status")
+    assert reply.status == 504 and time.monotonic() - started < 1.5
+
+
+def test_a_body_the_replica_can_never_hold_is_413_and_a_full_budget_closes(make_stack) -> None:
+    stack = make_stack(max_buffered_bytes=10_000)
+    reply = stack.call("POST", PREDICT, b" " * 20_000, {"content-length": "20000"})
+    assert reply.status == 413 and "max_buffered_bytes" in reply.json()["error"]
+    reply = stack.call("POST", PREDICT, chunks=[b" " * 6000, b" " * 6000])  # no Content-Length: refused midway
+    assert reply.status == 503 and reply.headers["Connection"] == "close" and reply.headers["Retry-After"] == "1"

@@ -130,3 +130,10 @@ def test_an_answer_over_max_response_bytes_is_413() -> None:
     outputs = {"probabilities": np.full((4, 10), 0.123456, dtype=np.float32)}
     with pytest.raises(PayloadTooLarge, match="the limit is 100 .max_response_bytes."):
         tfserving.encode_predict(outputs, True, RequestLimits(max_response_bytes=100))
+
+
+def test_boolean_inputs_take_true_and_false_only() -> None:
+    flags = Signature(inputs=(TensorSpec("f", "bool", (-1, 2)),), outputs=(TensorSpec("p", "float32", (-1,)),))
+    assert tfserving.decode_predict(b'{"instances": [[true, false]]}', flags, LIMITS).inputs["f"].dtype == np.bool_
+    with pytest.raises(InvalidInput, match="expects true or false"):
+        tfserving.decode_predict(b'{"instances": [[2, 0]]}', flags, LIMITS)

@@ -11,6 +11,7 @@ Invalid UTF-8 is a 400 that says so.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any, Iterable
 
@@ -63,7 +64,7 @@ def dumps_bounded(document: Any, max_bytes: int) -> bytes:
 def check_answer_size(arrays: Iterable[np.ndarray], max_bytes: int, *, binary: Iterable[np.ndarray] = ()) -> None:
     """Refuse, before encoding them, answers certain to be over ``max_bytes``: JSON spends at least two
     bytes on every number (``0,``), binary tensors their size in bytes."""
-    at_least = sum(a.size for a in arrays) * 2 + sum(a.nbytes for a in binary)
+    at_least = sum(a.size for a in arrays) * 2 + sum(a.nbytes if a.dtype.kind != "O" else 4 * a.size for a in binary)
     if at_least > max_bytes:
         raise answer_too_large(at_least, max_bytes, exact=False)
 
@@ -78,6 +79,11 @@ def _fallback(obj: Any) -> Any:
         return obj.tolist()
     if isinstance(obj, np.generic):
         return obj.item()
+    if isinstance(obj, bytes):  # a string tensor's element: text, or TF Serving's {"b64": ...} for binary
+        try:
+            return obj.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(obj).decode("ascii")}
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 

@@ -100,6 +100,8 @@ def decode_infer(json_part: bytes, binary: bytes | None, signature: Signature,
         where = f"inputs[{i}]"
         name, shape, datatype = _tensor_header(tensor, where)
         spec = signature.input(name)
+        if spec.dtype == "string":
+            raise InvalidInput(f"{where}: string inputs are not supported")
         if name in inputs:
             raise InvalidInput(f"{where}: input '{name}' is given twice")
         if datatype != spec.v2_datatype:

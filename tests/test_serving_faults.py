@@ -95,6 +95,9 @@ def test_hundreds_of_trickling_bodies_leave_the_replicas_answering_others(digits
             answers.append((type(exc).__name__, time.monotonic() - sent))
     tricklers.join(timeout=SERVICE_BODY_TIMEOUT_S + 60)
     assert not tricklers.is_alive()
+    print(f"\n{TRICKLERS} trickling bodies: {dict(Counter(results))} after {time.monotonic() - started:.1f}s; "
+          f"meanwhile {len(answers)} predictions, {dict(Counter(s for s, _ in answers))}, slowest "
+          f"{max(s for _, s in answers) * 1000:.0f} ms")
     assert Counter(status for status, _ in answers) == Counter({200: len(answers)}), answers
     assert len(answers) >= 10 and max(s for _, s in answers) < 2.0, answers
     assert Counter(results) == Counter({"408": TRICKLERS}), Counter(results)

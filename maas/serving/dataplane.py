@@ -155,10 +155,8 @@ class DataPlane:
                            model, target.version, type(exc).__name__, default)
             self._on_canary_fallback(model, target.version)
             info.version, info.label = default, default_label
-            try:
-                outputs = await self._predict(model, default, inputs, deadline)
-            except InferenceError:  # the default version fails on this input too: the input's fault
-                raise
+            # If the default version fails on this input too, that is the input's fault: not judged.
+            outputs = await self._predict(model, default, inputs, deadline)
             self._judge(model, target.version, canary_label, ok=False, latency_s=latency_s)
             return default, decoded, outputs
         self._judge(model, target.version, canary_label, ok=True, latency_s=self._clock() - started)

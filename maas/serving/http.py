@@ -138,9 +138,8 @@ class HttpApi:
                       key: ApiKey | None, info: RequestInfo) -> HttpResponse:
         route, model = match.route, params.get("model")
         version, label = params.get("version"), params.get("label")
-        kind = (route.protocol, route.kind)
-        info.model = model or ""
-        if kind == ("service", "openapi"):
+        kind = (route.protocol, route.kind)  # info.model is set once the model is known to exist: a
+        if kind == ("service", "openapi"):   # client's made-up names never become metric series
             return HttpResponse(200, self._openapi)
         if kind == ("service", "status"):
             return _json(await self._plane.service_status(key))
@@ -160,10 +159,14 @@ class HttpApi:
             return await self._infer(model, version, body, request.headers.get(v2.HEADER_LENGTH), info)
         if kind == ("tfserving", "status"):
             if version is None and label is None:
-                return _json(tfserving.status_body(await self._plane.versions(model)))
-            return _json(tfserving.status_body([await self._plane.resolve(model, version, label)]))
+                versions = await self._plane.versions(model)
+                info.model = model
+                return _json(tfserving.status_body(versions))
+            resolved = await self._plane.resolve(model, version, label)
+            info.model, info.version = model, resolved
+            return _json(tfserving.status_body([resolved]))
         resolved = await self._plane.resolve(model, version, label)
-        info.version = resolved
+        info.model, info.version = model, resolved
         if kind == ("v2", "model_ready"):
             return _json({"name": model, "ready": True})
         signature = await self._plane.signature(model, resolved)

@@ -375,3 +375,14 @@ def test_a_body_the_replica_can_never_hold_is_413_and_a_full_budget_closes(make_
     assert reply.status == 413 and "max_buffered_bytes" in reply.json()["error"]
     reply = stack.call("POST", PREDICT, chunks=[b" " * 6000, b" " * 6000])  # no Content-Length: refused midway
     assert reply.status == 503 and reply.headers["Connection"] == "close" and reply.headers["Retry-After"] == "1"
+
+
+def test_made_up_model_names_never_become_metric_series(make_stack) -> None:
+    seen = []
+    stack = make_stack()
+    stack.api._observe = lambda info, status, ms: seen.append((info.model, status))
+    for path in ("/v1/models/made-up-1", "/v1/models/made-up-2/metadata", "/v2/models/made-up-3/ready"):
+        assert stack.call("GET", path).status == 404
+    stack.call("POST", "/v1/models/made-up-4:predict", _predict_body())
+    assert stack.call("GET", "/v1/models/digits").status == 200
+    assert seen == [("", 404)] * 4 + [("digits", 200)]

@@ -59,7 +59,7 @@ def _body(value) -> bytes:  # noqa: ANN001
     return json.dumps(value, allow_nan=True).encode()
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(json_values.map(_body), shaped.map(_body), st.binary(max_size=64)))
 def test_any_predict_body_decodes_or_is_a_named_client_error(body: bytes) -> None:
     try:
@@ -68,7 +68,7 @@ def test_any_predict_body_decodes_or_is_a_named_client_error(body: bytes) -> Non
         assert 400 <= exc.http_status < 500 and str(exc)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(v2_shaped.map(_body), json_values.map(_body)), st.binary(max_size=64),
        st.sampled_from([None, "0", "5"]))
 def test_any_infer_body_decodes_or_is_a_named_client_error(head: bytes, tail: bytes, length: str | None) -> None:

@@ -10,13 +10,23 @@ and :class:`AsyncClient` (asyncio). Both speak the TF Serving REST API (``predic
 
 Both classes build requests and read answers with the same functions below; they differ only in
 how bytes travel (``http.client`` keep-alive connections per thread, or one ``aiohttp`` session).
+
+Every call they make is idempotent (a prediction changes nothing on the server), so both retry a
+call whose connection was lost or that was answered 503 (a replica restarting or full), with
+exponential backoff and jitter, honouring ``Retry-After``, within :class:`RetryPolicy`'s bound.
+Each retry is counted in ``client.retries`` (by reason), never hidden: ``RetryPolicy(attempts=1)``
+turns retrying off.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
+import random
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -156,15 +166,74 @@ def json_result(reply: Reply) -> Any:
     return reply.raise_for_status().json()
 
 
+# ---- retries ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a call is tried again: its connection lost (refused, reset, closed before an answer) or an
+    answer whose status is in ``statuses``; at most ``attempts`` tries in all, waiting ``backoff_s``
+    doubled after each try (at most ``max_backoff_s``, with full jitter), or the server's
+    ``Retry-After`` when it sends one (capped the same). A timed-out call is never retried: it may
+    still be running, and a retry would double the load that made it slow."""
+
+    attempts: int = 4
+    backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    statuses: frozenset[int] = frozenset({503})
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.backoff_s < 0 or self.max_backoff_s < 0:
+            raise ValueError(f"RetryPolicy needs attempts >= 1 and non-negative waits: {self}")
+
+    def wait_s(self, attempt: int, retry_after: str | None = None) -> float:
+        """Seconds to wait before try ``attempt + 1`` (``attempt`` counts from 1)."""
+        if retry_after is not None and retry_after.strip().isascii() and retry_after.strip().isdigit():
+            return min(float(retry_after.strip()), self.max_backoff_s)
+        return random.uniform(0, min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s))
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+CONNECTION_LOST = "connection"  # the reason counted in ``retries`` for a lost connection
+
+
+class _Retries:
+    """Counts a client's retries by reason (``"connection"``, or the status as text), thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def add(self, reason: str) -> None:
+        with self._lock:
+            self.counts[reason] += 1
+
+
 # ---- the two clients -------------------------------------------------------------------------------
 
 
 class _Base:
-    def __init__(self, base_url: str | None = None, *, api_key: str | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str | None = None, *, api_key: str | None = None, timeout_s: float = 30.0,
+                 retry: RetryPolicy = RetryPolicy()) -> None:
         self.base_url = (base_url or settings.serve_url()).rstrip("/")
         self.timeout_s = timeout_s
+        self.retry = retry
+        self._retries = _Retries()
         key = api_key if api_key is not None else settings.api_key()
         self._auth = {"authorization": f"Bearer {key}"} if key else {}
+
+    @property
+    def retries(self) -> Counter[str]:
+        """Retries so far, by reason: ``"connection"`` for a lost connection, ``"503"`` for that status."""
+        return Counter(self._retries.counts)
+
+    def _retry_wait(self, attempt: int, reason: str, retry_after: str | None = None) -> float | None:
+        """Seconds to wait before trying again after ``attempt`` failed for ``reason``, counted;
+        ``None`` when the policy's attempts are spent."""
+        if attempt >= self.retry.attempts:
+            return None
+        self._retries.add(reason)
+        return self.retry.wait_s(attempt, retry_after)
 
     def __repr__(self) -> str:  # never shows the key
         return f"{type(self).__name__}({self.base_url!r})"
@@ -176,8 +245,9 @@ class _Base:
 class Client(_Base):
     """Blocking client; one keep-alive connection per thread, so one client may serve many threads."""
 
-    def __init__(self, base_url: str | None = None, *, api_key: str | None = None, timeout_s: float = 30.0) -> None:
-        super().__init__(base_url, api_key=api_key, timeout_s=timeout_s)
+    def __init__(self, base_url: str | None = None, *, api_key: str | None = None, timeout_s: float = 30.0,
+                 retry: RetryPolicy = RetryPolicy()) -> None:
+        super().__init__(base_url, api_key=api_key, timeout_s=timeout_s, retry=retry)
         parts = urlsplit(self.base_url)
         self._https = parts.scheme == "https"
         self._netloc = parts.netloc
@@ -219,29 +289,36 @@ class Client(_Base):
         return json_result(self.send(Call("GET", STATUS_PATH)))
 
     def send(self, call: Call, headers: Mapping[str, str] | None = None) -> Reply:
-        """Send one request and return the answer, error statuses included (no exception for those)."""
+        """Send one request and return the answer, error statuses included (no exception for those),
+        retried as :attr:`retry` says (a server closing an idle keep-alive connection is one such
+        lost connection, and counted like the others)."""
         all_headers = self._headers(call, headers)
-        for attempt in range(2):
+        attempt = 0
+        while True:
+            attempt += 1
             conn = self._connection()
             try:
                 conn.request(call.method, self._prefix + call.path, body=call.body, headers=all_headers)
                 resp = conn.getresponse()
                 body = resp.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                conn.close()  # the server closed an idle keep-alive connection: open a new one, once
-                self._local.conn = None
-                if attempt:
+            except ConnectionError:  # refused, reset, or closed before an answer (RemoteDisconnected)
+                self.close()
+                wait = self._retry_wait(attempt, CONNECTION_LOST)
+                if wait is None:
                     raise
+                time.sleep(wait)
                 continue
             except Exception:
-                conn.close()
-                self._local.conn = None
+                self.close()
                 raise
             if resp.will_close:
-                conn.close()
-                self._local.conn = None
-            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
-        raise AssertionError("unreachable")
+                self.close()
+            reply = Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
+            wait = self._retry_wait(attempt, str(reply.status), reply.headers.get("retry-after")) \
+                if reply.status in self.retry.statuses else None
+            if wait is None:
+                return reply
+            time.sleep(wait)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -266,8 +343,9 @@ class Client(_Base):
 class AsyncClient(_Base):
     """asyncio client over one ``aiohttp`` session; use ``async with AsyncClient(...) as client``."""
 
-    def __init__(self, base_url: str | None = None, *, api_key: str | None = None, timeout_s: float = 30.0) -> None:
-        super().__init__(base_url, api_key=api_key, timeout_s=timeout_s)
+    def __init__(self, base_url: str | None = None, *, api_key: str | None = None, timeout_s: float = 30.0,
+                 retry: RetryPolicy = RetryPolicy()) -> None:
+        super().__init__(base_url, api_key=api_key, timeout_s=timeout_s, retry=retry)
         self._session: Any = None
 
     async def predict(self, model: str, instances: Any, *, version: int | None = None,
@@ -306,10 +384,29 @@ class AsyncClient(_Base):
 
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
-        async with self._session.request(call.method, self.base_url + call.path, data=call.body,
-                                         headers=self._headers(call, headers)) as resp:
-            body = await resp.read()
-            return Reply(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
+            # aiohttp retries a GET once, unseen, when the server drops the connection; the retries
+            # here are counted instead (the flag aiohttp's own test client turns off; no public one).
+            self._session._retry_connection = False
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._session.request(call.method, self.base_url + call.path, data=call.body,
+                                                 headers=self._headers(call, headers)) as resp:
+                    reply = Reply(resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.read())
+            except aiohttp.ServerTimeoutError:  # a timeout, never retried (see RetryPolicy)
+                raise
+            except aiohttp.ClientConnectionError:  # refused, reset, or closed before an answer
+                wait = self._retry_wait(attempt, CONNECTION_LOST)
+                if wait is None:
+                    raise
+                await asyncio.sleep(wait)
+                continue
+            wait = self._retry_wait(attempt, str(reply.status), reply.headers.get("retry-after")) \
+                if reply.status in self.retry.statuses else None
+            if wait is None:
+                return reply
+            await asyncio.sleep(wait)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -7,6 +7,12 @@ keys, and reports the service's status. It is a plain class: its registry view a
 are injected, so every case here is a unit test with small fakes (``tests/unit/``); the Serve wiring
 (:mod:`maas.serving.app`) gives it the real ones.
 
+A version switch never sends a request to a cold version while a warm one can answer it: when a
+label (or the latest version) moves, or a canary share appears, to a version this replica has not
+loaded, the replica starts loading it in the background and answers with the version it has been
+answering with until the new one is loaded and warmed, as TF Serving does. A version that fails to
+load leaves the label's traffic where it was; a canary that fails to load is tried (and judged).
+
 A canary is judged only on its own faults: its load failing, its model failing on input that the
 default version answers, or its own forward pass outlasting the deadline. Overload (503), storage
 outages, client errors and inputs that fail every version never count against it.
@@ -18,7 +24,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -34,6 +40,7 @@ D = TypeVar("D")
 MISSING_KEY = ("API key required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' (create one with "
                "`maas keys create`)")
 CANARY_FAULTS = (InferenceError, ModelUnavailable)  # failures that are the canary version's own
+LoadState = Literal["absent", "loading", "ready", "failed"]  # a version on one replica
 
 
 class ModelRegistry(Protocol):
@@ -64,6 +71,11 @@ class Predictor(Protocol):
     async def predict(self, model: str, version: int, inputs: dict[str, np.ndarray],
                       ticket: PassTicket) -> dict[str, np.ndarray]: ...
 
+    def load_state(self, model: str, version: int) -> LoadState: ...
+
+    def start_load(self, model: str, version: int) -> None:
+        """Load and warm ``version`` in the background (no-op when loaded or loading)."""
+
 
 class DataPlane:
     def __init__(self, registry: ModelRegistry, host: Predictor, *, canary: CanaryMonitor, key_secret: bytes | None,
@@ -82,6 +94,7 @@ class DataPlane:
         self._on_canary_fallback = on_canary_fallback
         self._clock = clock
         self._background: set[asyncio.Task[None]] = set()
+        self._answering: dict[tuple[str, str], int] = {}  # (model, label or "" when routed): last version used
 
     # ---- access ----------------------------------------------------------------------------------
 
@@ -125,9 +138,15 @@ class DataPlane:
         deadline = self._clock() + self._timeout_s
         what = f"{model} version {version or label or ''}".rstrip()
         default = await self._within(self._registry.resolve(model, version, label), deadline, what)
+        if version is None:
+            default = self._warm_first(model, label or "", default)
         routed = version is None and label is None
         labels = await self._within(self._registry.labels(model), deadline, what) if routed else {}
         target = choose(labels, default) if routed else Route(default)
+        if target.canary and self._host.load_state(model, target.version) in ("absent", "loading") \
+                and self._host.load_state(model, default) == "ready":
+            self._host.start_load(model, target.version)  # its share goes to it once it is warm
+            target = Route(default)
         default_label = "stable" if "stable" in labels else "latest"
         info.model, info.version, info.replica = model, target.version, self._replica
         info.label = ("canary" if target.canary else default_label) if routed else (label or "none")
@@ -161,6 +180,19 @@ class DataPlane:
             return default, decoded, outputs
         self._judge(model, target.version, canary_label, ok=True, latency_s=self._clock() - started)
         return target.version, decoded, outputs
+
+    def _warm_first(self, model: str, route: str, wanted: int) -> int:
+        """The version to answer ``route`` (a label, or ``""`` for routed requests) with: ``wanted``,
+        unless it is not loaded here yet while the version this route answered with last is; then
+        that one, with ``wanted`` loading in the background. A ``wanted`` that failed to load keeps
+        the route on the version it had."""
+        previous = self._answering.get((model, route))
+        if previous is not None and previous != wanted and self._host.load_state(model, wanted) != "ready" \
+                and self._host.load_state(model, previous) == "ready":
+            self._host.start_load(model, wanted)
+            return previous
+        self._answering[(model, route)] = wanted
+        return wanted
 
     async def _predict(self, model: str, version: int, inputs: dict[str, np.ndarray], deadline: float,
                        ticket: PassTicket | None = None) -> dict[str, np.ndarray]:

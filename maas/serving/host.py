@@ -14,6 +14,7 @@ time per instance, times the instances); any other runs in a thread, where Tenso
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +25,11 @@ from ray import serve
 
 from maas.errors import InferenceError, MaasError, ModelUnavailable, ServerBusy, StorageUnavailable
 from maas.registry import Registry
-from maas.serving.dataplane import PassTicket
+from maas.serving.dataplane import LoadState, PassTicket
 from maas.serving.runtime import LoadedModel, load_saved_model
 from maas.serving.stats import batch_size_histogram
+
+logger = logging.getLogger("ray.serve")
 
 BUSY = "Model server queues are full; retry later"
 INLINE_PASS_S = 0.002  # a pass expected to be shorter runs on the event loop: a thread hand-off costs more
@@ -90,6 +93,8 @@ class ModelHost:
         self._batch_size = batch_size_histogram()
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
         self._failed: dict[str, tuple[float, MaasError]] = {}
+        self._ready: dict[str, object] = {}  # loaded and warmed, in Serve's cache: key -> that load's token
+        self._warming: dict[str, asyncio.Task[Any]] = {}  # loads started ahead of traffic (start_load)
 
         async def load(key: str) -> LoadedModel:  # a plain function: Serve keeps its cache on it
             # A request that times out (504) is cancelled; the load it started goes on, shielded, and
@@ -107,6 +112,36 @@ class ModelHost:
                     del self._loading[key]  # request that finds the version unloaded loads it anew
 
         self._load = serve.multiplexed(max_num_models_per_replica=max_models)(load)
+
+    def load_state(self, model: str, version: int) -> LoadState:
+        """Whether ``version`` is loaded and warmed here, loading, failed to load lately, or neither."""
+        key = model_id(model, version)
+        if key in self._ready:
+            return "ready"
+        if key in self._loading or key in self._warming:
+            return "loading"
+        failed = self._failed.get(key)
+        if failed is not None and time.monotonic() - failed[0] < FAILED_LOAD_RETRY_S:
+            return "failed"
+        return "absent"
+
+    def start_load(self, model: str, version: int) -> None:
+        """Load and warm ``version`` in the background, into the same LRU cache requests use: the data
+        plane calls this when a label moves to a version this replica has not loaded, and goes on
+        answering with the version it had until this one is ready (as TF Serving does)."""
+        key = model_id(model, version)
+        if self.load_state(model, version) in ("ready", "loading"):
+            return
+        task = self._warming[key] = asyncio.ensure_future(self._load(key))
+
+        def done(finished: asyncio.Task[Any]) -> None:
+            if self._warming.get(key) is finished:
+                del self._warming[key]
+            if not finished.cancelled() and finished.exception() is not None:
+                logger.warning("loading %s version %d ahead of traffic failed (%s); still answering with the "
+                               "version loaded before", model, version, type(finished.exception()).__name__)
+
+        task.add_done_callback(done)
 
     def reconfigure(self, config: BatchConfig) -> None:
         self.config = config
@@ -217,6 +252,20 @@ class ModelHost:
             self._failed[key] = (time.monotonic(), error)
             raise error from exc
         self._failed.pop(key, None)
+        token = self._ready[key] = object()
+        loop = asyncio.get_running_loop()
+
+        def drop() -> None:  # a later load of the same key has a token of its own
+            if self._ready.get(key) is token:
+                del self._ready[key]
+
+        def unloaded() -> None:  # Serve's LRU evicted it; Serve calls this in a thread
+            try:
+                loop.call_soon_threadsafe(drop)
+            except RuntimeError:  # the replica's loop is gone: so is this host
+                pass
+
+        loaded.on_unload = unloaded
         return loaded
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,6 +26,12 @@ class LoadedModel:
     _fn: Any  # the SavedModel's serving_default concrete function: one graph for every batch size
     instance_s: float = 0.0  # moving average of a pass's duration per instance (from the warm-up's, which
     #                          traces: an over-estimate that the next passes correct)
+    on_unload: Callable[[], None] | None = None  # told when Serve's LRU cache drops this version
+
+    def __del__(self) -> None:
+        """Serve's ``@serve.multiplexed`` cache calls ``__del__`` on the version it evicts."""
+        if self.on_unload is not None:
+            self.on_unload()
 
     def expected_pass_s(self, n: int) -> float:
         """How long a pass over ``n`` instances is expected to take."""

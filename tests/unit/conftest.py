@@ -15,7 +15,8 @@ import pytest
 from maas.auth import KeyStore
 from maas.registry import Registry
 from maas.serving.canary import CanaryMonitor, CanaryPolicy
-from maas.serving.dataplane import DataPlane, PassTicket
+from maas.errors import ModelUnavailable
+from maas.serving.dataplane import DataPlane, LoadState, PassTicket
 from maas.serving.http import HttpApi, HttpRequest, HttpResponse, in_thread
 from maas.serving.protocol.limits import RequestLimits
 from maas.serving.registry_cache import RegistryCache
@@ -36,6 +37,32 @@ class FakeHost:
         self.fail: dict[int, Exception] = {}
         self.delay_s = 0.0
         self.queued_s = 0.0  # time spent "waiting for a batch" before the pass starts
+        self.load_s = 0.0  # how long a load started ahead of traffic takes
+        self.loaded: set[int] = set()  # a version is loaded by its first prediction, or by start_load
+        self.tried: set[int] = set()
+        self.warming: dict[int, asyncio.Task[None]] = {}
+
+    def load_state(self, model: str, version: int) -> LoadState:
+        if version in self.loaded:
+            return "ready"
+        if version in self.warming:
+            return "loading"
+        if isinstance(self.fail.get(version), ModelUnavailable) and version in self.tried:
+            return "failed"
+        return "absent"
+
+    def start_load(self, model: str, version: int) -> None:
+        if self.load_state(model, version) in ("ready", "loading"):
+            return
+
+        async def load() -> None:
+            await asyncio.sleep(self.load_s)
+            self.tried.add(version)
+            if not isinstance(self.fail.get(version), ModelUnavailable):  # other faults are the passes'
+                self.loaded.add(version)
+            del self.warming[version]
+
+        self.warming[version] = asyncio.get_running_loop().create_task(load())
 
     async def predict(self, model: str, version: int, inputs: dict[str, np.ndarray],
                       ticket: PassTicket) -> dict[str, np.ndarray]:
@@ -43,6 +70,9 @@ class FakeHost:
         self.calls.append((model, version, n))
         if self.queued_s:
             await asyncio.sleep(self.queued_s)
+        self.tried.add(version)
+        if not isinstance(self.fail.get(version), ModelUnavailable):
+            self.loaded.add(version)
         if version in self.fail:
             raise self.fail[version]
         ticket.pass_started = time.monotonic()

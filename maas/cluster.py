@@ -96,6 +96,7 @@ def local_state() -> ClusterState:
 
 
 HAPROXY_IDLE_CLIENT_S = 60  # Ray's default keeps a silent client connection for an hour
+HAPROXY_RETRY_ON = "conn-failure empty-response"  # Ray's default: conn-failure (see node_env)
 
 
 HAPROXY_DIR_ENV = "MAAS_HAPROXY_DIR"
@@ -119,6 +120,11 @@ def node_env(haproxy_folder: str | Path, *, head: bool) -> dict[str, str]:
       the admin socket ``mode 666 level admin`` (anyone who can reach it can reconfigure the proxy), so
       it must live in a folder only Ray's user can enter (0700, made by :func:`prepare_haproxy_dir`).
     - A client connection silent for ``HAPROXY_IDLE_CLIENT_S`` is closed (HAProxy's ``timeout client``).
+    - HAProxy retries a request on another replica when the one it went to closed the connection
+      without answering (``empty-response``: the replica died mid-request), not only when it could not
+      connect (Ray's default). Safe here: every POST route is a prediction, which changes nothing on
+      the server. HAProxy can replay only what it buffered, so a body over its 16 KB buffer is not
+      retried; a timeout or a 503 (deliberate backpressure) never is.
     """
     folder = str(haproxy_folder)
     env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
@@ -131,6 +137,7 @@ def node_env(haproxy_folder: str | Path, *, head: bool) -> dict[str, str]:
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
             "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(HAPROXY_IDLE_CLIENT_S),
+            "RAY_SERVE_HAPROXY_RETRY_ON": HAPROXY_RETRY_ON,
         })
     return env
 

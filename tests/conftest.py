@@ -197,17 +197,30 @@ def _wait_for_dashboard(url: str, timeout_s: float = 60) -> None:
             time.sleep(0.5)
 
 
-@pytest.fixture(scope="session")
-def tiny_saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real (untrained) digits SavedModel, exported the way training exports it."""
+def _tiny_digits_model(path: Path, seed: int) -> Path:
+    """A real (untrained) digits SavedModel, exported the way training exports it, its weights drawn
+    from ``seed``: models of different seeds give different answers to the same input."""
+    import keras
+
     from maas.templates import DataInfo, DataSplits, get_template
     from maas.training.export import export_saved_model
 
-    path = tmp_path_factory.mktemp("tiny") / "saved_model"
     template = get_template("digits")
     info = DataInfo(splits=DataSplits(train="", test=""), item_shape=(8, 8), class_names=template.class_names)
+    keras.utils.set_random_seed(seed)
     export_saved_model(template.build_model(info), template, info, str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_digits_model(tmp_path_factory.mktemp("tiny") / "saved_model", seed=1)
+
+
+@pytest.fixture(scope="session")
+def other_tiny_saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`tiny_saved_model` with other weights: a version of it answers differently."""
+    return _tiny_digits_model(tmp_path_factory.mktemp("tiny_other") / "saved_model", seed=2)
 
 
 def _save_waiting_model(path: Path, warm_up_s: float):

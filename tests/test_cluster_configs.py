@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shlex
 from pathlib import Path
 
 import jsonschema
@@ -89,7 +90,7 @@ def test_every_node_gets_the_project_the_token_and_the_shared_storage(cluster_co
     for head, key in ((True, "head_start_ray_commands"), (False, "worker_start_ray_commands")):
         start = " ".join(cluster_config[key])
         for name, value in node_env(IMAGE_HAPROXY_DIR, head=head).items():  # the same settings as `maas cluster up`
-            assert f"{name}={value}" in start, (key, name)
+            assert f"{name}={shlex.quote(value)}" in start, (key, name)  # as a shell reads it
     assert f"install -d -m 700 {IMAGE_HAPROXY_DIR}" in head_start
     assert all(". ~/.maas_env" in " ".join(cluster_config[k]) for k in ("head_start_ray_commands", "worker_start_ray_commands"))
 

@@ -73,7 +73,7 @@ class AppArgs(BaseModel):
 @serve.deployment(
     name="ModelServer",
     max_ongoing_requests=2048,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8},
+    autoscaling_config={"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 8},
     ray_actor_options={"num_cpus": 0.5},
     health_check_period_s=10,
 )

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import time
+from collections import Counter
 from typing import Callable
 
 import pytest
@@ -94,6 +95,20 @@ def _after_kill(load: Traffic, recovered: Callable[[], bool], what: str, timeout
     return seconds
 
 
+def _kill_replica(ray_cluster, load: Traffic, victim: dict, *, replicas: int) -> tuple[float, float]:
+    """SIGKILL ``victim``'s process once the load is answered; when it was, and the seconds until
+    Serve runs ``replicas`` replicas again without it."""
+    _started(load)
+    killed = time.monotonic()
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    def replaced() -> bool:
+        ids = {r["replica_id"] for r in _replicas(ray_cluster)}
+        return len(ids) == replicas and victim["replica_id"] not in ids
+
+    return killed, _after_kill(load, replaced, "the replica replaced")
+
+
 def _report(what: str, load: Traffic, **figures: object) -> None:
     extra = "".join(f", {k} {v}" for k, v in figures.items())
     print(f"\n{what}: {len(load.outcomes)} requests, {len(load.failures())} failed, {len(load.retries)} sent "
@@ -138,15 +153,7 @@ def test_a_replica_killed_under_load_fails_no_request_and_is_replaced(ray_cluste
     victim = before[0]
     with Traffic(ray_cluster.serve_url, key, "switch", clients=CLIENTS, max_s=150,
                  timeout_s=REQUEST_TIMEOUT_S + 10) as load:
-        _started(load)
-        killed = time.monotonic()
-        os.kill(victim["pid"], signal.SIGKILL)
-
-        def replaced() -> bool:
-            ids = {r["replica_id"] for r in _replicas(ray_cluster)}
-            return len(ids) == 2 and victim["replica_id"] not in ids
-
-        recovered_s = _after_kill(load, replaced, "the replica replaced")
+        killed, recovered_s = _kill_replica(ray_cluster, load, victim, replicas=2)
     _report("replica SIGKILL", load, seconds_to_full_capacity=f"{recovered_s:.1f}",
             during=sum(1 for o in load.outcomes if killed <= o.at < killed + recovered_s))
     assert load.failures() == []
@@ -182,3 +189,34 @@ def test_the_serve_controller_killed_under_load_fails_no_request_and_comes_back(
         back_s = _after_kill(load, back, "the controller back")
     _report("controller SIGKILL", load, seconds_until_back=f"{back_s:.1f}")
     assert load.failures() == [] and load.retries == []
+
+
+@pytest.mark.chaos
+def test_a_single_replica_killed_fails_requests_only_until_it_is_replaced(ray_cluster, two_replicas) -> None:
+    """With one replica there is nobody to retry on: HAProxy holds the requests until a replica is
+    back or the client gives up, so failures are bounded to the time Serve takes to replace it
+    (measured), and the service answers again by itself."""
+    registry, key = two_replicas
+    config = deploy.load_serve_config(registry=registry.uri, port=ray_cluster.serve_port)
+    app = config["applications"][0]
+    app["args"].update(registry_refresh_s=0.5, request_timeout_s=REQUEST_TIMEOUT_S)
+    next(d for d in app["deployments"] if d["name"] == "ModelServer")["autoscaling_config"] = {
+        "min_replicas": 1, "max_replicas": 1}
+    deploy.deploy(config, dashboard=ray_cluster.dashboard_url, timeout_s=300)
+    deadline = time.monotonic() + 120
+    while len(_replicas(ray_cluster)) != 1:
+        assert time.monotonic() < deadline, "not down to one replica"
+        time.sleep(0.5)
+    victim = _replicas(ray_cluster)[0]
+    with Traffic(ray_cluster.serve_url, key, "switch", clients=CLIENTS, max_s=150,
+                 timeout_s=REQUEST_TIMEOUT_S + 10) as load:
+        killed, recovered_s = _kill_replica(ray_cluster, load, victim, replicas=1)
+        time.sleep(3)  # answers after the replacement, to show they all succeed
+    failed = load.failures()
+    window = (min(o.at for o in failed) - killed, max(o.at for o in failed) - killed) if failed else (0.0, 0.0)
+    _report("single replica SIGKILL", load, seconds_to_replaced=f"{recovered_s:.1f}",
+            failure_window_s=f"{window[0]:.1f}-{window[1]:.1f}",
+            failures=dict(Counter(o.status for o in failed)))
+    assert window[1] <= recovered_s + 5  # failures end once the replacement runs
+    after = load.statuses(since=killed + recovered_s + 1)
+    assert set(after) == {200} and after[200] >= 50, after

@@ -3,6 +3,7 @@
     maas cluster up|down|status|env    local Ray cluster (dashboard http://127.0.0.1:8265)
     maas train --template digits       submit a training job to the cluster (ray job submit)
     maas models list|show|promote|rollback|label|set-weight|history|unlabel
+    maas registry clean                remove what dead publishers left (never a published version)
     maas keys create|list|revoke       API keys for the HTTP API (scoped per model, stored hashed)
     maas deploy                        apply deployments/serve_config.yaml (serve deploy)
     maas status                        per model: versions, labels, replicas, recent error rate
@@ -99,6 +100,22 @@ def _build_parser() -> argparse.ArgumentParser:
     unlabel.add_argument("model")
     unlabel.add_argument("label")
     unlabel.set_defaults(handler=_models_unlabel)
+
+    r = sub.add_parser("registry", help="maintain the registry's storage")
+    rsub = r.add_subparsers(title="actions", metavar="ACTION")
+    clean = rsub.add_parser(
+        "clean", help="remove what dead publishers left: staging folders, partial versions, stale claims, "
+                      "partial downloads (never a published version)",
+        description="A publisher that dies leaves only what readers never look at. This removes it once its "
+                    "newest write is older than --older-than by the storage's clock: staging folders and temp "
+                    "files, numbered folders without metadata.json (their number stays taken), label-lock "
+                    "claims (also only once 2 minutes old), and this machine's partial downloads.")
+    clean.add_argument("--registry", default=None, help=f"registry URI (default: {settings.default_registry_uri()})")
+    clean.add_argument("--older-than", default="1h", metavar="AGE",
+                       help="only leftovers untouched this long: 3600, 90s, 30m, 1h, 2d (default: 1h). 0 takes "
+                            "everything; on an object store use it only while nothing is publishing")
+    clean.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
+    clean.set_defaults(handler=_registry_clean)
 
     k = sub.add_parser("keys", help="API keys for the HTTP API (stored hashed beside the registry)")
     k.add_argument("--registry", default=None, help=f"registry URI (default: {settings.default_registry_uri()})")
@@ -301,6 +318,15 @@ def _models_history(args: argparse.Namespace) -> int:
 def _models_unlabel(args: argparse.Namespace) -> int:
     _registry(args).remove_label(args.model, args.label)
     print(f"{args.model}: label {args.label} removed")
+    return 0
+
+
+def _registry_clean(args: argparse.Namespace) -> int:
+    from maas.registry import parse_age
+
+    older_than_s = parse_age(args.older_than)  # here, not as an argparse type: one error line, exit 2
+    for line in _registry(args).clean(older_than_s=older_than_s, dry_run=args.dry_run).lines():
+        print(line)
     return 0
 
 

@@ -15,13 +15,19 @@ BENCH_PIN_kserve := 'kserve>=0.15'
 demo: $(STAMP)  ## train on 2 Ray Train workers, publish, deploy with Ray Serve, predict over HTTP
 	$(BIN)/maas demo
 
-test: $(STAMP)  ## the whole suite on a real local Ray cluster (pytest exit 5, "no tests", is not a failure)
+# Debian's redis-server: the GCS fault tolerance of `maas cluster up --ha`, which the tests start.
+REDIS_SERVER := /usr/bin/redis-server
+$(REDIS_SERVER):
+	@command -v redis-server >/dev/null || apt-get install -y -q redis-server >/dev/null || \
+		(apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null)
+
+test: $(STAMP) $(REDIS_SERVER)  ## the whole suite on a real local Ray cluster (pytest exit 5, "no tests", is not a failure)
 	@$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
 test-unit: $(STAMP)  ## the unit tier: protocol layer, data plane, keys, caches; no Ray, no cluster (seconds)
 	$(BIN)/python -m pytest tests/unit
 
-chaos: $(STAMP)  ## the slow tier: faults under load (tests marked chaos), on the same real local cluster
+chaos: $(STAMP) $(REDIS_SERVER)  ## the slow tier: faults under load (tests marked chaos), on the same real local cluster
 	$(BIN)/python -m pytest -m chaos
 
 FUZZ_REQUESTS ?= 10000

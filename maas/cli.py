@@ -46,11 +46,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maas", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(title="verbs", metavar="VERB")
 
+    from maas.cluster import REDIS_PORT
+
     c = sub.add_parser("cluster", help="start, stop or inspect the local Ray cluster")
     csub = c.add_subparsers(title="actions", metavar="ACTION")
     up = csub.add_parser("up", help="start a single-machine Ray head (idempotent)")
     up.add_argument("--num-cpus", type=int, default=None, help="logical CPUs (default: all cores)")
     up.add_argument("--no-ha-proxy", action="store_true", help="use Serve's default proxy instead of HAProxy")
+    up.add_argument("--ha", action="store_true",
+                    help="GCS fault tolerance: the head keeps the cluster's tables in a local redis-server "
+                         f"(127.0.0.1:{REDIS_PORT}, password and data in $MAAS_HOME/redis), so a restarted GCS "
+                         "finds actors, jobs and Serve as they were")
     up.set_defaults(handler=_cluster_up)
     csub.add_parser("down", help="stop Ray and everything it started (idempotent)").set_defaults(handler=_cluster_down)
     csub.add_parser("status", help="what runs: Ray, Serve applications").set_defaults(handler=_cluster_status)
@@ -175,7 +181,7 @@ def _cluster_up(args: argparse.Namespace) -> int:
     from maas import cluster
 
     before = cluster.local_state().running
-    state = cluster.up(num_cpus=args.num_cpus, ha_proxy=not args.no_ha_proxy)
+    state = cluster.up(num_cpus=args.num_cpus, ha_proxy=not args.no_ha_proxy, ha=args.ha)
     print(("Ray already running" if before else "Ray started") + f" at {state.gcs_address}")
     print(f"Dashboard: {state.dashboard_url}  (token auth on; token in {cluster.token_path()})")
     return 0

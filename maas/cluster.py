@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import stat
@@ -157,8 +158,99 @@ def prepare_haproxy_dir(folder: Path) -> Path:
     return folder
 
 
-def up(*, num_cpus: int | None = None, ha_proxy: bool = True) -> ClusterState:
-    """Start the local Ray head (idempotent): dashboard on 127.0.0.1:8265, token auth, HAProxy ingress."""
+# ---- the GCS's fault tolerance: its tables in Redis ----------------------------------------------
+
+REDIS_PORT = 6380  # beside Ray's own 6379 (the GCS port), which Redis would otherwise take
+REDIS_ADDRESS_ENV = "RAY_REDIS_ADDRESS"  # read by Ray's head at start (ray/_private/node.py)
+
+
+@dataclass(frozen=True)
+class Redis:
+    """A Redis server the head's GCS keeps its tables in, so that a restarted GCS finds the cluster
+    (actors, jobs, Serve's controller and checkpoints) as it was, and the raylets reconnect to it."""
+
+    address: str
+    password: str
+    folder: Path
+
+
+def redis_dir() -> Path:
+    return settings.maas_home() / "redis"
+
+
+def start_redis(folder: Path | None = None, *, port: int = REDIS_PORT) -> Redis:
+    """Start ``redis-server`` on 127.0.0.1:``port`` with a password and an append-only file in
+    ``folder`` (owner-only; idempotent). The password is kept in ``folder/password`` (0600) and the
+    configuration in ``folder/redis.conf`` (0600), never on a command line of Redis's own; Ray passes
+    it to its GCS process on the command line, so it keeps other hosts out, not this host's users."""
+    folder = folder or redis_dir()
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (Debian/Ubuntu: apt-get install -y redis-server); "
+                           "`maas cluster up --ha` keeps the GCS's tables in it")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    password = _secret_file(folder / "password")
+    config = folder / "redis.conf"
+    _write_private(config, "\n".join([
+        f"port {port}", "bind 127.0.0.1", "protected-mode yes", f"requirepass {password}",
+        f"dir {folder}", "appendonly yes", "appendfsync everysec", "daemonize yes",
+        f"pidfile {folder}/redis.pid", f"logfile {folder}/redis.log", ""]))
+    redis = Redis(f"127.0.0.1:{port}", password, folder)
+    if _redis_pid(folder) is None:
+        proc = subprocess.run([binary, str(config)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"redis-server failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    _wait_for_port("127.0.0.1", port, what=f"redis-server (see {folder}/redis.log)", timeout_s=15)
+    return redis
+
+
+def stop_redis(folder: Path | None = None) -> bool:
+    """Stop the Redis of :func:`start_redis` and drop its data (the next cluster starts afresh)."""
+    folder = folder or redis_dir()
+    pid = _redis_pid(folder)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _redis_pid(folder) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    for data in ("appendonlydir", "dump.rdb"):
+        target = folder / data
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    return pid is not None
+
+
+def ha_head_args(redis: Redis) -> tuple[dict[str, str], list[str]]:
+    """The environment and ``ray start --head`` arguments that keep the GCS's tables in ``redis``."""
+    return {REDIS_ADDRESS_ENV: redis.address}, ["--redis-password", redis.password]
+
+
+def _redis_pid(folder: Path) -> int | None:
+    try:
+        pid = int((folder / "redis.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _secret_file(path: Path) -> str:
+    if not path.is_file():
+        _write_private(path, secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def up(*, num_cpus: int | None = None, ha_proxy: bool = True, ha: bool = False) -> ClusterState:
+    """Start the local Ray head (idempotent): dashboard on 127.0.0.1:8265, token auth, HAProxy ingress;
+    with ``ha``, the GCS's tables in a local Redis (:func:`start_redis`), so that the head's GCS can
+    restart without losing the cluster."""
     state = local_state()
     if state.running:
         return state
@@ -173,6 +265,10 @@ def up(*, num_cpus: int | None = None, ha_proxy: bool = True) -> ClusterState:
         "--dashboard-port", str(settings.DASHBOARD_PORT),
         "--disable-usage-stats",
     ]
+    if ha:
+        ha_env, ha_args = ha_head_args(start_redis())
+        env.update(ha_env)
+        cmd += ha_args
     if num_cpus is not None:
         cmd += ["--num-cpus", str(num_cpus)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -184,15 +280,19 @@ def up(*, num_cpus: int | None = None, ha_proxy: bool = True) -> ClusterState:
 
 def _wait_for_dashboard(timeout_s: float = 60.0) -> None:
     """`ray start` returns before the dashboard listens; deploys and job submissions go through it."""
+    _wait_for_port(settings.DASHBOARD_HOST, settings.DASHBOARD_PORT, timeout_s=timeout_s,
+                   what=f"Ray's dashboard ({settings.dashboard_url()}; see /tmp/ray/session_latest/logs/dashboard.log)")
+
+
+def _wait_for_port(host: str, port: int, *, what: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with socket.create_connection((settings.DASHBOARD_HOST, settings.DASHBOARD_PORT), timeout=1.0):
+            with socket.create_connection((host, port), timeout=1.0):
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"Ray's dashboard did not listen on {settings.dashboard_url()} within "
-                                   f"{timeout_s:g}s; see /tmp/ray/session_latest/logs/dashboard.log") from None
+                raise RuntimeError(f"{what} did not listen on {host}:{port} within {timeout_s:g}s") from None
             time.sleep(0.2)
 
 
@@ -204,7 +304,8 @@ def down() -> bool:
     was_running = local_state().running
     subprocess.run([_ray_bin(), "stop", "--force"], capture_output=True, text=True)
     killed = _kill_leftover_haproxy()
-    return was_running or killed
+    redis = stop_redis()
+    return was_running or killed or redis
 
 
 def _kill_leftover_haproxy() -> bool:

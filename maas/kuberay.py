@@ -49,12 +49,25 @@ class KubeRayConfig:
     cpu_workers_max: int = 8
     gpu_workers_max: int = 3
     train_args: tuple[str, ...] = ("--template", "digits", "--num-workers", "2")
+    # GCS fault tolerance of the long-lived clusters (RayCluster, RayService): the head's tables in a
+    # Redis you run (a managed one, or a chart), its password in a Secret you create:
+    #   kubectl create secret generic maas-redis --from-literal=password="$(openssl rand -hex 32)"
+    redis_address: str = "redis:6379"
+    redis_secret: str = "maas-redis"
 
 
-def ray_cluster_spec(cfg: KubeRayConfig) -> dict[str, Any]:
-    """The ``RayClusterSpec`` shared by the RayCluster, the RayJob and the RayService."""
+def ray_cluster_spec(cfg: KubeRayConfig, *, fault_tolerant_gcs: bool = True) -> dict[str, Any]:
+    """The ``RayClusterSpec`` shared by the RayCluster, the RayJob and the RayService. With
+    ``fault_tolerant_gcs`` the GCS keeps its tables in Redis, so that a restarted head pod finds the
+    cluster as it was while Serve goes on answering (a RayJob's cluster lives one job: not needed)."""
     _, ray_version = project_versions()
-    return {
+    spec: dict[str, Any] = {}
+    if fault_tolerant_gcs:
+        spec["gcsFaultToleranceOptions"] = {
+            "redisAddress": cfg.redis_address,
+            "redisPassword": {"valueFrom": {"secretKeyRef": {"name": cfg.redis_secret, "key": "password"}}},
+        }
+    return spec | {
         "rayVersion": ray_version,
         "enableInTreeAutoscaling": True,
         # KubeRay creates the token Secret and hands it to every Ray container (RAY_AUTH_TOKEN).
@@ -134,7 +147,7 @@ def ray_job(cfg: KubeRayConfig) -> dict[str, Any]:
             "submissionMode": "K8sJobMode",
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 600,
-            "rayClusterSpec": ray_cluster_spec(cfg),
+            "rayClusterSpec": ray_cluster_spec(cfg, fault_tolerant_gcs=False),
         },
     }
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from maas.cluster import local_state
+from maas.cluster import REDIS_PORT, _processes, local_state
 
 MAAS = str(Path(sys.executable).with_name("maas"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,8 +116,8 @@ def _check_what_listens_where() -> None:
         assert os.waitstatus_to_exitcode(status) == 0, "another local user reached HAProxy's admin socket"
 
 
-def _up_deploy_and_answer(env: dict[str, str]) -> None:
-    up = _maas("cluster", "up", env=env)
+def _up_deploy_and_answer(env: dict[str, str], *flags: str) -> None:
+    up = _maas("cluster", "up", *flags, env=env)
     assert up.returncode == 0, up.stderr
     assert "Dashboard: http://127.0.0.1:8265" in up.stdout
     deployed = _maas("deploy", env=env)
@@ -164,8 +164,13 @@ def test_cluster_up_down_is_idempotent_and_leaves_nothing_behind(tmp_path: Path)
         assert "not running" in _maas("cluster", "down", env=env).stdout
         assert _maas("cluster", "status", env=env).returncode == 1
 
-        # The HAProxy finding: a restart after a stop must serve again (no stale proxy on port 8000).
-        _up_deploy_and_answer(env)
+        # The HAProxy finding: a restart after a stop must serve again (no stale proxy on port 8000);
+        # this time with the GCS's tables in Redis (`--ha`).
+        _up_deploy_and_answer(env, "--ha")
+        gcs = [args for _, args in _processes() if "gcs_server" in args[0]]
+        assert gcs and f"--redis_port={REDIS_PORT}" in gcs[0], "the GCS should keep its tables in Redis"
+        assert (tmp_path / "redis" / "password").stat().st_mode & 0o777 == 0o600
     finally:
         _maas("cluster", "down", env=env)
     assert not _live_haproxy()
+    assert not [args for _, args in _processes() if "redis-server" in args[0] and f":{REDIS_PORT}" in " ".join(args)]

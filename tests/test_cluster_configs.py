@@ -212,3 +212,14 @@ def test_one_ray_version_across_manifests_and_image() -> None:
         assert spec["authOptions"] == {"mode": "token"}
     dockerfile = (ROOT / "cluster" / "Dockerfile").read_text()
     assert set(re.findall(r"rayproject/ray:([0-9.]+)", dockerfile)) == {version}
+
+
+def test_long_lived_clusters_keep_the_gcs_tables_in_redis_and_a_job_cluster_does_not() -> None:
+    """RayCluster and RayService restart their head without losing the cluster (KubeRay's GCS fault
+    tolerance, the password from a Secret, never in the manifest); a RayJob's cluster lives one job."""
+    service = _manifest("ray-service.yaml")["spec"]["rayClusterConfig"]
+    for spec in (_manifest("ray-cluster.yaml")["spec"], service):
+        options = spec["gcsFaultToleranceOptions"]
+        assert options["redisAddress"] and "value" not in options["redisPassword"]
+        assert options["redisPassword"]["valueFrom"]["secretKeyRef"]["key"] == "password"
+    assert "gcsFaultToleranceOptions" not in _manifest("ray-job.train.yaml")["spec"]["rayClusterSpec"]

@@ -12,6 +12,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import SERVICE_BODY_TIMEOUT_S, SERVICE_MAX_BODY, free_port
@@ -81,6 +82,12 @@ class TestCluster:
     dashboard_url: str
     serve_port: int
     home: Path
+    nodes: Any = None  # the ray.cluster_utils.Cluster: for tests that remove and add nodes
+
+    def add_worker_node(self) -> Any:
+        """One more worker node like the others (2 CPUs, ports of its own)."""
+        return self.nodes.add_node(num_cpus=2, dashboard_agent_listen_port=free_port(),
+                                   metrics_export_port=free_port(), runtime_env_agent_port=free_port())
 
     @property
     def serve_url(self) -> str:
@@ -136,18 +143,13 @@ def ray_cluster(maas_home: Path, s3_server: S3Server):
             "runtime_env_agent_port": free_port(),
         },
     )
+    cluster = TestCluster(
+        dashboard_url=f"http://127.0.0.1:{dashboard_port}", serve_port=free_port(), home=maas_home, nodes=ray_cluster
+    )
     for _ in range(WORKER_NODES):
-        ray_cluster.add_node(
-            num_cpus=2,
-            dashboard_agent_listen_port=free_port(),
-            metrics_export_port=free_port(),
-            runtime_env_agent_port=free_port(),
-        )
+        cluster.add_worker_node()
     ray_cluster.wait_for_nodes()
     ray.init(address=ray_cluster.address, logging_level="WARNING")
-    cluster = TestCluster(
-        dashboard_url=f"http://127.0.0.1:{dashboard_port}", serve_port=free_port(), home=maas_home
-    )
     os.environ["RAY_DASHBOARD_ADDRESS"] = cluster.dashboard_url
     os.environ["MAAS_SERVE_URL"] = cluster.serve_url
     # Clients (maas.client, the CLI) send this key: every model of the session registry. Set after the

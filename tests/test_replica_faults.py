@@ -9,7 +9,10 @@
   answer are sent again by the client as the SDK does, counted; Serve starts a replacement; no
   request fails;
 - the Serve controller SIGKILLed (``make chaos``): serving goes on with no failed request, and the
-  controller is back.
+  controller is back;
+- a worker node holding one replica lost (``make chaos``): at most the requests in flight there
+  fail, and the replica is replaced on a surviving node;
+- the only replica SIGKILLed (``make chaos``): failures bounded by the time Serve takes to replace it.
 """
 
 from __future__ import annotations
@@ -189,6 +192,49 @@ def test_the_serve_controller_killed_under_load_fails_no_request_and_comes_back(
         back_s = _after_kill(load, back, "the controller back")
     _report("controller SIGKILL", load, seconds_until_back=f"{back_s:.1f}")
     assert load.failures() == [] and load.retries == []
+
+
+@pytest.mark.chaos
+def test_a_worker_node_lost_under_load_costs_at_most_its_requests_in_flight(ray_cluster, two_replicas) -> None:
+    """The node holding one of the two replicas removed at once (its raylet and processes killed, as a
+    lost machine): HAProxy retries what was in flight there, Serve starts a replacement on a surviving
+    node. A node is added back afterwards, so the cluster keeps three."""
+    registry, key = two_replicas
+    config = deploy.load_serve_config(registry=registry.uri, port=ray_cluster.serve_port)
+    app = config["applications"][0]
+    app["args"].update(registry_refresh_s=0.5, request_timeout_s=REQUEST_TIMEOUT_S)
+    server = next(d for d in app["deployments"] if d["name"] == "ModelServer")
+    server["autoscaling_config"] = {"min_replicas": 2, "max_replicas": 2}
+    server["max_replicas_per_node"] = 1  # one per node: losing a node loses one replica
+    deploy.deploy(config, dashboard=ray_cluster.dashboard_url, timeout_s=300)
+    head = ray_cluster.nodes.head_node.node_id
+    deadline = time.monotonic() + 120
+    while len({r["node_id"] for r in _replicas(ray_cluster)} - {head}) == 0 or len(_replicas(ray_cluster)) != 2:
+        assert time.monotonic() < deadline, f"no replica on a worker node: {_replicas(ray_cluster)}"
+        time.sleep(0.5)
+    victim = next(r for r in _replicas(ray_cluster) if r["node_id"] != head)
+    node = next(n for n in ray_cluster.nodes.worker_nodes if n.node_id == victim["node_id"])
+    try:
+        with Traffic(ray_cluster.serve_url, key, "switch", clients=CLIENTS, max_s=180,
+                     timeout_s=REQUEST_TIMEOUT_S + 10) as load:
+            _started(load)
+            lost = time.monotonic()
+            ray_cluster.nodes.remove_node(node, allow_graceful=False)
+
+            def replaced() -> bool:
+                replicas = _replicas(ray_cluster)
+                return len(replicas) == 2 and victim["node_id"] not in {r["node_id"] for r in replicas}
+
+            recovered_s = _after_kill(load, replaced, "the replica replaced on a surviving node")
+    finally:
+        ray_cluster.add_worker_node()
+    failed = load.failures()
+    _report("worker node lost", load, seconds_to_full_capacity=f"{recovered_s:.1f}",
+            failures=dict(Counter(o.status for o in failed)),
+            during=sum(1 for o in load.outcomes if lost <= o.at < lost + recovered_s))
+    assert len(failed) + len(load.retries) <= CLIENTS  # at most what was in flight on the lost node
+    assert set(load.statuses(since=lost + recovered_s)) <= {200}
+    assert load.mismatched_answers() == {}
 
 
 @pytest.mark.chaos

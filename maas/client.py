@@ -172,10 +172,13 @@ def json_result(reply: Reply) -> Any:
 @dataclass(frozen=True)
 class RetryPolicy:
     """When a call is tried again: its connection lost (refused, reset, closed before an answer) or an
-    answer whose status is in ``statuses``; at most ``attempts`` tries in all, waiting ``backoff_s``
-    doubled after each try (at most ``max_backoff_s``, with full jitter), or the server's
-    ``Retry-After`` when it sends one (capped the same). A timed-out call is never retried: it may
-    still be running, and a retry would double the load that made it slow."""
+    answer whose status is in ``statuses`` *and* that says when to come back (``Retry-After``: a full
+    replica, a storage outage; a 503 without it, such as a version that cannot load, will not clear
+    by retrying). At most ``attempts`` tries in all, waiting ``backoff_s`` doubled after each try (at
+    most ``max_backoff_s``, with full jitter), or the server's ``Retry-After`` spread by up to half
+    again (so that clients turned away together do not all come back at once), capped the same. A
+    timed-out call is never retried: it may still be running, and a retry would double the load that
+    made it slow. Health probes (``live``, ``ready``, ``model_ready``) are never retried: they report."""
 
     attempts: int = 4
     backoff_s: float = 0.1
@@ -189,8 +192,11 @@ class RetryPolicy:
     def wait_s(self, attempt: int, retry_after: str | None = None) -> float:
         """Seconds to wait before try ``attempt + 1`` (``attempt`` counts from 1)."""
         if retry_after is not None and retry_after.strip().isascii() and retry_after.strip().isdigit():
-            return min(float(retry_after.strip()), self.max_backoff_s)
+            return min(float(retry_after.strip()) * random.uniform(1.0, 1.5), self.max_backoff_s)
         return random.uniform(0, min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s))
+
+    def retries_answer(self, reply: "Reply") -> bool:
+        return reply.status in self.statuses and "retry-after" in reply.headers
 
 
 NO_RETRY = RetryPolicy(attempts=1)
@@ -227,13 +233,14 @@ class _Base:
         """Retries so far, by reason: ``"connection"`` for a lost connection, ``"503"`` for that status."""
         return Counter(self._retries.counts)
 
-    def _retry_wait(self, attempt: int, reason: str, retry_after: str | None = None) -> float | None:
+    def _retry_wait(self, policy: RetryPolicy, attempt: int, reason: str,
+                    retry_after: str | None = None) -> float | None:
         """Seconds to wait before trying again after ``attempt`` failed for ``reason``, counted;
         ``None`` when the policy's attempts are spent."""
-        if attempt >= self.retry.attempts:
+        if attempt >= policy.attempts:
             return None
         self._retries.add(reason)
-        return self.retry.wait_s(attempt, retry_after)
+        return policy.wait_s(attempt, retry_after)
 
     def __repr__(self) -> str:  # never shows the key
         return f"{type(self).__name__}({self.base_url!r})"
@@ -275,23 +282,25 @@ class Client(_Base):
         return json_result(self.send(Call("GET", v2_model_path(model, version))))
 
     def model_ready(self, model: str, *, version: int | None = None) -> bool:
-        return self.send(Call("GET", _path("v2", "model_ready", model=model, version=version))).status == 200
+        return self.send(Call("GET", _path("v2", "model_ready", model=model, version=version)),
+                         retry=NO_RETRY).status == 200
 
     def live(self) -> bool:
-        return self.send(Call("GET", _path("v2", "live"))).status == 200
+        return self.send(Call("GET", _path("v2", "live")), retry=NO_RETRY).status == 200
 
     def ready(self) -> bool:
-        return self.send(Call("GET", _path("v2", "ready"))).status == 200
+        return self.send(Call("GET", _path("v2", "ready")), retry=NO_RETRY).status == 200
 
     # this service
     def service_status(self) -> dict[str, Any]:
         """``GET /maas/v1/status``: per-model versions, labels, replicas and recent error rates."""
         return json_result(self.send(Call("GET", STATUS_PATH)))
 
-    def send(self, call: Call, headers: Mapping[str, str] | None = None) -> Reply:
+    def send(self, call: Call, headers: Mapping[str, str] | None = None, *, retry: RetryPolicy | None = None) -> Reply:
         """Send one request and return the answer, error statuses included (no exception for those),
-        retried as :attr:`retry` says (a server closing an idle keep-alive connection is one such
-        lost connection, and counted like the others)."""
+        retried as ``retry`` (default :attr:`retry`) says (a server closing an idle keep-alive
+        connection is one such lost connection, and counted like the others)."""
+        policy = retry or self.retry
         all_headers = self._headers(call, headers)
         attempt = 0
         while True:
@@ -303,7 +312,7 @@ class Client(_Base):
                 body = resp.read()
             except ConnectionError:  # refused, reset, or closed before an answer (RemoteDisconnected)
                 self.close()
-                wait = self._retry_wait(attempt, CONNECTION_LOST)
+                wait = self._retry_wait(policy, attempt, CONNECTION_LOST)
                 if wait is None:
                     raise
                 time.sleep(wait)
@@ -314,8 +323,8 @@ class Client(_Base):
             if resp.will_close:
                 self.close()
             reply = Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
-            wait = self._retry_wait(attempt, str(reply.status), reply.headers.get("retry-after")) \
-                if reply.status in self.retry.statuses else None
+            wait = self._retry_wait(policy, attempt, str(reply.status), reply.headers.get("retry-after")) \
+                if policy.retries_answer(reply) else None
             if wait is None:
                 return reply
             time.sleep(wait)
@@ -368,24 +377,29 @@ class AsyncClient(_Base):
         return json_result(await self.send(Call("GET", v2_model_path(model, version))))
 
     async def model_ready(self, model: str, *, version: int | None = None) -> bool:
-        return (await self.send(Call("GET", _path("v2", "model_ready", model=model, version=version)))).status == 200
+        return (await self.send(Call("GET", _path("v2", "model_ready", model=model, version=version)),
+                                retry=NO_RETRY)).status == 200
 
     async def live(self) -> bool:
-        return (await self.send(Call("GET", _path("v2", "live")))).status == 200
+        return (await self.send(Call("GET", _path("v2", "live")), retry=NO_RETRY)).status == 200
 
     async def ready(self) -> bool:
-        return (await self.send(Call("GET", _path("v2", "ready")))).status == 200
+        return (await self.send(Call("GET", _path("v2", "ready")), retry=NO_RETRY)).status == 200
 
     async def service_status(self) -> dict[str, Any]:
         return json_result(await self.send(Call("GET", STATUS_PATH)))
 
-    async def send(self, call: Call, headers: Mapping[str, str] | None = None) -> Reply:
+    async def send(self, call: Call, headers: Mapping[str, str] | None = None, *,
+                   retry: RetryPolicy | None = None) -> Reply:
         import aiohttp
 
+        policy = retry or self.retry
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
             # aiohttp retries a GET once, unseen, when the server drops the connection; the retries
             # here are counted instead (the flag aiohttp's own test client turns off; no public one).
+            if not hasattr(self._session, "_retry_connection"):
+                raise RuntimeError("this aiohttp has no _retry_connection: its own retries would go uncounted")
             self._session._retry_connection = False
         attempt = 0
         while True:
@@ -394,16 +408,17 @@ class AsyncClient(_Base):
                 async with self._session.request(call.method, self.base_url + call.path, data=call.body,
                                                  headers=self._headers(call, headers)) as resp:
                     reply = Reply(resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.read())
-            except aiohttp.ServerTimeoutError:  # a timeout, never retried (see RetryPolicy)
+            except (aiohttp.ServerTimeoutError, aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch,
+                    aiohttp.ClientConnectorDNSError):  # a timeout, or what trying again will not mend
                 raise
             except aiohttp.ClientConnectionError:  # refused, reset, or closed before an answer
-                wait = self._retry_wait(attempt, CONNECTION_LOST)
+                wait = self._retry_wait(policy, attempt, CONNECTION_LOST)
                 if wait is None:
                     raise
                 await asyncio.sleep(wait)
                 continue
-            wait = self._retry_wait(attempt, str(reply.status), reply.headers.get("retry-after")) \
-                if reply.status in self.retry.statuses else None
+            wait = self._retry_wait(policy, attempt, str(reply.status), reply.headers.get("retry-after")) \
+                if policy.retries_answer(reply) else None
             if wait is None:
                 return reply
             await asyncio.sleep(wait)

@@ -98,6 +98,7 @@ def local_state() -> ClusterState:
 
 HAPROXY_IDLE_CLIENT_S = 60  # Ray's default keeps a silent client connection for an hour
 HAPROXY_RETRY_ON = "conn-failure empty-response"  # Ray's default: conn-failure (see node_env)
+HAPROXY_RETRIES = 1  # HAProxy's default is 3: a request that kills its replica could take 3 more down
 
 
 HAPROXY_DIR_ENV = "MAAS_HAPROXY_DIR"
@@ -125,7 +126,8 @@ def node_env(haproxy_folder: str | Path, *, head: bool) -> dict[str, str]:
       without answering (``empty-response``: the replica died mid-request), not only when it could not
       connect (Ray's default). Safe here: every POST route is a prediction, which changes nothing on
       the server. HAProxy can replay only what it buffered, so a body over its 16 KB buffer is not
-      retried; a timeout or a 503 (deliberate backpressure) never is.
+      retried; a timeout or a 503 (deliberate backpressure) never is. Once (``HAPROXY_RETRIES``): a
+      request that itself kills the replica it reaches (a crash in the model) reaches one more.
     """
     folder = str(haproxy_folder)
     env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
@@ -139,6 +141,7 @@ def node_env(haproxy_folder: str | Path, *, head: bool) -> dict[str, str]:
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
             "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(HAPROXY_IDLE_CLIENT_S),
             "RAY_SERVE_HAPROXY_RETRY_ON": HAPROXY_RETRY_ON,
+            "RAY_SERVE_HAPROXY_RETRIES": str(HAPROXY_RETRIES),
         })
     return env
 

@@ -5,6 +5,8 @@ share a pass, and one request's bad input fails that request only."""
 from __future__ import annotations
 
 import asyncio
+import time
+import types
 
 import numpy as np
 import pytest
@@ -105,3 +107,141 @@ def test_one_requests_bad_input_fails_that_request_only(host) -> None:
     good, bad, other = LOOP.run_until_complete(scenario())
     assert good["y"].tolist() == [2.0, 2.0] and other["y"].tolist() == [2.0] * 3
     assert isinstance(bad, InvalidInput)
+
+
+# ---- loading ahead of traffic, with Serve's own LRU cache (@serve.multiplexed) ---------------------
+
+
+class Storage:
+    """What the host reads of the registry; ``down`` makes fetching fail as an unreachable store does."""
+
+    down = False
+
+    def get(self, model: str, version: int):  # noqa: ANN201
+        return types.SimpleNamespace(metadata={})
+
+    def local_path(self, model: str, version: int) -> str:
+        if self.down:
+            raise OSError("storage unreachable")
+        return f"/nowhere/{model}/{version}"
+
+
+@pytest.fixture
+def cached_host(monkeypatch):  # noqa: ANN001, ANN201
+    """A ModelHost with Serve's real multiplexed LRU cache of ``max_models=1``; loads take
+    ``seconds[version]`` (0.05 by default) and fail for the versions in ``broken``."""
+    import ray.serve.multiplex as multiplex
+
+    import maas.serving.host as host_module
+    from maas.serving.runtime import LoadedModel
+
+    # The two things Serve's cache takes from a running replica: its identity and its metrics.
+    replica = types.SimpleNamespace(app_name="app", deployment="ModelServer", replica_id="r1")
+    monkeypatch.setattr(multiplex, "_get_internal_replica_context", lambda: replica)
+    monkeypatch.setattr(multiplex, "MetricsPusher", _NoMetrics)
+    monkeypatch.setattr(multiplex, "metrics", types.SimpleNamespace(Gauge=_NoMetrics, Counter=_NoMetrics,
+                                                                   Histogram=_NoMetrics))
+    monkeypatch.setattr(host_module, "batch_size_histogram", _NoMetrics)
+    loads: list[int] = []
+    seconds: dict[int, float] = {}
+    broken: set[int] = set()
+
+    def load_saved_model(model, version, path, *, warm_batch_size=1, allowed_ops=frozenset()):  # noqa: ANN001, ANN202
+        loads.append(version)
+        time.sleep(seconds.get(version, 0.05))
+        if version in broken:
+            raise RuntimeError("not a graph")
+        return LoadedModel(model=model, version=version, signature=None, load_seconds=0.0, _fn=None)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(host_module, "load_saved_model", load_saved_model)
+    storage = Storage()
+    made = host_module.ModelHost(storage, max_models=1)  # type: ignore[arg-type]
+    return types.SimpleNamespace(host=made, loads=loads, seconds=seconds, broken=broken, storage=storage)
+
+
+class _NoMetrics:
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return lambda *args, **kwargs: None
+
+
+def _run(work):  # noqa: ANN001, ANN202
+    return LOOP.run_until_complete(work)
+
+
+async def _start_load(h, version: int) -> None:  # noqa: ANN001
+    h.start_load("m", version)  # on the loop, as the data plane calls it
+
+
+async def _until(done, timeout_s: float = 5.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        await asyncio.sleep(0.02)
+
+
+def test_a_load_ahead_of_traffic_evicts_nothing_and_blocks_nothing(cached_host) -> None:
+    h = cached_host.host
+    _run(h._loaded("m:1"))
+    cached_host.seconds[2] = 0.5
+    _run(_start_load(h, 2))
+
+    async def meanwhile() -> float:
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await h._loaded("m:1")  # the version still answering: in the cache, not waiting for version 2
+        return time.monotonic() - started
+
+    assert _run(meanwhile()) < 0.1
+    assert h.load_state("m", 1) == "ready" and h.load_state("m", 2) == "loading"
+    _run(_until(lambda: h.load_state("m", 2) != "loading"))
+    assert h.load_state("m", 2) == "ready" and h.load_state("m", 1) == "ready"
+    assert _run(h._loaded("m:2")).version == 2  # the first request takes it in (and evicts version 1)
+    assert cached_host.loads == [1, 2]
+
+
+def test_a_failed_load_whose_request_gave_up_is_not_left_loading(cached_host) -> None:
+    h = cached_host.host
+    cached_host.broken.add(2)
+    cached_host.seconds[2] = 0.3
+
+    async def give_up() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(h._loaded("m:2"), 0.05)  # a 504: the load goes on, then fails
+        await _until(lambda: h.load_state("m", 2) != "loading")
+
+    _run(give_up())
+    assert h.load_state("m", 2) == "failed"
+    cached_host.broken.clear()  # fixed: tried again once the retry window has passed
+    h._retry_at["m:2"] = time.monotonic()
+    h._failed.pop("m:2")
+    _run(_start_load(h, 2))
+    _run(_until(lambda: h.load_state("m", 2) != "loading"))
+    assert h.load_state("m", 2) == "ready" and cached_host.loads == [2, 2]
+
+
+def test_a_version_that_fails_ahead_of_traffic_is_tried_once_per_window_and_evicts_nothing(
+        cached_host, caplog) -> None:
+    h = cached_host.host
+    _run(h._loaded("m:1"))
+    cached_host.broken.add(2)
+    for _ in range(5):  # each routed request asks for it while it is failing
+        _run(_start_load(h, 2))
+        _run(asyncio.sleep(0.1))
+    assert cached_host.loads == [1, 2] and h.load_state("m", 2) == "failed"
+    assert h.load_state("m", 1) == "ready"  # still cached: answering
+    with pytest.raises(Exception, match="could not be loaded"):
+        _run(h._loaded("m:2"))  # asked by number: its own error, at once
+    assert h.load_state("m", 1) == "ready" and cached_host.loads == [1, 2]
+    assert sum("ahead of traffic failed" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_storage_down_while_loading_ahead_backs_off(cached_host) -> None:
+    h = cached_host.host
+    cached_host.storage.down = True
+    for _ in range(5):
+        _run(_start_load(h, 2))
+        _run(asyncio.sleep(0.05))
+    assert h.load_state("m", 2) == "failed" and cached_host.loads == []  # one fetch tried, none loaded

@@ -39,9 +39,9 @@ def answer_digest(body: bytes) -> str | None:
     try:
         doc = json.loads(body)
         values = doc["predictions"] if "predictions" in doc else doc["outputs"][0]["data"]
+        flat = np.round(np.ravel(np.asarray(values, dtype=np.float64)), 3)
     except (ValueError, KeyError, IndexError, TypeError):
         return None
-    flat = np.round(np.ravel(np.asarray(values, dtype=np.float64)), 3)
     return hashlib.sha256(flat.tobytes()).hexdigest()[:12]
 
 
@@ -98,9 +98,9 @@ class Traffic:
             path, body = bodies[n % len(bodies)]
             n += 1
             attempt = 0
+            started = time.monotonic()  # an outcome's seconds include any tries before it, and their waits
             while True:
                 attempt += 1
-                started = time.monotonic()
                 try:
                     conn.request("POST", path, body=body, headers=self.headers)
                     reply = conn.getresponse()

@@ -29,7 +29,7 @@ from typing import Any, Awaitable, Callable, Literal, Protocol, TypeVar
 import numpy as np
 
 from maas.auth import ApiKey, authorize, key_id
-from maas.errors import InferenceError, ModelUnavailable, RequestTimeout, Unauthorized
+from maas.errors import InferenceError, MaasError, ModelUnavailable, RequestTimeout, Unauthorized
 from maas.registry import Label
 from maas.serving.canary import CanaryMonitor, Route, choose
 from maas.serving.stats import RecentRequests, RequestInfo
@@ -137,7 +137,12 @@ class DataPlane:
         version when both have the same signature, and the failure counts against the canary."""
         deadline = self._clock() + self._timeout_s
         what = f"{model} version {version or label or ''}".rstrip()
-        default = await self._within(self._registry.resolve(model, version, label), deadline, what)
+        try:
+            default = await self._within(self._registry.resolve(model, version, label), deadline, what)
+        except MaasError as exc:
+            if exc.http_status == 404:  # a label removed: a label of that name later starts afresh
+                self._answering.pop((model, label or ""), None)
+            raise
         if version is None:
             default = self._warm_first(model, label or "", default)
         routed = version is None and label is None

@@ -91,57 +91,88 @@ class ModelHost:
         self.config = DEFAULT_BATCHING
         self._pending = 0
         self._batch_size = batch_size_histogram()
+        # Loads under way, and finished ones not yet taken into Serve's cache by a request.
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
-        self._failed: dict[str, tuple[float, MaasError]] = {}
-        self._ready: dict[str, object] = {}  # loaded and warmed, in Serve's cache: key -> that load's token
-        self._warming: dict[str, asyncio.Task[Any]] = {}  # loads started ahead of traffic (start_load)
+        self._failed: dict[str, tuple[float, MaasError]] = {}  # the version's own faults, answered as they are
+        self._retry_at: dict[str, float] = {}  # any failed load (storage too): not tried ahead of traffic before
+        self._ready: dict[str, object] = {}  # loaded and warmed (in Serve's cache, or in _loading): key -> token
+        self._warming: set[str] = set()  # loads started ahead of traffic (start_load), to report their failure
 
         async def load(key: str) -> LoadedModel:  # a plain function: Serve keeps its cache on it
             # A request that times out (504) is cancelled; the load it started goes on, shielded, and
             # the next request for that version takes its result instead of starting another load.
-            failed = self._failed.get(key)
-            if failed is not None and time.monotonic() - failed[0] < FAILED_LOAD_RETRY_S:
-                raise failed[1]
-            task = self._loading.get(key)
-            if task is None:
-                task = self._loading[key] = asyncio.ensure_future(self._load_version(key))
+            self._raise_recent_failure(key)
+            task = self._start(key)
             try:
                 return await asyncio.shield(task)  # cancelled here: the running task stays for the next
             finally:
-                if task.done() and self._loading.get(key) is task:  # claimed, or failed: a later
-                    del self._loading[key]  # request that finds the version unloaded loads it anew
+                if task.done() and self._loading.get(key) is task:  # claimed into Serve's cache
+                    del self._loading[key]
 
         self._load = serve.multiplexed(max_num_models_per_replica=max_models)(load)
+
+    def _start(self, key: str) -> asyncio.Task[LoadedModel]:
+        """The load of ``key`` under way (or finished and unclaimed), else a new one."""
+        task = self._loading.get(key)
+        if task is None:
+            task = self._loading[key] = asyncio.ensure_future(self._load_version(key))
+            task.add_done_callback(lambda finished: self._load_done(key, finished))
+        return task
+
+    def _load_done(self, key: str, task: asyncio.Task[LoadedModel]) -> None:
+        """A failed load leaves nothing behind to be waited for; its error is read here (so asyncio never
+        reports it unretrieved), logged once if it was started ahead of traffic, and not tried ahead of
+        traffic again for ``FAILED_LOAD_RETRY_S``."""
+        warmed = key in self._warming
+        self._warming.discard(key)
+        if not task.cancelled() and task.exception() is None:
+            self._retry_at.pop(key, None)
+            return
+        if self._loading.get(key) is task:
+            del self._loading[key]
+        if task.cancelled():  # the replica shutting down: no failure of the version's
+            return
+        error = task.exception()
+        self._retry_at[key] = time.monotonic() + FAILED_LOAD_RETRY_S
+        if warmed:
+            model, version = parse_model_id(key)
+            logger.warning("loading %s version %d ahead of traffic failed (%s); still answering with the version "
+                           "loaded before, trying again in %.0fs", model, version, type(error).__name__,
+                           FAILED_LOAD_RETRY_S)
+
+    def _raise_recent_failure(self, key: str) -> None:
+        """A version that failed by its own fault lately fails again at once, before Serve's cache is
+        entered (which would evict another version to make room for it)."""
+        failed = self._failed.get(key)
+        if failed is not None and time.monotonic() - failed[0] < FAILED_LOAD_RETRY_S:
+            raise failed[1]
+
+    async def _loaded(self, key: str) -> LoadedModel:
+        self._raise_recent_failure(key)
+        return await self._load(key)
 
     def load_state(self, model: str, version: int) -> LoadState:
         """Whether ``version`` is loaded and warmed here, loading, failed to load lately, or neither."""
         key = model_id(model, version)
         if key in self._ready:
             return "ready"
-        if key in self._loading or key in self._warming:
+        task = self._loading.get(key)
+        if task is not None and not task.done():
             return "loading"
-        failed = self._failed.get(key)
-        if failed is not None and time.monotonic() - failed[0] < FAILED_LOAD_RETRY_S:
+        if time.monotonic() < self._retry_at.get(key, 0.0):
             return "failed"
         return "absent"
 
     def start_load(self, model: str, version: int) -> None:
-        """Load and warm ``version`` in the background, into the same LRU cache requests use: the data
-        plane calls this when a label moves to a version this replica has not loaded, and goes on
-        answering with the version it had until this one is ready (as TF Serving does)."""
+        """Load and warm ``version`` in the background: the data plane calls this when a label moves to
+        a version this replica has not loaded, and goes on answering with the version it had until
+        this one is ready (as TF Serving does). The load runs outside Serve's cache, so it evicts
+        nothing and holds no lock while it runs; the first request for the version takes it in."""
         key = model_id(model, version)
-        if self.load_state(model, version) in ("ready", "loading"):
+        if self.load_state(model, version) != "absent":
             return
-        task = self._warming[key] = asyncio.ensure_future(self._load(key))
-
-        def done(finished: asyncio.Task[Any]) -> None:
-            if self._warming.get(key) is finished:
-                del self._warming[key]
-            if not finished.cancelled() and finished.exception() is not None:
-                logger.warning("loading %s version %d ahead of traffic failed (%s); still answering with the "
-                               "version loaded before", model, version, type(finished.exception()).__name__)
-
-        task.add_done_callback(done)
+        self._warming.add(key)
+        self._start(key)
 
     def reconfigure(self, config: BatchConfig) -> None:
         self.config = config
@@ -167,7 +198,7 @@ class ModelHost:
 
     async def _run_alone(self, item: _Item) -> dict[str, np.ndarray]:
         """A request larger than a batch: passes of ``max_batch_size`` instances, in a thread."""
-        loaded = await self._load(model_id(item.model, item.version))
+        loaded = await self._loaded(model_id(item.model, item.version))
         step = self.config.max_batch_size
         n = item.size
         item.ticket.pass_started = time.monotonic()
@@ -196,7 +227,7 @@ class ModelHost:
 
         async def run_group(key: tuple, members: list[int]) -> None:
             try:
-                loaded = await self._load(model_id(key[0], key[1]))
+                loaded = await self._loaded(model_id(key[0], key[1]))
             except Exception as exc:  # the version's fault: every member gets it
                 for i in members:
                     results[i] = exc

@@ -46,10 +46,12 @@ def server() -> Iterator[tuple[str, Script]]:
                 self.close_connection = True
                 self.connection.close()
                 return
+            final = action == "503-final"
             body = json.dumps({"live": True} if action == "200" else {"error": "restarting"}).encode()
-            self.send_response(int(action))
-            if action == "503":
+            self.send_response(503 if final else int(action))
+            if action == "503":  # a 503-final does not say when to come back (a version that cannot load)
                 self.send_header("Retry-After", "0")
+
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -107,14 +109,14 @@ def test_a_refused_connection_is_retried_with_backoff_then_raised() -> None:
     client = Client(url, api_key="", retry=RetryPolicy(attempts=3, backoff_s=0.05, max_backoff_s=0.05))
     started = time.monotonic()
     with pytest.raises(ConnectionRefusedError):
-        client.live()
+        client.service_status()
     assert client.retries == Counter({"connection": 2})
     assert time.monotonic() - started < 2
 
 
 def test_retry_after_is_honoured_up_to_the_cap() -> None:
     policy = RetryPolicy(backoff_s=0.1, max_backoff_s=2.0)
-    assert policy.wait_s(1, "1") == 1.0
+    assert 1.0 <= policy.wait_s(1, "1") <= 1.5  # spread: clients turned away together come back apart
     assert policy.wait_s(1, "3600") == 2.0
     assert 0 <= policy.wait_s(3, "soon") <= 0.4  # not a number of seconds: the backoff
     with pytest.raises(ValueError):
@@ -132,3 +134,15 @@ def test_the_async_client_retries_and_counts_the_same_way(server) -> None:
 
     result = asyncio.run(call())
     assert result == {"answer": {"live": True}, "retries": Counter({"connection": 1, "503": 1})}
+
+
+def test_a_503_that_says_no_retry_after_and_health_probes_are_not_retried(server) -> None:
+    url, script = server
+    script.actions = ["503-final"]
+    client = Client(url, api_key="", retry=FAST)
+    with pytest.raises(HTTPError) as caught:
+        client.service_status()
+    assert caught.value.status == 503 and script.seen == 1
+    script.actions = ["503"]
+    assert client.ready() is False and script.seen == 2  # a probe reports what it finds
+    assert client.retries == Counter()

@@ -2,6 +2,11 @@
 
     python -m jobs.train --template digits --num-workers 2
     ray job submit --working-dir . -- python -m jobs.train --template digits --num-workers 2
+    ray job submit --working-dir . -- python -m jobs.train --template digits --num-workers 1-2
+
+--num-workers MIN-MAX starts with as many workers as fit now (at least MIN, at most MAX). Workers
+that do not fit are waited for --wait-for-resources seconds (30), then the job fails with one line:
+what it asked for, what is free, and what holds the rest.
 
 Connects to the running Ray cluster (RAY_ADDRESS, or the one `maas cluster up` started); with none
 running, starts a local one for the duration of the job.

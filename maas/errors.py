@@ -123,3 +123,10 @@ class ConfigError(MaasError):
     """A configuration value is invalid; the message says which and what was received."""
 
     http_status = 400
+
+
+class ResourcesUnavailable(MaasError):
+    """A training job's workers cannot be placed on the cluster within the time it may wait; the
+    message is one line: what was asked for, what is free, and what holds the rest."""
+
+    http_status = 503

@@ -4,6 +4,9 @@ name tests can rely on, as each tier has its own)."""
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 SERVICE_MAX_BODY = 1 << 20  # the digits service's max_request_bytes, small enough to test 413 cheaply
 SERVICE_BODY_TIMEOUT_S = 5.0  # and its body_timeout_s, short enough to test 408 in seconds
@@ -13,3 +16,58 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def cpus_held(leave: float) -> Iterator[None]:
+    """Hold every free CPU of the connected cluster with pinned placeholder actors (class
+    ``Placeholder``, as Ray's state API names them) except ``leave`` CPUs on the node with the most
+    free; release them on exit. ``leave=1.5`` is a 2-core machine where a Serve replica holds 0.5."""
+    import ray
+    from ray._private.state import available_resources_per_node
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from maas.training.resources import read_nodes
+
+    @ray.remote
+    class Placeholder:
+        def ready(self) -> bool:
+            return True
+
+    def free_cpus() -> dict[str, float]:
+        return {n.node_id: n.cpu_free for n in read_nodes()}
+
+    deadline = time.monotonic() + 60
+    # A node that has just joined may not have reported its free resources yet.
+    while not {n["NodeID"] for n in ray.nodes() if n["Alive"]} <= set(available_resources_per_node()):
+        assert time.monotonic() < deadline, "nodes did not report their resources"
+        time.sleep(0.2)
+    initially = free_cpus()
+    keep = max(initially.items(), key=lambda item: item[1])[0]
+    actors = []
+    try:
+        while True:
+            free = free_cpus()
+            excess = {node: round(cpus - (leave if node == keep else 0.0), 4) for node, cpus in free.items()}
+            assert excess[keep] >= 0, free
+            todo = {node: cpus for node, cpus in excess.items() if cpus > 0}
+            if not todo:
+                break
+            assert time.monotonic() < deadline, free
+            # Pinned: each placeholder holds exactly its node's excess.
+            placed = [Placeholder.options(num_cpus=cpus,
+                                          scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+                      for node, cpus in todo.items()]
+            ray.get([a.ready.remote() for a in placed], timeout=60)
+            actors += placed
+            reported = time.monotonic() + 5  # the nodes report what the placeholders hold within moments
+            while (time.monotonic() < reported
+                   and any(free_cpus()[node] > free[node] - cpus + 1e-4 for node, cpus in todo.items())):
+                time.sleep(0.1)  # (CPUs that other work gives back meanwhile are taken on the next round)
+        yield
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        released = time.monotonic() + 10  # give the next test the CPUs back, not CPUs coming back
+        while time.monotonic() < released and sum(free_cpus().values()) < sum(initially.values()) - 1e-4:
+            time.sleep(0.1)

@@ -44,6 +44,10 @@ def test_every_verb_has_help(verb: list[str]) -> None:
         ([MAAS, "train", "--model-name", "a/b"], "Received: 'a/b'"),
         ([MAAS, "predict", "digits", "--instances", "[[1,"], "error: cannot read the request"),
         ([sys.executable, "-m", "jobs.train", "--epochs", "0"], "error: epochs must be at least 1. Received: 0"),
+        ([MAAS, "train", "--num-workers", "3-1"], "error: num_workers MIN-MAX needs 1 <= MIN <= MAX. Received: '3-1'"),
+        ([sys.executable, "-m", "jobs.train", "--num-workers", "two"],
+         "error: num_workers must be N or MIN-MAX (for example 2 or 1-2). Received: 'two'"),
+        ([MAAS, "train", "--wait-for-resources", "-1"], "error: wait_for_resources must be 0 or more seconds."),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(args: list[str], message: str) -> None:

@@ -6,12 +6,14 @@ import argparse
 
 from maas import settings
 from maas.templates import TEMPLATES
-from maas.training.config import PLACEMENT_STRATEGIES, TrainConfig
+from maas.training.config import PLACEMENT_STRATEGIES, TrainConfig, parse_num_workers
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", default="digits", choices=sorted(TEMPLATES), help="use case to train (default: digits)")
-    p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (default: 2)")
+    p.add_argument("--num-workers", type=_num_workers, default=2, metavar="N|MIN-MAX",
+                   help="Ray Train workers: N, or MIN-MAX to start with as many as fit now, at least MIN "
+                        "(default: 2)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (default: 1)")
     p.add_argument("--epochs", type=int, default=None, help="default: the template's")
@@ -40,6 +42,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--placement-strategy", default=None, choices=PLACEMENT_STRATEGIES,
                    help="where Ray puts the workers: PACK (default, fewest nodes) or SPREAD/STRICT_SPREAD (across nodes)")
     p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from (default: 2)")
+    p.add_argument("--wait-for-resources", type=float, default=None, metavar="SECONDS",
+                   help="how long to wait for the workers to fit before failing with what holds the cluster "
+                        "(default: 30; raise it on an autoscaling cluster, where nodes join later)")
+
+
+def _num_workers(text: str) -> int | str:
+    """``N`` stays an int (what callers of the parsed arguments read); ``MIN-MAX`` and anything else
+    stays text, which :func:`config_from_args` checks, so that a bad value fails in one line."""
+    return int(text) if text.isascii() and text.isdigit() else text
 
 
 _CONFIG_FIELDS = set(TrainConfig.__dataclass_fields__)
@@ -48,6 +59,8 @@ _CONFIG_FIELDS = set(TrainConfig.__dataclass_fields__)
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:
     """A validated :class:`TrainConfig` from parsed arguments (unset options keep their defaults)."""
     values = {k: v for k, v in vars(ns).items() if k in _CONFIG_FIELDS and v is not None}
+    if "num_workers" in values:
+        values["min_workers"], values["num_workers"] = parse_num_workers(values["num_workers"])
     resume = getattr(ns, "resume", None)
     if resume is not None:
         values.update(run_name=resume, resume=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
@@ -19,7 +21,8 @@ PLACEMENT_STRATEGIES: tuple[str, ...] = get_args(PlacementStrategy)
 @dataclass(frozen=True)
 class TrainConfig:
     template: str = "digits"
-    num_workers: int = 2
+    num_workers: int = 2  # the most workers (N, or MAX of MIN-MAX)
+    min_workers: int | None = None  # the fewest to start with (MIN of MIN-MAX); None: num_workers, a fixed size
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     epochs: int | None = None  # None: the template's default
@@ -37,10 +40,19 @@ class TrainConfig:
     mixed_precision: bool | None = None  # None: on with GPUs (float16 compute, float32 weights)
     cv_folds: int = 0  # 0: no cross-validation; K >= 2: K folds before the final model
     resume: bool = False  # continue the existing run ``run_name`` (fail if there is none)
+    # Seconds to wait for min_workers to fit before failing with ResourcesUnavailable. Also bounds how
+    # long Ray Train retries a worker group that cannot be placed (it would otherwise retry forever).
+    wait_for_resources: float = 30.0
 
     def __post_init__(self) -> None:
         template = get_template(self.template)  # raises on an unknown name
-        _check(self.num_workers >= 1, "num_workers must be at least 1", self.num_workers)
+        _check(_is_int(self.num_workers) and self.num_workers >= 1, "num_workers must be at least 1", self.num_workers)
+        if self.min_workers is None:
+            object.__setattr__(self, "min_workers", self.num_workers)
+        _check(_is_int(self.min_workers) and 1 <= self.min_workers <= self.num_workers,
+               f"min_workers must be from 1 to num_workers ({self.num_workers})", self.min_workers)
+        _check(isinstance(self.wait_for_resources, (int, float)) and 0 <= self.wait_for_resources < math.inf,
+               "wait_for_resources must be 0 or more seconds", self.wait_for_resources)
         _check(self.cpus_per_worker > 0, "cpus_per_worker must be positive", self.cpus_per_worker)
         _check(self.epochs is None or self.epochs >= 1, "epochs must be at least 1", self.epochs)
         _check(self.batch_size is None or self.batch_size >= 1, "batch_size must be at least 1", self.batch_size)
@@ -65,12 +77,39 @@ class TrainConfig:
             stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
             object.__setattr__(self, "run_name", f"{self.model_name}-{stamp}")
 
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """``(min_workers, num_workers)``: the fewest workers a run starts with and the most."""
+        return (self.min_workers if self.min_workers is not None else self.num_workers), self.num_workers
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         return cls(**data)
+
+
+_NUM_WORKERS = re.compile(r"(\d+)(?:-(\d+))?", re.ASCII)
+
+
+def parse_num_workers(value: int | str) -> tuple[int, int]:
+    """``--num-workers`` as ``(min_workers, num_workers)``: ``N`` is a fixed size, ``(N, N)``;
+    ``MIN-MAX`` starts with as many workers as fit, at least MIN and at most MAX. The counts
+    themselves are checked by :class:`TrainConfig`. Raises :class:`ConfigError` on other text."""
+    match = _NUM_WORKERS.fullmatch(str(value).strip())
+    if match is None:
+        raise ConfigError(f"num_workers must be N or MIN-MAX (for example 2 or 1-2). Received: {value!r}")
+    low = int(match.group(1))
+    if match.group(2) is None:
+        return low, low
+    high = int(match.group(2))
+    _check(1 <= low <= high, "num_workers MIN-MAX needs 1 <= MIN <= MAX", str(value))
+    return low, high
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check(ok: bool, message: str, received: Any) -> None:

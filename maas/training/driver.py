@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from maas.errors import ConfigError
+from maas.errors import ConfigError, ResourcesUnavailable
 from maas.registry import ModelVersion, Registry
 from maas.storage import join_uri, resolve_uri
 from maas.templates import DataInfo, DataSplits, Template, get_template
@@ -26,12 +26,21 @@ from maas.training.data import (
 )
 from maas.training.loop import EXPORT_DIR, EXPORT_INFO_FILE, STATE_FILE, WORKER_NODE_PREFIX, train_loop_per_worker
 from maas.training.metrics import summarize_folds
+from maas.training.resources import (
+    DEFAULT_START_TIMEOUT_S,
+    WorkerRequest,
+    explain,
+    groups_that_fit,
+    read_nodes,
+    start_retries,
+    wait_for_workers,
+)
 
 logger = logging.getLogger(__name__)
 
 # The training settings recorded in a version's metadata (paths and names are recorded elsewhere).
-_RECORDED_PARAMS = ("num_workers", "use_gpu", "cpus_per_worker", "placement_strategy", "epochs", "batch_size",
-                    "learning_rate", "seed", "mixed_precision", "cv_folds", "max_failures")
+_RECORDED_PARAMS = ("num_workers", "min_workers", "use_gpu", "cpus_per_worker", "placement_strategy", "epochs",
+                    "batch_size", "learning_rate", "seed", "mixed_precision", "cv_folds", "max_failures")
 
 
 @dataclass(frozen=True)
@@ -46,19 +55,30 @@ def run_training(config: TrainConfig) -> TrainOutcome:
     """Train ``config.template`` on the connected Ray cluster and publish the result as a new version.
 
     The caller connects to Ray (``ray.init``) first. The data is checked against the template's
-    schema before any worker starts; with ``cv_folds`` the folds run first, in parallel.
+    schema before any worker starts; then the run takes as many workers as fit (``min_workers`` to
+    ``num_workers``), waiting at most ``wait_for_resources`` seconds for ``min_workers`` to fit, else
+    fails with :class:`ResourcesUnavailable`. With ``cv_folds`` the folds run first, in parallel,
+    each with that same number of workers, and so does the final run.
     """
     import ray
 
     template = get_template(config.template)
     info = check_data(config)  # the schema is read and checked once
-    datasets = _load_datasets(info, reserved_cpus=config.num_workers * config.cpus_per_worker)
+    request = worker_request(config)
+    workers = wait_for_workers(request, config.wait_for_resources, say=_say)
+    if request.min_workers < request.max_workers:
+        _say(f"starting with {workers} of {request.min_workers}-{request.max_workers} workers (as many as fit now)")
+    datasets = _load_datasets(info, reserved_cpus=workers * config.cpus_per_worker)
     info = add_training_stats(template, info, datasets["train"])  # from the cache when there is one
     splits = info.splits
     majority = majority_class(info) if template.task == "classification" else None
-    cv = cross_validate(config, template, info, datasets["train"]) if config.cv_folds else None
+    cv = None
+    if config.cv_folds:
+        cv = cross_validate(config, template, info, datasets["train"], workers)
+        # The folds' worker groups are being released: wait (bounded) for the final run's to fit.
+        wait_for_workers(request.fixed(workers), config.wait_for_resources, say=_say)
 
-    result = _fit(config, info, datasets, config.run_name or "", majority)
+    result = _fit(config, info, datasets, config.run_name or "", majority, workers)
     with result.checkpoint.as_directory() as ckpt_dir:
         export_info = json.loads(Path(ckpt_dir, EXPORT_INFO_FILE).read_text())
         history = json.loads(Path(ckpt_dir, STATE_FILE).read_text())["history"]
@@ -92,11 +112,39 @@ def run_training(config: TrainConfig) -> TrainOutcome:
                         cross_validation=cv)
 
 
+def worker_request(config: TrainConfig) -> WorkerRequest:
+    """What a run of ``config`` asks the cluster for: the worker range and each worker's bundle."""
+    low, high = config.worker_range
+    return WorkerRequest(low, high, config.cpus_per_worker, 1.0 if config.use_gpu else 0.0,
+                         config.placement_strategy)
+
+
+def _say(line: str) -> None:
+    """A progress line in the job's log (the driver's loggers stay at WARNING, as Ray sets them)."""
+    print(f"[maas] {line}", flush=True)
+
+
 def _fit(config: TrainConfig, info: DataInfo, datasets: dict[str, Any], run_name: str,
-         majority: int | None) -> Any:
-    """One Ray Train run (``TensorflowTrainer``) to its end; returns its ``Result``."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+         majority: int | None, workers: int) -> Any:
+    """One Ray Train run (``TensorflowTrainer``) of exactly ``workers`` workers to its end; returns
+    its ``Result``.
+
+    The size is fixed, chosen by :func:`wait_for_workers` from what is free: Ray's elastic
+    ``num_workers=(min, max)`` counts the nodes' total resources and would ask for more workers than
+    fit whenever something else holds part of a node. A worker group that still cannot be placed
+    (the cluster changed since the check) is retried only within ``wait_for_resources``
+    (``controller_failure_limit``; Ray's default retries forever), then fails as
+    :class:`ResourcesUnavailable`."""
+    from ray.train import (
+        CheckpointConfig,
+        ControllerError,
+        DataConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
     storage_fs, storage_path = _storage(config.storage_path)
     trainer = TensorflowTrainer(
@@ -104,7 +152,7 @@ def _fit(config: TrainConfig, info: DataInfo, datasets: dict[str, Any], run_name
         train_loop_config={"train_config": config.to_dict(), "data_info": info.to_dict(),
                            "majority_class": majority, "tensorboard_uri": _tensorboard_uri(config, run_name)},
         scaling_config=ScalingConfig(
-            num_workers=config.num_workers,
+            num_workers=workers,
             use_gpu=config.use_gpu,
             resources_per_worker={"CPU": config.cpus_per_worker},
             placement_strategy=config.placement_strategy,
@@ -114,27 +162,42 @@ def _fit(config: TrainConfig, info: DataInfo, datasets: dict[str, Any], run_name
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=config.max_failures),
+            failure_config=FailureConfig(max_failures=config.max_failures,
+                                         controller_failure_limit=start_retries(config.wait_for_resources,
+                                                                                _start_timeout_s())),
             worker_runtime_env={"env_vars": _worker_env()},
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ControllerError as exc:
+        if not isinstance(exc.controller_failure, WorkerGroupStartupTimeoutError):
+            raise
+        request = worker_request(config).fixed(workers)
+        raise ResourcesUnavailable(explain(request, f"did not start within {_start_timeout_s():g} s")) from None
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name} finished without a checkpoint")
     return result
+
+
+def _start_timeout_s() -> float:
+    """How long Ray Train waits for a worker group's placement group before it counts a failure."""
+    return float(os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", DEFAULT_START_TIMEOUT_S))
 
 
 def _tensorboard_uri(config: TrainConfig, run_name: str) -> str:
     return join_uri(config.storage_path, run_name, "tensorboard")
 
 
-def cross_validate(config: TrainConfig, template: Template, info: DataInfo, train: Any) -> dict[str, Any]:
+def cross_validate(config: TrainConfig, template: Template, info: DataInfo, train: Any,
+                   workers: int) -> dict[str, Any]:
     """K-fold cross-validation of ``train``: fold k trains on the other K-1 parts (statistics from
-    those parts only) and is evaluated on part k. Folds are independent Ray Train runs launched as
-    Ray tasks, as many at once as the cluster's CPUs hold (the rest queue). Returns each fold's
-    metrics and the mean and standard deviation per metric."""
+    those parts only) and is evaluated on part k. Folds are independent Ray Train runs of
+    ``workers`` workers each (a fixed size: folds compare like with like), launched as Ray tasks, as
+    many at once as fit side by side now (the rest queue). Returns each fold's metrics and the mean
+    and standard deviation per metric."""
     import ray
 
     k = config.cv_folds
@@ -143,8 +206,7 @@ def cross_validate(config: TrainConfig, template: Template, info: DataInfo, trai
     if rows < k:
         raise ConfigError(f"--cv {k}: the training split has only {rows} rows")
     parts = shuffled.split_at_indices([rows * i // k for i in range(1, k)])
-    per_run = config.num_workers * config.cpus_per_worker
-    at_once = max(1, min(k, int(ray.available_resources().get("CPU", 0.0) // per_run)))
+    at_once = max(1, min(k, groups_that_fit(read_nodes(), worker_request(config), workers)))
     logger.info("cross-validation: %d folds of %d rows, %d at a time", k, rows, at_once)
     fit_fold = ray.remote(num_cpus=0)(_fit_fold)
     pending, results = [], {}
@@ -155,18 +217,29 @@ def cross_validate(config: TrainConfig, template: Template, info: DataInfo, trai
         fold_info = replace(info, stats=stats)
         if len(pending) >= at_once:
             done, pending = ray.wait(pending, num_returns=1)
-            results.update(ray.get(done[0]))
+            results.update(_fold_result(done[0]))
         pending.append(fit_fold.remote(config, fold_info, {"train": fold_train, "test": parts[fold]},
-                                       f"{config.run_name}-cv{fold}", fold))
+                                       f"{config.run_name}-cv{fold}", fold, workers))
     for ref in pending:
-        results.update(ray.get(ref))
+        results.update(_fold_result(ref))
     folds = [results[i] for i in range(k)]
     return {"folds": k, "summary": summarize_folds(folds), "per_fold": folds}
 
 
+def _fold_result(ref: Any) -> dict[int, dict[str, Any]]:
+    """A fold's metrics; a fold whose workers could not start fails the job with the fold's own one
+    line (Ray re-raises a task's error wrapped in its traceback)."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ResourcesUnavailable as exc:  # a RayTaskError that is also an instance of its cause
+        raise ResourcesUnavailable(str(getattr(exc, "cause", exc))) from None
+
+
 def _fit_fold(config: TrainConfig, info: DataInfo, datasets: dict[str, Any], run_name: str,
-              fold: int) -> dict[int, dict[str, Any]]:
-    result = _fit(config, info, datasets, run_name, None)
+              fold: int, workers: int) -> dict[int, dict[str, Any]]:
+    result = _fit(config, info, datasets, run_name, None, workers)
     with result.checkpoint.as_directory() as ckpt_dir:
         evaluation = json.loads(Path(ckpt_dir, EXPORT_INFO_FILE).read_text())["evaluation"]
     return {fold: {k: v for k, v in evaluation.items() if not isinstance(v, (dict, list))}}

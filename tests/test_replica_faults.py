@@ -1,9 +1,9 @@
 """Faults under load on two ModelServer replicas, over real HTTP with clients of both protocols
 (issue 15), each outcome counted in the main thread:
 
-- a label moved to a version no replica has loaded (promote), including one whose load outlasts the
-  request timeout: every replica loads and warms it before routing to it, so no request fails or
-  waits past the timeout, and each answer was computed by the version its header names;
+- a label moved to a version no replica has loaded (promote), and (``make chaos``) one whose load
+  outlasts the request timeout: every replica loads and warms it before routing to it, so no request
+  fails or waits past the timeout, and each answer was computed by the version its header names;
 - one replica process SIGKILLed (``make chaos``): HAProxy retries the requests that were in flight on
   it on the other one (``retry-on empty-response``); the few whose connection it closes without an
   answer are sent again by the client as the SDK does, counted; Serve starts a replacement; no
@@ -132,6 +132,7 @@ def test_a_cold_version_promoted_under_load_is_warmed_first_on_every_replica(ray
     assert load.mismatched_answers() == {}
 
 
+@pytest.mark.chaos
 def test_a_version_whose_load_outlasts_the_timeout_is_promoted_without_a_failed_request(
         ray_cluster, two_replicas) -> None:
     registry, key = two_replicas

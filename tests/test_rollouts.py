@@ -41,6 +41,11 @@ def rollout(ray_cluster, tiny_saved_model, other_tiny_saved_model, tmp_path_fact
     args["registry_refresh_s"] = 0.5
     args["canary"] = {"window_s": 30, "min_requests": 10, "max_error_rate": 0.2}
     args["request_timeout_s"] = REQUEST_TIMEOUT_S
+    # One replica: these tests follow one replica's loads and canary judgement (two replicas load and
+    # judge on their own, and HAProxy spreads requests without regard to what each has loaded; the
+    # switch across two replicas is tests/test_replica_faults.py's).
+    server = next(d for d in config["applications"][0]["deployments"] if d["name"] == "ModelServer")
+    server["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 1}
     deploy.deploy(config, dashboard=ray_cluster.dashboard_url, timeout_s=300)
     key = new_api_key(root)
     client = Client(ray_cluster.serve_url, api_key=key, timeout_s=120)

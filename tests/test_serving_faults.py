@@ -24,7 +24,7 @@ import pytest
 from support import SERVICE_BODY_TIMEOUT_S, free_port
 from maas import deploy
 from maas.auth import KeyStore
-from maas.client import Client
+from maas.client import NO_RETRY, Client
 from maas.registry import Registry
 from maas.storage import join_uri
 from traffic import Traffic
@@ -210,7 +210,7 @@ def test_a_storage_outage_under_load_fails_no_request_and_heals_by_itself(ray_cl
         cut_at = time.monotonic()
         cut()
         time.sleep(1)
-        never_read = client.send(_post("/v1/models/never-read:predict", {"instances": [[0]]}))
+        never_read = client.send(_post("/v1/models/never-read:predict", {"instances": [[0]]}), retry=NO_RETRY)
         time.sleep(7)
         restored_at = time.monotonic()
         restore()

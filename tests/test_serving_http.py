@@ -107,6 +107,7 @@ def test_label_route_follows_the_registry_without_redeploy(service, held_out) ->
             assert exc.status == 404 and time.monotonic() < deadline, exc
             time.sleep(0.5)
     assert out.shape == (2, 10)
+    np.testing.assert_allclose(out, client.predict("digits", x[:2], version=version), atol=1e-6)  # that version's
 
 
 @pytest.mark.parametrize(

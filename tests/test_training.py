@@ -62,6 +62,7 @@ def test_resuming_an_unknown_run_fails_in_one_line(ray_cluster) -> None:
         f"error: --resume no-such-run: no run of that name under {ray_cluster.home / 'runs'}"]
 
 
+@pytest.mark.chaos
 def test_a_killed_worker_resumes_from_the_last_checkpoint_and_counts_each_epoch_once(ray_cluster) -> None:
     """SIGKILL one training worker process of a submitted job mid-run: Ray Train restarts the worker
     group (FailureConfig), the loop resumes from the last checkpoint, and the job still publishes."""
@@ -101,6 +102,56 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_counts_each_epoch_
         "maintenance-ft", published["version"]).metadata["training"]
     assert training["resumed_from_epoch"] >= registered >= 1 and training["epoch"] == epochs
     assert training["epoch_history"] == list(range(1, epochs + 1))  # every epoch once, none twice
+
+
+@pytest.mark.chaos
+def test_a_run_whose_worker_node_is_lost_goes_on_from_its_checkpoint_on_the_other_nodes(ray_cluster) -> None:
+    """A node holding one of the two workers (spread over nodes) removed at once, as a lost machine:
+    Ray Train restarts the worker group on the surviving nodes from the last registered checkpoint,
+    and the job publishes with every epoch counted once. A node is added first and replaced after,
+    so the shared cluster keeps three."""
+    from ray.util.state import list_actors, list_jobs
+
+    from maas import jobclient
+
+    spare = ray_cluster.add_worker_node()
+    run_name, epochs = "lose-a-node", 10
+    outcome: dict[str, jobclient.JobOutcome] = {}
+    job = threading.Thread(target=lambda: outcome.update(job=jobclient.submit(
+        "jobs.train", ["--template", "maintenance", "--epochs", str(epochs), "--run-name", run_name,
+                       "--model-name", "maintenance-node", "--placement-strategy", "STRICT_SPREAD", "--json"],
+        dashboard=ray_cluster.dashboard_url, follow=False, timeout_s=600)))
+    job.start()
+    snapshot = ray_cluster.home / "runs" / run_name / "checkpoint_manager_snapshot.json"
+    deadline = time.monotonic() + 300
+    while (registered := _registered_epoch(snapshot)) is None:
+        assert time.monotonic() < deadline and job.is_alive(), "no checkpoint was registered"
+        time.sleep(0.2)
+    job_ids = [j.job_id for j in list_jobs() if j.status == "RUNNING" and run_name in (j.entrypoint or "")]
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE"),
+                                   ("job_id", "=", job_ids[0])])
+    head = ray_cluster.nodes.head_node.node_id
+    by_id = {n.node_id: n for n in ray_cluster.nodes.worker_nodes}
+    lost = next(by_id[w.node_id] for w in workers if w.node_id != head and w.node_id in by_id)
+    removed_at = time.monotonic()
+    ray_cluster.nodes.remove_node(lost, allow_graceful=False)
+    try:
+        job.join(timeout=600)
+    finally:
+        if lost is not spare:
+            ray_cluster.nodes.remove_node(spare, allow_graceful=True)  # back to the three it had
+        ray_cluster.add_worker_node()
+    result = outcome["job"]
+    print(f"\nnode lost after epoch {registered}: job {result.status}, "
+          f"{time.monotonic() - removed_at:.0f} s from the loss to the end of the job")
+    assert result.status == "SUCCEEDED", result.logs[-3000:]
+    assert "resumed from checkpoint after epoch" in result.logs
+    published = json.loads([line for line in result.logs.splitlines() if line.startswith('{"model"')][-1])
+    metadata = Registry(str(ray_cluster.home / "registry")).get("maintenance-node", published["version"]).metadata
+    training = metadata["training"]
+    assert training["resumed_from_epoch"] >= registered >= 1 and training["epoch"] == epochs
+    assert training["epoch_history"] == list(range(1, epochs + 1))
+    assert lost.node_id not in metadata["ray"]["worker_nodes"]  # the rest ran on the surviving nodes
 
 
 def _registered_epoch(snapshot: Path) -> int | None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -62,19 +63,30 @@ def test_resuming_an_unknown_run_fails_in_one_line(ray_cluster) -> None:
         f"error: --resume no-such-run: no run of that name under {ray_cluster.home / 'runs'}"]
 
 
-@pytest.mark.chaos
-def test_a_killed_worker_resumes_from_the_last_checkpoint_and_counts_each_epoch_once(ray_cluster) -> None:
-    """SIGKILL one training worker process of a submitted job mid-run: Ray Train restarts the worker
-    group (FailureConfig), the loop resumes from the last checkpoint, and the job still publishes."""
-    from ray.util.state import list_actors
+@dataclass
+class RunningJob:
+    """A training job submitted in a thread, caught once Ray Train has registered a checkpoint."""
+
+    thread: threading.Thread
+    outcome: dict
+    registered_epoch: int
+    workers: list  # its live RayTrainWorker actors (Ray's state API records)
+
+    def result(self):  # noqa: ANN201 (jobclient.JobOutcome)
+        self.thread.join(timeout=600)
+        return self.outcome["job"]
+
+
+def _start_job_until_checkpoint(ray_cluster, run_name: str, model_name: str, *extra: str,
+                                epochs: int = 10) -> RunningJob:
+    from ray.util.state import list_actors, list_jobs
 
     from maas import jobclient
 
-    run_name, epochs = "kill-a-worker", 10
-    outcome: dict[str, jobclient.JobOutcome] = {}
+    outcome: dict = {}
     job = threading.Thread(target=lambda: outcome.update(job=jobclient.submit(
         "jobs.train", ["--template", "maintenance", "--epochs", str(epochs), "--run-name", run_name,
-                       "--model-name", "maintenance-ft", "--json"],
+                       "--model-name", model_name, "--json", *extra],
         dashboard=ray_cluster.dashboard_url, follow=False, timeout_s=600)))
     job.start()
     # A checkpoint folder in storage is not yet a checkpoint Ray Train would restore: the controller
@@ -84,24 +96,34 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_counts_each_epoch_
     while (registered := _registered_epoch(snapshot)) is None:
         assert time.monotonic() < deadline and job.is_alive(), "no checkpoint was registered"
         time.sleep(0.2)
-    from ray.util.state import list_jobs
-
     job_ids = [j.job_id for j in list_jobs() if j.status == "RUNNING" and run_name in (j.entrypoint or "")]
     assert len(job_ids) == 1, job_ids
     workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE"),
                                    ("job_id", "=", job_ids[0])])  # this job's, not a finished run's
     assert len(workers) == 2, workers
-    os.kill(workers[-1].pid, signal.SIGKILL)
-    job.join(timeout=600)
+    return RunningJob(job, outcome, registered, workers)
 
-    result = outcome["job"]
+
+def _resumed_and_published(ray_cluster, running: RunningJob, model_name: str, epochs: int = 10) -> dict:
+    """The job succeeded, resumed from a checkpoint, and counted every epoch once: its metadata."""
+    result = running.result()
     assert result.status == "SUCCEEDED", result.logs[-3000:]
     assert "resumed from checkpoint after epoch" in result.logs
     published = json.loads([line for line in result.logs.splitlines() if line.startswith('{"model"')][-1])
-    training = Registry(str(ray_cluster.home / "registry")).get(
-        "maintenance-ft", published["version"]).metadata["training"]
-    assert training["resumed_from_epoch"] >= registered >= 1 and training["epoch"] == epochs
+    metadata = Registry(str(ray_cluster.home / "registry")).get(model_name, published["version"]).metadata
+    training = metadata["training"]
+    assert training["resumed_from_epoch"] >= running.registered_epoch >= 1 and training["epoch"] == epochs
     assert training["epoch_history"] == list(range(1, epochs + 1))  # every epoch once, none twice
+    return metadata
+
+
+@pytest.mark.chaos
+def test_a_killed_worker_resumes_from_the_last_checkpoint_and_counts_each_epoch_once(ray_cluster) -> None:
+    """SIGKILL one training worker process of a submitted job mid-run: Ray Train restarts the worker
+    group (FailureConfig), the loop resumes from the last checkpoint, and the job still publishes."""
+    running = _start_job_until_checkpoint(ray_cluster, "kill-a-worker", "maintenance-ft")
+    os.kill(running.workers[-1].pid, signal.SIGKILL)
+    _resumed_and_published(ray_cluster, running, "maintenance-ft")
 
 
 @pytest.mark.chaos
@@ -110,47 +132,22 @@ def test_a_run_whose_worker_node_is_lost_goes_on_from_its_checkpoint_on_the_othe
     Ray Train restarts the worker group on the surviving nodes from the last registered checkpoint,
     and the job publishes with every epoch counted once. A node is added first and replaced after,
     so the shared cluster keeps three."""
-    from ray.util.state import list_actors, list_jobs
-
-    from maas import jobclient
-
     spare = ray_cluster.add_worker_node()
-    run_name, epochs = "lose-a-node", 10
-    outcome: dict[str, jobclient.JobOutcome] = {}
-    job = threading.Thread(target=lambda: outcome.update(job=jobclient.submit(
-        "jobs.train", ["--template", "maintenance", "--epochs", str(epochs), "--run-name", run_name,
-                       "--model-name", "maintenance-node", "--placement-strategy", "STRICT_SPREAD", "--json"],
-        dashboard=ray_cluster.dashboard_url, follow=False, timeout_s=600)))
-    job.start()
-    snapshot = ray_cluster.home / "runs" / run_name / "checkpoint_manager_snapshot.json"
-    deadline = time.monotonic() + 300
-    while (registered := _registered_epoch(snapshot)) is None:
-        assert time.monotonic() < deadline and job.is_alive(), "no checkpoint was registered"
-        time.sleep(0.2)
-    job_ids = [j.job_id for j in list_jobs() if j.status == "RUNNING" and run_name in (j.entrypoint or "")]
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE"),
-                                   ("job_id", "=", job_ids[0])])
+    running = _start_job_until_checkpoint(ray_cluster, "lose-a-node", "maintenance-node",
+                                          "--placement-strategy", "STRICT_SPREAD")
     head = ray_cluster.nodes.head_node.node_id
     by_id = {n.node_id: n for n in ray_cluster.nodes.worker_nodes}
-    lost = next(by_id[w.node_id] for w in workers if w.node_id != head and w.node_id in by_id)
+    lost = next(by_id[w.node_id] for w in running.workers if w.node_id != head and w.node_id in by_id)
     removed_at = time.monotonic()
     ray_cluster.nodes.remove_node(lost, allow_graceful=False)
     try:
-        job.join(timeout=600)
+        metadata = _resumed_and_published(ray_cluster, running, "maintenance-node")
     finally:
         if lost is not spare:
             ray_cluster.nodes.remove_node(spare, allow_graceful=True)  # back to the three it had
         ray_cluster.add_worker_node()
-    result = outcome["job"]
-    print(f"\nnode lost after epoch {registered}: job {result.status}, "
-          f"{time.monotonic() - removed_at:.0f} s from the loss to the end of the job")
-    assert result.status == "SUCCEEDED", result.logs[-3000:]
-    assert "resumed from checkpoint after epoch" in result.logs
-    published = json.loads([line for line in result.logs.splitlines() if line.startswith('{"model"')][-1])
-    metadata = Registry(str(ray_cluster.home / "registry")).get("maintenance-node", published["version"]).metadata
-    training = metadata["training"]
-    assert training["resumed_from_epoch"] >= registered >= 1 and training["epoch"] == epochs
-    assert training["epoch_history"] == list(range(1, epochs + 1))
+    print(f"\nworker node lost after epoch {running.registered_epoch}: resumed from epoch "
+          f"{metadata['training']['resumed_from_epoch']}, published {time.monotonic() - removed_at:.0f} s after the loss")
     assert lost.node_id not in metadata["ray"]["worker_nodes"]  # the rest ran on the surviving nodes
 
 

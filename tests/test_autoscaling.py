@@ -53,6 +53,12 @@ def _running(ray_cluster) -> int:
     return len(deploy.running_replicas(dashboard=ray_cluster.dashboard_url))
 
 
+def _states(ray_cluster) -> list[str]:
+    """The state of every ModelServer replica Serve knows, old ones still stopping included."""
+    details = deploy.serve_client(ray_cluster.dashboard_url).get_serve_details()
+    return sorted(r["state"] for r in details["applications"]["maas"]["deployments"]["ModelServer"]["replicas"])
+
+
 def _slow_call(seconds: float) -> Call:
     return Call("POST", "/v1/models/slow:predict", json.dumps({"instances": [[seconds]]}).encode(), JSON)
 
@@ -119,9 +125,9 @@ def test_replicas_holding_one_version_each_answer_every_version_spread_over_repl
     root, client = models
     _deploy(ray_cluster, root, {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2}},
             {"max_models_per_replica": 1})
-    deadline = time.monotonic() + 120  # the app is RUNNING before its second replica is
-    while _running(ray_cluster) < 2:
-        assert time.monotonic() < deadline, "second ModelServer replica did not start"
+    deadline = time.monotonic() + 120  # the app is RUNNING before its second replica is, and before the
+    while _states(ray_cluster) != ["RUNNING", "RUNNING"]:  # replicas of the last deploy have stopped
+        assert time.monotonic() < deadline, f"not two running replicas alone: {_states(ray_cluster)}"
         time.sleep(1)
     import tensorflow as tf
 

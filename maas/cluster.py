@@ -195,7 +195,7 @@ def start_redis(folder: Path | None = None, *, port: int = REDIS_PORT) -> Redis:
     os.chmod(folder, 0o700)
     password = _secret_file(folder / "password")
     config = folder / "redis.conf"
-    _write_private(config, "\n".join([
+    settings.write_private(config, "\n".join([
         f"port {port}", "bind 127.0.0.1", "protected-mode yes", f"requirepass {password}",
         f"dir {folder}", "appendonly yes", "appendfsync everysec", "daemonize yes",
         f"pidfile {folder}/redis.pid", f"logfile {folder}/redis.log", ""]))
@@ -239,15 +239,8 @@ def _redis_pid(folder: Path) -> int | None:
 
 def _secret_file(path: Path) -> str:
     if not path.is_file():
-        _write_private(path, secrets.token_hex(32))
+        settings.write_private(path, secrets.token_hex(32))
     return path.read_text().strip()
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
 
 
 def up(*, num_cpus: int | None = None, ha_proxy: bool = True, ha: bool = False) -> ClusterState:

@@ -59,12 +59,17 @@ def api_key() -> str | None:
 
 
 def save_api_key(key: str) -> Path:
-    """Keep ``key`` as this machine's key (:func:`api_key_path`), readable by its owner only, also when
-    the file existed before with a looser mode (``os.open``'s mode applies only to a new file)."""
+    """Keep ``key`` as this machine's key (:func:`api_key_path`), readable by its owner only."""
     path = api_key_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # before the key is written into it
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
+    write_private(path, key + "\n")
     return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a secret to ``path``, readable by its owner only, also when the file existed before with a
+    looser mode (``os.open``'s mode applies only to a new file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # before the secret is written into it
+    with os.fdopen(fd, "w") as f:
+        f.write(text)

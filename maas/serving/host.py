@@ -101,7 +101,7 @@ class ModelHost:
         async def load(key: str) -> LoadedModel:  # a plain function: Serve keeps its cache on it
             # A request that times out (504) is cancelled; the load it started goes on, shielded, and
             # the next request for that version takes its result instead of starting another load.
-            self._raise_recent_failure(key)
+            # (A recent failure of the version's own was raised before Serve's cache: _loaded.)
             task = self._start(key)
             try:
                 return await asyncio.shield(task)  # cancelled here: the running task stays for the next

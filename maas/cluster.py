@@ -98,7 +98,8 @@ def local_state() -> ClusterState:
 
 HAPROXY_IDLE_CLIENT_S = 60  # Ray's default keeps a silent client connection for an hour
 HAPROXY_RETRY_ON = "conn-failure empty-response"  # Ray's default: conn-failure (see node_env)
-HAPROXY_RETRIES = 1  # HAProxy's default is 3: a request that kills its replica could take 3 more down
+HAPROXY_RETRIES = 2  # HAProxy's default is 3: a request that kills its replica could take 3 more down
+HAPROXY_OBSERVE_ERROR_LIMIT = 1  # Ray's default is 3 refused connections before a replica is taken out
 
 
 HAPROXY_DIR_ENV = "MAAS_HAPROXY_DIR"
@@ -126,8 +127,15 @@ def node_env(haproxy_folder: str | Path, *, head: bool) -> dict[str, str]:
       without answering (``empty-response``: the replica died mid-request), not only when it could not
       connect (Ray's default). Safe here: every POST route is a prediction, which changes nothing on
       the server. HAProxy can replay only what it buffered, so a body over its 16 KB buffer is not
-      retried; a timeout or a 503 (deliberate backpressure) never is. Once (``HAPROXY_RETRIES``): a
-      request that itself kills the replica it reaches (a crash in the model) reaches one more.
+      retried; a timeout or a 503 (deliberate backpressure) never is. Twice (``HAPROXY_RETRIES``): a
+      request that itself kills the replica it reaches (a crash in the model) reaches two more.
+    - One refused connection takes a replica out of rotation (``HAPROXY_OBSERVE_ERROR_LIMIT``); its
+      health check brings it back within a second if it lives. This matters after a reload: a client
+      connection that was idle when HAProxy reloaded is served by the old HAProxy process (Ray's
+      ``idle-close-on-response``), for one more request, with the replica list of before the reload and
+      no health checks. If those replicas are gone, each retry takes one of them out and the next goes
+      to a live one, or to the head's Serve proxy (the backup server) once none is left: two retries
+      cover a redeploy that replaced both default replicas.
     """
     folder = str(haproxy_folder)
     env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
@@ -142,6 +150,7 @@ def node_env(haproxy_folder: str | Path, *, head: bool) -> dict[str, str]:
             "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(HAPROXY_IDLE_CLIENT_S),
             "RAY_SERVE_HAPROXY_RETRY_ON": HAPROXY_RETRY_ON,
             "RAY_SERVE_HAPROXY_RETRIES": str(HAPROXY_RETRIES),
+            "RAY_SERVE_HAPROXY_OBSERVE_ERROR_LIMIT": str(HAPROXY_OBSERVE_ERROR_LIMIT),
         })
     return env
 

@@ -1,6 +1,7 @@
 """Serving under pressure, over real HTTP: ModelServer replicas autoscale up under load and back down
-after it; full queues answer 503 with Retry-After; replicas that hold one version at a time answer
-every version, spread over the replicas."""
+after it; full queues answer 503 with Retry-After; a keep-alive connection idle across a redeploy
+that replaced every replica is answered; replicas that hold one version at a time answer every
+version, spread over the replicas."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from maas import deploy
-from maas.client import JSON, NO_RETRY, Call, Client
+from maas.client import JSON, NO_RETRY, Call, Client, Reply
 from maas.registry import Registry
 
 pytestmark = pytest.mark.cluster
@@ -119,16 +120,47 @@ def test_full_queues_answer_503_with_retry_after_and_the_service_recovers(ray_cl
     assert client.send(_slow_call(0)).status == 200  # nothing wedged
 
 
+def _replica_ids(ray_cluster) -> set[str]:
+    return {r["replica_id"] for r in deploy.running_replicas(dashboard=ray_cluster.dashboard_url)}
+
+
+def _two_new_replicas_alone(ray_cluster, old: set[str]) -> set[str]:
+    deadline = time.monotonic() + 120  # the app is RUNNING before its second replica is, and before the
+    while _states(ray_cluster) != ["RUNNING", "RUNNING"] or _replica_ids(ray_cluster) & old:  # old have stopped
+        assert time.monotonic() < deadline, f"not two new running replicas alone: {_states(ray_cluster)}"
+        time.sleep(1)
+    return _replica_ids(ray_cluster)
+
+
+def test_a_connection_idle_across_a_redeploy_that_replaced_every_replica_is_answered(ray_cluster, models) -> None:
+    """A keep-alive connection opened before a redeploy, idle while HAProxy reloads, is served by the
+    HAProxy process of before the reload for one more request, with the replica list it had (both
+    replicas gone) and no health checks: it must still be answered, by the server, with no retry by
+    the client."""
+    root, client = models
+    two = {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2}}
+    _deploy(ray_cluster, root, two, {"max_models_per_replica": 3})
+    old = _two_new_replicas_alone(ray_cluster, set())
+    with ThreadPoolExecutor(max_workers=1) as one_thread:  # one thread: one keep-alive connection
+        def send() -> Reply:
+            return one_thread.submit(client.send, _slow_call(0), retry=NO_RETRY).result(timeout=60)
+
+        first = send()
+        assert first.status == 200 and first.headers.get("connection") != "close", first
+        _deploy(ray_cluster, root, two, {"max_models_per_replica": 2})  # new arguments: new replicas
+        _two_new_replicas_alone(ray_cluster, old)
+        reply = send()  # on the connection of before: a lost one would raise here (NO_RETRY)
+    assert reply.status == 200, (reply.status, reply.body[:200])
+    assert reply.headers.get("connection") == "close", "not answered by the HAProxy process of before the reload"
+
+
 def test_replicas_holding_one_version_each_answer_every_version_spread_over_replicas(ray_cluster, models) -> None:
     """Each replica keeps one loaded version (LRU): alternating versions evict and reload, every answer
     is still right, and the ingress spreads the requests over both replicas."""
     root, client = models
     _deploy(ray_cluster, root, {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2}},
             {"max_models_per_replica": 1})
-    deadline = time.monotonic() + 120  # the app is RUNNING before its second replica is, and before the
-    while _states(ray_cluster) != ["RUNNING", "RUNNING"]:  # replicas of the last deploy have stopped
-        assert time.monotonic() < deadline, f"not two running replicas alone: {_states(ray_cluster)}"
-        time.sleep(1)
+    _two_new_replicas_alone(ray_cluster, set())
     import tensorflow as tf
 
     x = np.random.default_rng(0).random((1, 8, 8)).astype(np.float32)

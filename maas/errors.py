@@ -113,6 +113,12 @@ class RegistryConflict(MaasError):
     http_status = 409
 
 
+class Unimplemented(MaasError):
+    """An RPC of a protocol that this service does not answer (TF Serving's Classify, Regress, MultiInference)."""
+
+    http_status = 501
+
+
 class InferenceError(MaasError):
     """The model failed on input that passed validation: a fault of the model, hence of the service."""
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from maas.errors import InvalidInput
+from maas.errors import InvalidInput, PayloadTooLarge
 
 # dtype name (numpy / TensorFlow spelling) -> KServe V2 / Open Inference Protocol datatype.
 _V2_DATATYPES = {
@@ -210,16 +210,37 @@ def to_batch(value: Any, spec: TensorSpec, *, where: str) -> np.ndarray:
         raise InvalidInput(f"{where}: input '{spec.name}' expects true or false, received {_json_type_name(array)}")
     if np.dtype(spec.dtype).kind in "iub" and array.dtype.kind == "f":
         raise InvalidInput(f"{where}: input '{spec.name}' expects integers ({spec.dtype}), received floats")
+    check_in_range(array, spec, where=where)
+    out = array.astype(spec.dtype, copy=False)
+    check_finite(out, spec, where=where)
+    return out
+
+
+def check_shape(shape: list[int], spec: TensorSpec, *, where: str, max_instances: int) -> None:
+    """A request's shape for ``spec``: its rank and sizes (any where the signature says -1), at least one
+    instance and at most ``max_instances``."""
+    if len(shape) != len(spec.shape) or any(e != -1 and e != g for e, g in zip(spec.shape, shape)):
+        raise InvalidInput(f"{where}: input '{spec.name}' expects shape {list(spec.shape)}, received {shape}")
+    if shape[0] == 0:
+        raise InvalidInput(f"{where}: input '{spec.name}' has no instances (batch size 0)")
+    if shape[0] > max_instances:
+        raise PayloadTooLarge(f"{where}: input '{spec.name}' has {shape[0]} instances; the limit is "
+                              f"{max_instances} (max_instances)")
+
+
+def check_in_range(array: np.ndarray, spec: TensorSpec, *, where: str) -> None:
+    """Integers sent for an integer input fit its dtype (``astype`` would wrap them around silently)."""
     if np.dtype(spec.dtype).kind in "iu" and array.dtype.kind in "iu" and array.size:
         info = np.iinfo(spec.dtype)
         low, high = array.min(), array.max()
-        if low < info.min or high > info.max:  # would wrap around silently in astype
+        if low < info.min or high > info.max:
             raise InvalidInput(f"{where}: input '{spec.name}' expects {spec.dtype} values in "
                                f"[{info.min}, {info.max}], received values in [{low}, {high}]")
-    out = array.astype(spec.dtype, copy=False)
-    if out.dtype.kind == "f" and not np.isfinite(out).all():
+
+
+def check_finite(array: np.ndarray, spec: TensorSpec, *, where: str) -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidInput(f"{where}: input '{spec.name}' contains NaN or infinity")
-    return out
 
 
 def _json_type_name(array: np.ndarray) -> str:

@@ -32,11 +32,12 @@ BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 class RequestInfo:
     """What one request turned out to be, filled in as it is handled; recorded once it is answered."""
 
-    protocol: str  # "tfserving" | "v2" | "other"
+    protocol: str  # "tfserving" | "v2" | "tfserving-grpc" | "v2-grpc" | "service" | "other"
     model: str = ""
     version: int | None = None
     label: str = "none"
     replica: str | None = None
+    code: str = ""  # the gRPC status code's name; empty for HTTP, whose status code is the code
 
 
 class ServingMetrics:
@@ -58,7 +59,7 @@ class ServingMetrics:
     def record_request(self, info: RequestInfo, status: int, latency_ms: float) -> None:
         tags = {"model": info.model, "version": "" if info.version is None else str(info.version),
                 "label": info.label, "protocol": info.protocol}
-        self.requests.inc(tags={**tags, "code": str(status)})
+        self.requests.inc(tags={**tags, "code": info.code or str(status)})
         self.latency.observe(latency_ms, tags=tags)
 
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from maas.errors import InvalidInput, PayloadTooLarge
+from maas.errors import InvalidInput
 from maas.serving.protocol import jsonbody
 from maas.serving.protocol.limits import RequestLimits
 from maas.serving.protocol.routes import Route, RouteTable
-from maas.signature import Signature, TensorSpec, to_batch, v2_tensor
+from maas.signature import Signature, TensorSpec, check_shape, to_batch, v2_tensor
 
 PROTOCOL = "v2"
 HEADER_LENGTH = "inference-header-content-length"
@@ -107,7 +107,7 @@ def decode_infer(json_part: bytes, binary: bytes | None, signature: Signature,
         if datatype != spec.v2_datatype:
             raise InvalidInput(f"{where}: input '{name}' expects datatype {spec.v2_datatype}, "
                                f"received {datatype[:32]}")
-        _check_shape(shape, spec, where, limits)
+        check_shape(shape, spec, where=where, max_instances=limits.max_instances)
         size = _parameters(tensor, where).get("binary_data_size")
         if size is not None:
             if binary is None:
@@ -223,16 +223,6 @@ def _flag(params: dict[str, Any], name: str, default: bool, where: str) -> bool:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _check_shape(shape: list[int], spec: TensorSpec, where: str, limits: RequestLimits) -> None:
-    if len(shape) != len(spec.shape) or any(e != -1 and e != g for e, g in zip(spec.shape, shape)):
-        raise InvalidInput(f"{where}: input '{spec.name}' expects shape {list(spec.shape)}, received {shape}")
-    if shape[0] == 0:
-        raise InvalidInput(f"{where}: input '{spec.name}' has no instances (batch size 0)")
-    if shape[0] > limits.max_instances:
-        raise PayloadTooLarge(f"{where}: input '{spec.name}' has {shape[0]} instances; the limit is "
-                              f"{limits.max_instances} (max_instances)")
 
 
 def _from_json(data: Any, shape: list[int], where: str) -> np.ndarray:

@@ -149,6 +149,8 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default=None, help="Serve config YAML (default: deployments/serve_config.yaml)")
     d.add_argument("--registry", default=None, help=f"registry URI (default: {settings.default_registry_uri()})")
     d.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's, 8000)")
+    d.add_argument("--grpc-port", type=int, default=None,
+                   help="gRPC port, TF Serving's and KServe V2's services (default: the config's, 9000)")
     d.add_argument("--host", default=None,
                    help="address the HTTP proxy listens on (default: the config's, 127.0.0.1; "
                         "0.0.0.0 on a cluster behind a load balancer)")
@@ -343,12 +345,14 @@ def _deploy(args: argparse.Namespace) -> int:
     from maas import deploy
 
     config = deploy.load_serve_config(args.config or deploy.DEFAULT_CONFIG, registry=args.registry, port=args.port,
-                                      host=args.host)
+                                      host=args.host, grpc_port=args.grpc_port)
     deploy.deploy(config)
     http = config.get("http_options", {})
     host = http.get("host", settings.SERVE_HOST)
-    print(f"Deployed: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{http.get('port', settings.SERVE_PORT)}"
-          "/v1/models/<name>:predict")
+    host = '127.0.0.1' if host == '0.0.0.0' else host
+    grpc_port = config.get("grpc_options", {}).get("port")
+    print(f"Deployed: http://{host}:{http.get('port', settings.SERVE_PORT)}/v1/models/<name>:predict"
+          + (f", gRPC {host}:{grpc_port}" if grpc_port else ""))
     return 0
 
 

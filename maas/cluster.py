@@ -99,6 +99,7 @@ def local_state() -> ClusterState:
 HAPROXY_IDLE_CLIENT_S = 60  # Ray's default keeps a silent client connection for an hour
 HAPROXY_RETRY_ON = "conn-failure empty-response"  # Ray's default: conn-failure (see node_env)
 HAPROXY_RETRIES = 2  # HAProxy's default is 3: a request that kills its replica could take 3 more down
+GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # Ray's default is 2 GiB, received whole before any check
 HAPROXY_OBSERVE_ERROR_LIMIT = 1  # Ray's default is 3 refused connections before a replica is taken out
 
 
@@ -119,6 +120,10 @@ def node_env(haproxy_folder: str | Path, *, head: bool) -> dict[str, str]:
 
     - Serve's throughput-optimized mode: replicas run request code on their main event loop (no thread
       hop per request), freeze the start-up heap out of the GC, buffer their request logs.
+    - A gRPC message (request or answer) is at most ``GRPC_MAX_MESSAGE_BYTES``: gRPC refuses a larger
+      one (``RESOURCE_EXHAUSTED``) before a replica holds it, where Ray's default lets a client make a
+      replica receive 2 GiB. The service's own ``max_request_bytes`` and ``max_response_bytes`` apply
+      within it.
     - On the head, Serve's HAProxy ingress, with its files in ``haproxy_folder``: Ray's template creates
       the admin socket ``mode 666 level admin`` (anyone who can reach it can reconfigure the proxy), so
       it must live in a folder only Ray's user can enter (0700, made by :func:`prepare_haproxy_dir`).
@@ -138,7 +143,7 @@ def node_env(haproxy_folder: str | Path, *, head: bool) -> dict[str, str]:
       cover a redeploy that replaced both default replicas.
     """
     folder = str(haproxy_folder)
-    env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(GRPC_MAX_MESSAGE_BYTES)}
     if head:
         env.update({
             "RAY_SERVE_ENABLE_HA_PROXY": "1",

@@ -16,7 +16,8 @@ APP_NAME = "maas"
 
 
 def load_serve_config(path: str | Path = DEFAULT_CONFIG, *, registry: str | None = None,
-                      port: int | None = None, host: str | None = None) -> dict[str, Any]:
+                      port: int | None = None, host: str | None = None,
+                      grpc_port: int | None = None) -> dict[str, Any]:
     """Read a Serve config and apply overrides; validated against Serve's own schema."""
     from ray.serve.schema import ServeDeploySchema
 
@@ -32,6 +33,8 @@ def load_serve_config(path: str | Path = DEFAULT_CONFIG, *, registry: str | None
         config.setdefault("http_options", {})["port"] = port
     if host is not None:
         config.setdefault("http_options", {})["host"] = host
+    if grpc_port is not None:
+        config.setdefault("grpc_options", {})["port"] = grpc_port
     try:
         ServeDeploySchema.model_validate(config)
     except Exception as exc:

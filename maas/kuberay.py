@@ -120,6 +120,7 @@ def _pod(cfg: KubeRayConfig, name: str, image: str, *, cpu: str, memory: str, gp
             {"containerPort": 8265, "name": "dashboard"},
             {"containerPort": 10001, "name": "client"},
             {"containerPort": 8000, "name": "serve"},
+            {"containerPort": 9000, "name": "grpc"},
         ]
     spec: dict[str, Any] = {"serviceAccountName": cfg.service_account, "containers": [container]}
     if gpus:

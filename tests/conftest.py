@@ -81,6 +81,7 @@ def s3_server() -> S3Server:
 class TestCluster:
     dashboard_url: str
     serve_port: int
+    grpc_port: int
     home: Path
     nodes: Any = None  # the ray.cluster_utils.Cluster: for tests that remove and add nodes
 
@@ -92,6 +93,10 @@ class TestCluster:
     @property
     def serve_url(self) -> str:
         return f"http://127.0.0.1:{self.serve_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
 
 WORKER_NODES = 2
@@ -144,7 +149,8 @@ def ray_cluster(maas_home: Path, s3_server: S3Server):
         },
     )
     cluster = TestCluster(
-        dashboard_url=f"http://127.0.0.1:{dashboard_port}", serve_port=free_port(), home=maas_home, nodes=ray_cluster
+        dashboard_url=f"http://127.0.0.1:{dashboard_port}", serve_port=free_port(), grpc_port=free_port(),
+        home=maas_home, nodes=ray_cluster,
     )
     for _ in range(WORKER_NODES):
         cluster.add_worker_node()
@@ -285,7 +291,8 @@ class DigitsService:
 
         app = deploy.serve_client(self.cluster.dashboard_url).get_serve_details().get("applications", {}).get("maas")
         if app is None or app.get("last_deployed_time_s") != self.deployed_at:
-            config = deploy.load_serve_config(registry=self.registry_uri, port=self.cluster.serve_port)
+            config = deploy.load_serve_config(registry=self.registry_uri, port=self.cluster.serve_port,
+                                              grpc_port=self.cluster.grpc_port)
             limits = config["applications"][0]["args"]["limits"]
             limits["max_request_bytes"] = SERVICE_MAX_BODY
             limits["body_timeout_s"] = SERVICE_BODY_TIMEOUT_S

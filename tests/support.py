@@ -3,8 +3,10 @@ name tests can rely on, as each tier has its own)."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -71,3 +73,25 @@ def cpus_held(leave: float) -> Iterator[None]:
         released = time.monotonic() + 10  # give the next test the CPUs back, not CPUs coming back
         while time.monotonic() < released and sum(free_cpus().values()) < sum(initially.values()) - 1e-4:
             time.sleep(0.1)
+
+
+def scrape_metrics() -> str:
+    """The Prometheus text of every live node's metrics endpoint (what the dashboard's Prometheus scrapes)."""
+    import ray
+
+    texts = []
+    for node in ray.nodes():
+        if node["Alive"]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{node['MetricsExportPort']}/metrics", timeout=10) as resp:
+                texts.append(resp.read().decode())
+    return "\n".join(texts)
+
+
+def metric_series(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{name}\{{(?P<labels>[^}}]*)\}} (?P<value>\S+)$", line)
+        if m and all(f'{k}="{v}"' in m["labels"] for k, v in labels.items()):
+            total += float(m["value"])
+    return total

@@ -84,7 +84,7 @@ def _listeners() -> set[tuple[str, int]]:
 
 
 def _check_what_listens_where() -> None:
-    """The HTTP ingress and the dashboard on loopback only; HAProxy's stats page and metrics are the
+    """The HTTP and gRPC ingress and the dashboard on loopback only; HAProxy's stats page and metrics are the
     two documented exceptions (Ray's template binds them on every interface); its admin socket lives in
     a folder only this user can enter, so another local user cannot reach it."""
     from maas.cluster import haproxy_dir
@@ -93,6 +93,7 @@ def _check_what_listens_where() -> None:
     wildcard = {port for address, port in listening if address in ("0.0.0.0", "::")}
     assert ("127.0.0.1", 8000) in listening and 8000 not in wildcard
     assert ("127.0.0.1", 8265) in listening and 8265 not in wildcard
+    assert ("127.0.0.1", 9000) in listening and 9000 not in wildcard  # gRPC, through the same HAProxy
     assert {8404, 9101} <= wildcard  # documented in the README, with the firewall rule that closes them
     folder = haproxy_dir()
     assert (folder.stat().st_mode & 0o777) == 0o700

@@ -41,7 +41,7 @@ def models(ray_cluster, tiny_saved_model, other_tiny_saved_model, slow_saved_mod
 
 
 def _deploy(ray_cluster, root: str, server: dict, args: dict | None = None) -> None:
-    config = deploy.load_serve_config(registry=root, port=ray_cluster.serve_port)
+    config = deploy.load_serve_config(registry=root, port=ray_cluster.serve_port, grpc_port=ray_cluster.grpc_port)
     app = config["applications"][0]
     app["args"].update(args or {})
     spec = next(d for d in app["deployments"] if d["name"] == "ModelServer")

@@ -102,7 +102,7 @@ def test_serving_goes_on_while_the_gcs_restarts_and_the_head_answers_again(
     signature = Signature.from_concrete_function(
         tf.saved_model.load(str(tiny_saved_model)).signatures["serving_default"]).to_dict()
     registry.publish("switch", str(tiny_saved_model), {"signature": signature})
-    config = deploy.load_serve_config(registry=root, port=ha.serve_port)
+    config = deploy.load_serve_config(registry=root, port=ha.serve_port, grpc_port=free_port())
     server = next(d for d in config["applications"][0]["deployments"] if d["name"] == "ModelServer")
     server["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 1}  # this cluster has 2 CPUs
     deploy.deploy(config, dashboard=ha.dashboard_url, timeout_s=300)

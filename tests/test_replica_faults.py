@@ -53,7 +53,7 @@ def two_replicas(ray_cluster, tiny_saved_model, other_tiny_saved_model, slow_sav
         registry.publish("slowload", str(path), {"signature": signature.to_dict()})
     registry.promote("switch", 1)
     registry.promote("slowload", 1)
-    config = deploy.load_serve_config(registry=root, port=ray_cluster.serve_port)
+    config = deploy.load_serve_config(registry=root, port=ray_cluster.serve_port, grpc_port=ray_cluster.grpc_port)
     app = config["applications"][0]
     app["args"].update(registry_refresh_s=0.5, request_timeout_s=REQUEST_TIMEOUT_S)
     server = next(d for d in app["deployments"] if d["name"] == "ModelServer")
@@ -201,7 +201,8 @@ def test_a_worker_node_lost_under_load_costs_at_most_its_requests_in_flight(ray_
     lost machine): HAProxy retries what was in flight there, Serve starts a replacement on a surviving
     node. A node is added back afterwards, so the cluster keeps three."""
     registry, key = two_replicas
-    config = deploy.load_serve_config(registry=registry.uri, port=ray_cluster.serve_port)
+    config = deploy.load_serve_config(registry=registry.uri, port=ray_cluster.serve_port,
+                                      grpc_port=ray_cluster.grpc_port)
     app = config["applications"][0]
     app["args"].update(registry_refresh_s=0.5, request_timeout_s=REQUEST_TIMEOUT_S)
     server = next(d for d in app["deployments"] if d["name"] == "ModelServer")
@@ -244,7 +245,8 @@ def test_a_single_replica_killed_fails_requests_only_until_it_is_replaced(ray_cl
     back or the client gives up, so failures are bounded to the time Serve takes to replace it
     (measured), and the service answers again by itself."""
     registry, key = two_replicas
-    config = deploy.load_serve_config(registry=registry.uri, port=ray_cluster.serve_port)
+    config = deploy.load_serve_config(registry=registry.uri, port=ray_cluster.serve_port,
+                                      grpc_port=ray_cluster.grpc_port)
     app = config["applications"][0]
     app["args"].update(registry_refresh_s=0.5, request_timeout_s=REQUEST_TIMEOUT_S)
     next(d for d in app["deployments"] if d["name"] == "ModelServer")["autoscaling_config"] = {

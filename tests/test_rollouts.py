@@ -36,7 +36,7 @@ def rollout(ray_cluster, tiny_saved_model, other_tiny_saved_model, tmp_path_fact
     for artifact in (tiny_saved_model, other_tiny_saved_model):
         registry.publish(MODEL, str(artifact), {"signature": signature.to_dict()})
     registry.promote(MODEL, 1)
-    config = deploy.load_serve_config(registry=root, port=ray_cluster.serve_port)
+    config = deploy.load_serve_config(registry=root, port=ray_cluster.serve_port, grpc_port=ray_cluster.grpc_port)
     args = config["applications"][0]["args"]
     args["registry_refresh_s"] = 0.5
     args["canary"] = {"window_s": 30, "min_requests": 10, "max_error_rate": 0.2}

@@ -98,7 +98,8 @@ def test_training_workers_on_two_nodes_share_data_checkpoints_and_registry_on_s3
 
 def test_serve_replicas_on_two_nodes_answer_through_the_ingress(ray_cluster, spread_run, new_api_key) -> None:
     config, outcome = spread_run
-    serve_config = deploy.load_serve_config(registry=config.registry, port=ray_cluster.serve_port)
+    serve_config = deploy.load_serve_config(registry=config.registry, port=ray_cluster.serve_port,
+                                            grpc_port=ray_cluster.grpc_port)
     app = serve_config["applications"][0]
     server = next(d for d in app["deployments"] if d["name"] == "ModelServer")
     server["autoscaling_config"].update(min_replicas=2, max_replicas=2)

@@ -191,7 +191,7 @@ def outage(request, ray_cluster, trained_digits, tmp_path_factory):  # noqa: ANN
     registry.publish("digits", artifact, {k: v for k, v in metadata.items() if k not in ("model", "version")})
     registry.promote("digits", 1)
     key = KeyStore(uri).create("outage")[0]
-    serve_config = deploy.load_serve_config(registry=uri, port=ray_cluster.serve_port)
+    serve_config = deploy.load_serve_config(registry=uri, port=ray_cluster.serve_port, grpc_port=ray_cluster.grpc_port)
     serve_config["applications"][0]["args"].update(registry_refresh_s=0.5, stale_while_unreachable_s=60)
     deploy.deploy(serve_config, dashboard=ray_cluster.dashboard_url, timeout_s=300)
     yield request.param, uri, key, cut, restore

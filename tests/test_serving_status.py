@@ -8,37 +8,16 @@ import re
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from maas.client import Client
+from support import metric_series, scrape_metrics
 
 pytestmark = pytest.mark.cluster
 MAAS = str(Path(sys.executable).parent / "maas")
-
-
-def _scrape() -> str:
-    import ray
-
-    texts = []
-    for node in ray.nodes():
-        if node["Alive"]:
-            with urllib.request.urlopen(f"http://127.0.0.1:{node['MetricsExportPort']}/metrics", timeout=10) as resp:
-                texts.append(resp.read().decode())
-    return "\n".join(texts)
-
-
-def _series(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{name}\{{(?P<labels>[^}}]*)\}} (?P<value>\S+)$", line)
-        if m and all(f'{k}="{v}"' in m["labels"] for k, v in labels.items()):
-            total += float(m["value"])
-    return total
 
 
 def test_requests_latencies_and_batch_sizes_reach_the_metrics_endpoint(digits_app) -> None:
@@ -50,16 +29,16 @@ def test_requests_latencies_and_batch_sizes_reach_the_metrics_endpoint(digits_ap
     version = str(app.version)
     deadline = time.monotonic() + 60  # Ray's metrics agent exports every few seconds
     while True:
-        text = _scrape()
-        ok = _series(text, "ray_maas_requests_total", model="digits", version=version, code="200", protocol="tfserving")
-        bad = _series(text, "ray_maas_requests_total", model="digits", code="400")
-        batches = _series(text, "ray_maas_batch_size_count", model="digits", version=version)
-        latency = _series(text, "ray_maas_request_latency_ms_count", model="digits")
+        text = scrape_metrics()
+        ok = metric_series(text, "ray_maas_requests_total", model="digits", version=version, code="200", protocol="tfserving")
+        bad = metric_series(text, "ray_maas_requests_total", model="digits", code="400")
+        batches = metric_series(text, "ray_maas_batch_size_count", model="digits", version=version)
+        latency = metric_series(text, "ray_maas_request_latency_ms_count", model="digits")
         if ok >= 5 and bad >= 1 and batches >= 1 and latency >= 6:
             break
         assert time.monotonic() < deadline, f"metrics not exported: ok={ok} bad={bad} batches={batches}"
         time.sleep(2)
-    assert _series(text, "ray_maas_batch_size_bucket", model="digits", le="4.0") >= 1
+    assert metric_series(text, "ray_maas_batch_size_bucket", model="digits", le="4.0") >= 1
 
 
 SERVING = ("HEALTHY", "UPSCALING", "DOWNSCALING")  # Serve's deployment states that answer requests

@@ -227,7 +227,8 @@ def service(ray_cluster, trained_templates, new_api_key):
 
     runs, _ = trained_templates
     registry = next(iter(runs.values())).registry
-    serve_config = deploy.load_serve_config(registry=registry, port=ray_cluster.serve_port)
+    serve_config = deploy.load_serve_config(registry=registry, port=ray_cluster.serve_port,
+                                            grpc_port=ray_cluster.grpc_port)
     deploy.deploy(serve_config, dashboard=ray_cluster.dashboard_url, timeout_s=300)
     return Client(ray_cluster.serve_url, api_key=new_api_key(registry))
 

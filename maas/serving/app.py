@@ -1,8 +1,9 @@
-"""Ray Serve wiring: one deployment, ``ModelServer``, that hands HTTP requests to the protocol layer
-and data plane and holds the models it answers with:
+"""Ray Serve wiring: one deployment, ``ModelServer``, that hands HTTP requests and gRPC calls to the
+protocol layer and data plane and holds the models it answers with:
 
     HAProxy (Serve's ingress)  -->  ModelServer replica
                                       http.HttpApi        routes, body limits, auth, codecs (protocol/)
+                                      grpc_api.GrpcApi    TF Serving and KServe V2 RPCs, one method each
                                       dataplane.DataPlane versions, labels, canary, deadline, status
                                       host.ModelHost      dynamic batching (@serve.batch), loaded versions (LRU)
                                       codec.BodyCodec     large bodies decoded in a process of their own
@@ -20,8 +21,9 @@ work as is.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, Coroutine
 
+import grpc
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt
 from ray import serve
 from starlette.requests import ClientDisconnect, Request
@@ -36,6 +38,7 @@ from maas.serving.codec import CodecOffload
 from maas.serving.dataplane import DataPlane
 from maas.serving.host import BatchConfig, ModelHost
 from maas.serving.http import HttpApi, HttpRequest
+from maas.serving.protocol.grpc_status import metadata_dict
 from maas.serving.protocol.limits import RequestLimits
 from maas.serving.registry_cache import RegistryCache
 from maas.serving.stats import RecentRequests, ServingMetrics
@@ -70,6 +73,23 @@ class AppArgs(BaseModel):
         return self.registry or settings.default_registry_uri()
 
 
+def _rpc(name: str) -> Callable[[Any, Any, Any], Coroutine[Any, Any, Any]]:
+    """The ``ModelServer`` method that answers the RPC ``name``: its status, details and trailing
+    metadata go on Serve's gRPC context, which sends them to the client."""
+
+    async def rpc(self: "ModelServer", request: Any, grpc_context: Any) -> Any:  # RayServegRPCContext
+        answer = await self._grpc.handle(name, request, metadata_dict(grpc_context.invocation_metadata()))
+        if answer.code != grpc.StatusCode.OK:
+            grpc_context.set_code(answer.code)
+            grpc_context.set_details(answer.details)
+        if answer.trailing:
+            grpc_context.set_trailing_metadata(grpc_context.trailing_metadata() + answer.trailing)
+        return answer.message
+
+    rpc.__name__ = rpc.__qualname__ = name
+    return rpc
+
+
 @serve.deployment(
     name="ModelServer",
     max_ongoing_requests=2048,
@@ -83,6 +103,8 @@ class ModelServer:
     def __init__(self, args: AppArgs) -> None:
         import tensorflow  # noqa: F401  (seconds on a busy node: paid before the replica reports ready,
         #                                 not by the first request within its request_timeout_s)
+
+        from maas.serving.grpc_api import GrpcApi  # its messages import TensorFlow: here, not in `maas deploy`
 
         context = serve.get_replica_context()
         registry = Registry(args.registry_uri())
@@ -108,6 +130,7 @@ class ModelServer:
 
         self._api = HttpApi(plane, limits=args.limits, max_buffered_bytes=args.max_buffered_bytes,
                             offload=codec, observe=observe)
+        self._grpc = GrpcApi(plane, limits=args.limits, observe=observe)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self._host.reconfigure(BatchConfig(**user_config))
@@ -119,6 +142,21 @@ class ModelServer:
                                                     lambda: _stream(request)))
         return Response(answer.body, status_code=answer.status, headers=answer.headers,
                         media_type=answer.media_type)
+
+
+    # gRPC (``grpc_options`` in the Serve config): Serve calls the method named after the RPC.
+    Predict = _rpc("Predict")  # tensorflow.serving.PredictionService
+    GetModelMetadata = _rpc("GetModelMetadata")
+    Classify = _rpc("Classify")
+    Regress = _rpc("Regress")
+    MultiInference = _rpc("MultiInference")
+    GetModelStatus = _rpc("GetModelStatus")  # tensorflow.serving.ModelService
+    ServerLive = _rpc("ServerLive")  # inference.GRPCInferenceService (KServe V2)
+    ServerReady = _rpc("ServerReady")
+    ServerMetadata = _rpc("ServerMetadata")
+    ModelReady = _rpc("ModelReady")
+    ModelMetadata = _rpc("ModelMetadata")
+    ModelInfer = _rpc("ModelInfer")
 
 
 async def _stream(request: Request) -> AsyncIterator[bytes]:

@@ -139,13 +139,23 @@ class Signature:
         for spec in self.inputs:
             if spec.name == name:
                 return spec
-        raise InvalidInput(f"Unknown input '{name}'; the model takes {[s.name for s in self.inputs]}")
+        raise InvalidInput(f"Unknown input '{name[:64]}'; the model takes {[s.name for s in self.inputs]}")
 
     def output(self, name: str) -> TensorSpec:
         for spec in self.outputs:
             if spec.name == name:
                 return spec
-        raise InvalidInput(f"Unknown output '{name}'; the model gives {[s.name for s in self.outputs]}")
+        raise InvalidInput(f"Unknown output '{name[:64]}'; the model gives {[s.name for s in self.outputs]}")
+
+    def chosen_outputs(self, names: list[str], field: str) -> tuple[str, ...]:
+        """The outputs a request names in ``field`` (each known, each at most once), or all of them."""
+        if not names:
+            return tuple(s.name for s in self.outputs)
+        chosen = tuple(self.output(name).name for name in names)
+        if len(set(chosen)) != len(chosen):
+            twice = next(n for n in chosen if chosen.count(n) > 1)
+            raise InvalidInput(f"{field} names '{twice}' more than once; name each output at most once")
+        return chosen
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -216,9 +226,14 @@ def to_batch(value: Any, spec: TensorSpec, *, where: str) -> np.ndarray:
     return out
 
 
+MAX_DIMS = 32  # the most dimensions a request's tensor may declare
+
+
 def check_shape(shape: list[int], spec: TensorSpec, *, where: str, max_instances: int) -> None:
-    """A request's shape for ``spec``: its rank and sizes (any where the signature says -1), at least one
-    instance and at most ``max_instances``."""
+    """A request's shape for ``spec``: at most ``MAX_DIMS`` non-negative sizes, its rank and sizes (any
+    where the signature says -1), at least one instance and at most ``max_instances``."""
+    if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
+        raise InvalidInput(f"{where}: a shape is at most {MAX_DIMS} non-negative sizes. Received: {shape[:8]}")
     if len(shape) != len(spec.shape) or any(e != -1 and e != g for e, g in zip(spec.shape, shape)):
         raise InvalidInput(f"{where}: input '{spec.name}' expects shape {list(spec.shape)}, received {shape}")
     if shape[0] == 0:

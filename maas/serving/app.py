@@ -82,8 +82,8 @@ def _rpc(name: str) -> Callable[[Any, Any, Any], Coroutine[Any, Any, Any]]:
         if answer.code != grpc.StatusCode.OK:
             grpc_context.set_code(answer.code)
             grpc_context.set_details(answer.details)
-        if answer.trailing:
-            grpc_context.set_trailing_metadata(grpc_context.trailing_metadata() + answer.trailing)
+        if answer.trailing:  # Serve puts its request_id before them
+            grpc_context.set_trailing_metadata(answer.trailing)
         return answer.message
 
     rpc.__name__ = rpc.__qualname__ = name

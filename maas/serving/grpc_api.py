@@ -12,32 +12,35 @@ the Serve deployment hands requests in (:mod:`maas.serving.app`), and unit tests
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import grpc
-from tensorflow_serving.apis import (
-    classification_pb2,
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    inference_pb2,
-    predict_pb2,
-    regression_pb2,
-)
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 from tritonclient.grpc import service_pb2
 
 import maas
 from maas.auth import ApiKey, presented_key
-from maas.errors import Forbidden, MaasError, ModelNotFound, PayloadTooLarge, Unimplemented, VersionNotFound
+from maas.errors import (
+    Forbidden,
+    InvalidInput,
+    MaasError,
+    ModelNotFound,
+    PayloadTooLarge,
+    StorageUnavailable,
+    Unimplemented,
+    VersionNotFound,
+)
 from maas.serving.dataplane import DataPlane
 from maas.serving.protocol import grpc_status, tfserving_grpc, v2_grpc
+from maas.serving.protocol.grpc_rpcs import BY_NAME, Unreadable, message_class
 from maas.serving.protocol.limits import RequestLimits
 from maas.serving.stats import RequestInfo
 
 logger = logging.getLogger("ray.serve")
-MODEL_VERSION_KEY = "model-version"  # trailing metadata: which version answered a prediction
 
 @dataclass
 class GrpcAnswer:
@@ -58,32 +61,14 @@ class _Call:
     trailing: list[tuple[str, str]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Method:
-    protocol: str
-    response: type
-    handler: str  # the name of GrpcApi's method
-    auth: bool = True
-
-
-_METHODS = {
-    "Predict": _Method(tfserving_grpc.PROTOCOL, predict_pb2.PredictResponse, "_predict"),
-    "GetModelMetadata": _Method(tfserving_grpc.PROTOCOL, get_model_metadata_pb2.GetModelMetadataResponse,
-                                "_get_model_metadata"),
-    "GetModelStatus": _Method(tfserving_grpc.PROTOCOL, get_model_status_pb2.GetModelStatusResponse,
-                              "_get_model_status"),
-    "Classify": _Method(tfserving_grpc.PROTOCOL, classification_pb2.ClassificationResponse, "_unsupported"),
-    "Regress": _Method(tfserving_grpc.PROTOCOL, regression_pb2.RegressionResponse, "_unsupported"),
-    "MultiInference": _Method(tfserving_grpc.PROTOCOL, inference_pb2.MultiInferenceResponse, "_unsupported"),
-    "ServerLive": _Method(v2_grpc.PROTOCOL, service_pb2.ServerLiveResponse, "_server_live", auth=False),
-    "ServerReady": _Method(v2_grpc.PROTOCOL, service_pb2.ServerReadyResponse, "_server_ready", auth=False),
-    "ServerMetadata": _Method(v2_grpc.PROTOCOL, service_pb2.ServerMetadataResponse, "_server_metadata",
-                              auth=False),
-    "ModelReady": _Method(v2_grpc.PROTOCOL, service_pb2.ModelReadyResponse, "_model_ready"),
-    "ModelMetadata": _Method(v2_grpc.PROTOCOL, service_pb2.ModelMetadataResponse, "_model_metadata"),
-    "ModelInfer": _Method(v2_grpc.PROTOCOL, service_pb2.ModelInferResponse, "_model_infer"),
+_HANDLERS = {  # each RPC of grpc_rpcs.RPCS: the GrpcApi method that answers it
+    "Predict": "_predict", "GetModelMetadata": "_get_model_metadata", "GetModelStatus": "_get_model_status",
+    "Classify": "_unsupported", "Regress": "_unsupported", "MultiInference": "_unsupported",
+    "ServerLive": "_server_live", "ServerReady": "_server_ready", "ServerMetadata": "_server_metadata",
+    "ModelReady": "_model_ready", "ModelMetadata": "_model_metadata", "ModelInfer": "_model_infer",
 }
-METHODS = tuple(_METHODS)  # the RPCs answered; the Serve deployment has one method of each name
+assert set(_HANDLERS) == set(BY_NAME), "every RPC has its handler"
+METHODS = tuple(_HANDLERS)  # the RPCs answered; the Serve deployment has one method of each name
 
 
 class GrpcApi:
@@ -97,24 +82,32 @@ class GrpcApi:
 
     async def handle(self, method: str, request: Any, metadata: Mapping[str, str]) -> GrpcAnswer:
         """Answer one RPC (``method`` is one of :data:`METHODS`); never raises."""
-        spec = _METHODS[method]
+        spec = BY_NAME[method]
         call = _Call(metadata, RequestInfo(protocol=spec.protocol))
         started = self._clock()
         try:
+            if isinstance(request, Unreadable):
+                raise InvalidInput(f"The request of {request.size} bytes is not a valid {request.message}")
             if request.ByteSize() > self._limits.max_request_bytes:
                 raise PayloadTooLarge(f"Request of {request.ByteSize()} bytes exceeds the limit of "
                                       f"{self._limits.max_request_bytes} bytes (max_request_bytes)")
             if spec.auth:
                 call.key = await self._plane.authenticate(presented_key(metadata))
-            answer = GrpcAnswer(await getattr(self, spec.handler)(request, call), trailing=call.trailing)
+            answer = GrpcAnswer(await getattr(self, _HANDLERS[method])(request, call), trailing=call.trailing)
             status = 200
         except MaasError as exc:
             status = exc.http_status
-            answer = GrpcAnswer(spec.response(), grpc_status.code_for(status), grpc_status.details(exc))
+            answer = GrpcAnswer(message_class(spec.response)(), grpc_status.code_for(status), grpc_status.details(exc),
+                                grpc_status.retry_after(exc))
         except Exception as exc:  # a bug: answered INTERNAL, logged without the client's data
             logger.exception("unhandled %s in gRPC %s", type(exc).__name__, method)
             status = 500
-            answer = GrpcAnswer(spec.response(), grpc.StatusCode.INTERNAL, f"Internal error: {type(exc).__name__}")
+            answer = GrpcAnswer(message_class(spec.response)(), grpc.StatusCode.INTERNAL,
+                                f"Internal error: {type(exc).__name__}")
+        except asyncio.CancelledError:  # the client's deadline passed, or it cancelled: counted, as REST's 499
+            call.info.code = grpc.StatusCode.CANCELLED.name
+            self._observe(call.info, 499, (self._clock() - started) * 1000.0)
+            raise
         call.info.code = answer.code.name
         self._observe(call.info, status, (self._clock() - started) * 1000.0)
         return answer
@@ -130,7 +123,7 @@ class GrpcApi:
 
         answered, decoded, outputs = await self._plane.infer(target.model, target.version, target.label, decode,
                                                              lambda d: d.inputs, call.info)
-        call.trailing.append((MODEL_VERSION_KEY, str(answered)))
+        call.trailing.append((grpc_status.MODEL_VERSION, str(answered)))
         return tfserving_grpc.encode_predict(target.model, answered, decoded, outputs, limits)
 
     async def _get_model_metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
@@ -153,7 +146,7 @@ class GrpcApi:
                                                                     call)])
 
     async def _unsupported(self, request: Any, call: _Call) -> Any:
-        self._allowed(tfserving_grpc.target(request.model_spec, versioned=False), call)
+        """Classify, Regress, MultiInference (which names its models per task): the key was checked."""
         name = type(request).__name__.removesuffix("Request")
         raise Unimplemented(f"{name} is not supported; use Predict")
 
@@ -164,7 +157,12 @@ class GrpcApi:
 
     async def _server_ready(self, request: service_pb2.ServerReadyRequest,
                             call: _Call) -> service_pb2.ServerReadyResponse:
-        await self._plane.ready()  # storage unreachable: UNAVAILABLE, as REST answers 503
+        """``ready: false`` while the registry's storage is unreachable (REST answers 503), as the V2
+        protocol's ``ServerReady`` reports readiness in its answer."""
+        try:
+            await self._plane.ready()
+        except StorageUnavailable:
+            return service_pb2.ServerReadyResponse(ready=False)
         return service_pb2.ServerReadyResponse(ready=True)
 
     async def _server_metadata(self, request: service_pb2.ServerMetadataRequest,
@@ -196,7 +194,7 @@ class GrpcApi:
 
         answered, decoded, outputs = await self._plane.infer(model, version, None, decode, lambda d: d.inputs,
                                                              call.info)
-        call.trailing.append((MODEL_VERSION_KEY, str(answered)))
+        call.trailing.append((grpc_status.MODEL_VERSION, str(answered)))
         return v2_grpc.encode_infer(model, answered, decoded, outputs, limits)
 
     # ---- shared ----------------------------------------------------------------------------------

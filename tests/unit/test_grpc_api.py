@@ -16,6 +16,7 @@ from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_pb2,
     predict_pb2,
 )
@@ -23,6 +24,7 @@ from tritonclient.grpc import service_pb2
 
 from maas.errors import StorageUnavailable
 from maas.serving.grpc_api import GrpcApi
+from maas.serving.protocol import tensorproto
 from maas.serving.protocol.limits import RequestLimits
 
 CODE = grpc.StatusCode
@@ -68,9 +70,9 @@ def _predict(tensor: tensor_pb2.TensorProto | None = None, *, model: str = "digi
 
 
 def _array(proto: tensor_pb2.TensorProto) -> np.ndarray:
-    shape = [d.size for d in proto.tensor_shape.dim]
-    assert proto.dtype == types_pb2.DT_FLOAT
-    return np.frombuffer(proto.tensor_content, "<f4").reshape(shape)
+    """An answer's tensor, which comes in its typed field, as TF Serving's do (clients read float_val)."""
+    assert proto.dtype == types_pb2.DT_FLOAT and not proto.tensor_content and proto.float_val
+    return tensorproto.to_array(proto)
 
 
 def test_predict_answers_as_rest_does_with_the_version_in_trailing_metadata(stack) -> None:
@@ -165,6 +167,41 @@ def test_classify_regress_and_multi_inference_are_unimplemented(stack) -> None:
     answer = _call(stack, "Classify", request)
     assert answer.code == CODE.UNIMPLEMENTED and "Classification is not supported; use Predict" in answer.details
     assert isinstance(answer.message, classification_pb2.ClassificationResponse)
+    multi = inference_pb2.MultiInferenceRequest()  # no model_spec of its own: one per task
+    multi.tasks.add().model_spec.name = "digits"
+    answer = _call(stack, "MultiInference", multi)
+    assert answer.code == CODE.UNIMPLEMENTED and "MultiInference is not supported" in answer.details
+    assert _call(stack, "MultiInference", multi, key=None).code == CODE.UNAUTHENTICATED
+
+
+class _Strings:
+    """A model host whose output 'label' is a string tensor (an object array of bytes, as TF gives it)."""
+
+    async def predict(self, model, version, inputs, ticket):  # noqa: ANN001, ANN201
+        n = len(next(iter(inputs.values())))
+        return {"label": np.array([b"cat", b"\xff\xfe"] * n, dtype=object)[:n]}
+
+
+def test_string_outputs_are_string_val_in_tf_serving_and_length_prefixed_bytes_in_v2(stack) -> None:
+    from maas.signature import Signature, TensorSpec
+
+    stack.publish("labeller", Signature(inputs=(TensorSpec("x", "float32", (-1, 2)),),
+                                        outputs=(TensorSpec("label", "string", (-1,)),)))
+    stack.plane._host = _Strings()
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name="labeller"))
+    request.inputs["x"].CopyFrom(tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=_shape(2, 2),
+                                                        float_val=[1.0]))
+    answer = _call(stack, "Predict", request)
+    assert answer.code == CODE.OK, answer.details
+    label = answer.message.outputs["label"]
+    assert label.dtype == types_pb2.DT_STRING and list(label.string_val) == [b"cat", b"\xff\xfe"]
+    tensor = service_pb2.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 2])
+    tensor.contents.fp32_contents.extend([1.0, 2.0])
+    infer = service_pb2.ModelInferRequest(model_name="labeller", inputs=[tensor])
+    answer = _call(stack, "ModelInfer", infer)
+    assert answer.code == CODE.OK, answer.details
+    assert answer.message.outputs[0].datatype == "BYTES"
+    assert answer.message.raw_output_contents[0] == b"\x03\x00\x00\x00cat"
 
 
 def test_model_metadata_and_status(stack) -> None:
@@ -252,7 +289,16 @@ def test_v2_readiness_metadata_and_an_outage(stack, monkeypatch) -> None:
 
     monkeypatch.setattr(stack.plane, "ready", unreachable)
     answer = _call(stack, "ServerReady", service_pb2.ServerReadyRequest())
+    assert answer.code == CODE.OK and not answer.message.ready  # REST: 503
+
+    async def outage(model: str) -> None:
+        raise StorageUnavailable("The registry's storage cannot be reached; retry later")
+
+    monkeypatch.setattr(stack.plane, "versions", outage)
+    answer = _call(stack, "GetModelStatus", get_model_status_pb2.GetModelStatusRequest(
+        model_spec=model_pb2.ModelSpec(name="digits")))
     assert answer.code == CODE.UNAVAILABLE and "retry later" in answer.details
+    assert answer.trailing == [("retry-after", "2")]  # as REST's Retry-After: clients may come back
 
 
 def test_busy_and_slow_replicas_and_a_bug_map_to_their_codes(stack, caplog) -> None:
@@ -287,5 +333,35 @@ def test_each_rpc_is_observed_with_its_protocol_and_status_code(stack) -> None:
 
 
 def test_a_long_message_is_cut_to_fit_in_the_trailers(stack) -> None:
-    answer = _call(stack, "Predict", _predict(output_filter=("x" * 100_000,)))
-    assert answer.code == CODE.INVALID_ARGUMENT and len(answer.details) <= 1024
+    for name in ("x" * 100_000, "\U0001f600" * 5_000):
+        answer = _call(stack, "Predict", _predict(output_filter=(name,)))
+        assert answer.code == CODE.INVALID_ARGUMENT and len(answer.details.encode()) <= 1024
+
+
+def test_a_call_the_client_gives_up_on_is_counted_as_cancelled(stack) -> None:
+    import asyncio
+
+    seen: list = []
+    stack.host.delay_s = 1.0
+
+    async def give_up() -> None:
+        task = asyncio.ensure_future(_api(stack, seen=seen).handle("Predict", _predict(),
+                                                                   {"authorization": f"Bearer {stack.key}"}))
+        await asyncio.sleep(0.3)
+        task.cancel()  # what gRPC does to the handler when the call's deadline passes
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    stack.run(give_up())
+    assert [(i.protocol, i.code, status) for i, status in seen] == [("tfserving-grpc", "CANCELLED", 499)]
+
+
+def test_a_request_that_does_not_parse_is_invalid_argument_naming_its_type(stack) -> None:
+    from maas.serving.grpc_services import _deserializer
+    from maas.serving.protocol.grpc_rpcs import BY_NAME
+
+    unreadable = _deserializer(BY_NAME["Predict"].request)(b"\xff\xff\xff\xff not a message")
+    answer = _call(stack, "Predict", unreadable)
+    assert answer.code == CODE.INVALID_ARGUMENT
+    assert answer.details == "The request of 18 bytes is not a valid PredictRequest"
+    assert _deserializer(BY_NAME["Predict"].request)(_predict().SerializeToString()) == _predict()

@@ -10,7 +10,10 @@ import grpc
 
 from maas.errors import MaasError
 
-MAX_DETAILS = 1024  # status details travel in HTTP/2 trailers, whose size is bounded: a client's text is cut
+RETRY_AFTER = "retry-after"  # trailing metadata: as REST's header, when to come back (seconds)
+MODEL_VERSION = "model-version"  # trailing metadata: the version that answered a prediction
+SERVER_ANSWERED = "request_id"  # trailing metadata Serve's replica puts on every answer it sends
+MAX_DETAILS = 1024  # bytes: status details travel in HTTP/2 trailers, whose size is bounded: a client's text is cut
 
 _BY_HTTP_STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -25,7 +28,6 @@ _BY_HTTP_STATUS = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-_HTTP_BY_CODE = {code: status for status, code in _BY_HTTP_STATUS.items() if status not in (408,)}
 
 
 def code_for(http_status: int) -> grpc.StatusCode:
@@ -33,14 +35,20 @@ def code_for(http_status: int) -> grpc.StatusCode:
     return _BY_HTTP_STATUS.get(http_status, grpc.StatusCode.INTERNAL)
 
 
-def http_status_of(code: grpc.StatusCode) -> int:
-    """The HTTP status a gRPC answer stands for, for the metrics and the error-rate windows."""
-    return 200 if code == grpc.StatusCode.OK else _HTTP_BY_CODE.get(code, 500)
-
-
 def details(exc: MaasError) -> str:
-    text = str(exc)
-    return text if len(text) <= MAX_DETAILS else text[: MAX_DETAILS - 1] + "…"
+    """The error's message, cut to ``MAX_DETAILS`` bytes of UTF-8 (gRPC percent-encodes each non-ASCII
+    byte in three: a cut by characters could still overflow the trailers)."""
+    raw = str(exc).encode()
+    if len(raw) <= MAX_DETAILS:
+        return raw.decode()
+    return raw[: MAX_DETAILS - 3].decode(errors="ignore") + "…"
+
+
+def retry_after(exc: MaasError) -> list[tuple[str, str]]:
+    """The trailing metadata of an error that clears by itself (a full replica, a storage outage): its
+    ``Retry-After``, which clients may retry by, as they do over REST."""
+    seconds = exc.http_headers.get("Retry-After")
+    return [] if seconds is None else [(RETRY_AFTER, seconds)]
 
 
 def metadata_dict(pairs: Any) -> dict[str, str]:

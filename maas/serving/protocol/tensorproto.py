@@ -1,7 +1,8 @@
 """TensorFlow's ``TensorProto`` to numpy and back, as TensorFlow Serving reads and writes it over gRPC.
 
 A client may send the values as ``tensor_content`` (raw little-endian bytes, what ``tf.make_tensor_proto``
-writes) or in the typed ``*_val`` field of the dtype (``float_val``, ``int_val``...). As TensorFlow's
+writes) or in the typed ``*_val`` field of the dtype (``float_val``, ``int_val``...); answers carry them
+in the typed field, as TF Serving's do. As TensorFlow's
 ``Tensor::FromProto`` does, fewer typed values than the shape holds are completed by repeating the
 last one (a single value broadcast), and none at all means zeros. Each check happens before the work it
 bounds: a shape whose values would be past ``max_request_bytes`` is refused before any array is made.
@@ -18,8 +19,6 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from maas.errors import InvalidInput, PayloadTooLarge
 from maas.signature import TensorSpec, check_finite, check_in_range, check_shape
-
-_MAX_DIMS = 32
 
 # TensorFlow DataType -> (numpy dtype, the TensorProto field its values travel in without tensor_content)
 _DTYPES: dict[int, tuple[str, str]] = {
@@ -45,6 +44,14 @@ def dtype_name(dtype: int) -> str:
         return types_pb2.DataType.Name(dtype)
     except ValueError:
         return f"DataType {dtype}"
+
+
+def dtype_of(dtype: int) -> np.dtype:
+    """The numpy dtype of a numeric TensorFlow ``DataType``."""
+    try:
+        return np.dtype(_DTYPES[dtype][0])
+    except KeyError:
+        raise InvalidInput(f"No numpy dtype for {dtype_name(dtype)}") from None
 
 
 def tf_dtype(spec: TensorSpec) -> int:
@@ -83,19 +90,49 @@ def to_numpy(proto: tensor_pb2.TensorProto, spec: TensorSpec, *, where: str, max
     return array
 
 
-def from_numpy(value: np.ndarray) -> tensor_pb2.TensorProto:
-    """A TensorProto with the values as ``tensor_content`` (what ``tf.make_ndarray`` reads back)."""
+def from_numpy(value: np.ndarray, *, content: bool = False) -> tensor_pb2.TensorProto:
+    """A TensorProto of ``value``: its values in the typed field of its dtype, as TF Serving answers
+    (``AsProtoField``: clients read ``float_val`` directly), or as ``tensor_content`` (``content``:
+    what ``tf.make_tensor_proto`` sends). Strings (object arrays of bytes) go in ``string_val``."""
     array = np.ascontiguousarray(value)
+    shape = tensor_shape(array.shape)
+    if array.dtype.kind in "OSU":
+        items = [x if isinstance(x, bytes) else str(x).encode() for x in array.reshape(-1).tolist()]
+        return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=items)
     try:
         dtype = _BY_NUMPY[array.dtype.name]
     except KeyError:
-        raise InvalidInput(f"An output of dtype {array.dtype.name} cannot be sent as a TensorProto") from None
-    return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=tensor_shape(array.shape),
-                                  tensor_content=array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+        raise InvalidInput(f"A tensor of dtype {array.dtype.name} cannot be sent as a TensorProto") from None
+    if content:
+        return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape,
+                                      tensor_content=array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+    proto = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape)
+    field = _DTYPES[dtype][1]
+    flat = array.reshape(-1)
+    getattr(proto, field).extend((flat.view(np.uint16) if field == "half_val" else flat).tolist())
+    return proto
+
+
+def to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """Any numeric or string TensorProto as an array (a client reading an answer: no signature to check
+    against); strings as an object array of bytes."""
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if proto.dtype == types_pb2.DT_STRING:
+        return np.asarray(list(proto.string_val), dtype=object).reshape(shape)
+    try:
+        numpy_name, field = _DTYPES[proto.dtype]
+    except KeyError:
+        raise InvalidInput(f"A TensorProto of {dtype_name(proto.dtype)} cannot be read as numbers") from None
+    if proto.tensor_content:
+        return np.frombuffer(proto.tensor_content, dtype=np.dtype(numpy_name).newbyteorder("<")).reshape(shape)
+    values = getattr(proto, field)
+    if field == "half_val":
+        return (np.asarray(values, dtype=np.int64) & 0xFFFF).astype(np.uint16).view(np.float16).reshape(shape)
+    return np.asarray(values, dtype=numpy_name).reshape(shape)
 
 
 def encoded_size(outputs: Any) -> int:
-    """Bytes the outputs take as ``tensor_content`` (what an answer's size is judged by before encoding)."""
+    """Bytes the outputs' values take (what an answer's size is judged by before it is encoded)."""
     return sum(np.asarray(v).nbytes for v in outputs)
 
 
@@ -105,10 +142,7 @@ def encoded_size(outputs: Any) -> int:
 def _shape(proto: tensor_pb2.TensorProto, spec: TensorSpec, where: str, max_instances: int) -> list[int]:
     if proto.tensor_shape.unknown_rank:
         raise InvalidInput(f"{where}: input '{spec.name}' has an unknown rank; give its shape")
-    dims = proto.tensor_shape.dim
-    if len(dims) > _MAX_DIMS or any(d.size < 0 for d in dims):
-        raise InvalidInput(f"{where}: a shape is at most {_MAX_DIMS} non-negative sizes")
-    shape = [d.size for d in dims]
+    shape = [d.size for d in proto.tensor_shape.dim]
     check_shape(shape, spec, where=where, max_instances=max_instances)
     return shape
 
@@ -120,11 +154,8 @@ def _typed_values(proto: tensor_pb2.TensorProto, spec: TensorSpec, shape: list[i
     n = len(values)
     if n > count:
         raise InvalidInput(f"{where}: {field} has {n} values; shape {shape} holds {count}")
-    if field == "half_val":
-        raw = np.asarray(values, dtype=np.int64)
-        if n and (raw.min() < 0 or raw.max() > 0xFFFF):
-            raise InvalidInput(f"{where}: half_val holds the 16 bits of each DT_HALF value, 0 to 65535")
-        array = raw.astype(np.uint16).view(np.float16)
+    if field == "half_val":  # as TensorFlow reads it: the low 16 bits of each int32
+        array = (np.asarray(values, dtype=np.int64) & 0xFFFF).astype(np.uint16).view(np.float16)
     else:
         array = np.asarray(values, dtype=np.int64 if field == "int_val" else numpy_name)
         check_in_range(array, spec, where=where)  # int_val carries 8- and 16-bit values in 32 bits

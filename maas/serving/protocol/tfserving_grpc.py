@@ -21,12 +21,8 @@ from maas.serving.protocol import tensorproto
 from maas.serving.protocol.limits import RequestLimits
 from maas.signature import Signature
 
-PROTOCOL = "tfserving-grpc"
-PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
-MODEL_SERVICE = "tensorflow.serving.ModelService"
 SIGNATURE = "serving_default"
 METADATA_FIELD = "signature_def"
-UNSUPPORTED = ("Classify", "Regress", "MultiInference")  # as the REST :classify and :regress answer 400
 
 
 @dataclass(frozen=True)
@@ -75,14 +71,7 @@ def decode_predict(request: predict_pb2.PredictRequest, signature: Signature, li
     sizes = {value.shape[0] for value in inputs.values()}
     if len(sizes) != 1:
         raise InvalidInput(f"All inputs must have the same batch size. Received sizes {sorted(sizes)}")
-    if request.output_filter:
-        outputs = tuple(signature.output(name).name for name in request.output_filter)
-        if len(set(outputs)) != len(outputs):
-            twice = next(n for n in outputs if outputs.count(n) > 1)
-            raise InvalidInput(f"output_filter names '{twice}' more than once; name each output at most once")
-    else:
-        outputs = tuple(s.name for s in signature.outputs)
-    return Predict(inputs=inputs, outputs=outputs)
+    return Predict(inputs=inputs, outputs=signature.chosen_outputs(list(request.output_filter), "output_filter"))
 
 
 def encode_predict(model: str, version: int, request: Predict, outputs: dict[str, np.ndarray],

@@ -19,11 +19,8 @@ from maas.errors import InvalidInput, PayloadTooLarge
 from maas.names import parse_version, validate_model_name
 from maas.serving.protocol.limits import RequestLimits
 from maas.serving.protocol.v2 import EXTENSIONS, PLATFORM
-from maas.signature import Signature, TensorSpec, check_finite, check_in_range, check_shape, v2_datatype
+from maas.signature import Signature, TensorSpec, check_finite, check_in_range, check_shape, v2_tensor
 
-PROTOCOL = "v2-grpc"
-SERVICE = "inference.GRPCInferenceService"
-_MAX_DIMS = 32
 
 # V2 datatype -> the InferTensorContents field its values travel in (FP16 travels only as raw bytes)
 _CONTENTS = {
@@ -64,7 +61,8 @@ def decode_infer(request: service_pb2.ModelInferRequest, signature: Signature, l
         if tensor.datatype != spec.v2_datatype:
             raise InvalidInput(f"{where}: input '{spec.name}' expects datatype {spec.v2_datatype}, "
                                f"received {tensor.datatype[:32]}")
-        shape = _shape(list(tensor.shape), spec, where, limits)
+        shape = list(tensor.shape)
+        check_shape(shape, spec, where=where, max_instances=limits.max_instances)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(f"{where}: input '{spec.name}' has contents as well as raw_input_contents")
@@ -79,28 +77,24 @@ def decode_infer(request: service_pb2.ModelInferRequest, signature: Signature, l
     sizes = {value.shape[0] for value in inputs.values()}
     if len(sizes) != 1:
         raise InvalidInput(f"All inputs must have the same batch size. Received sizes {sorted(sizes)}")
-    if request.outputs:
-        names = tuple(signature.output(o.name).name for o in request.outputs)
-        if len(set(names)) != len(names):
-            twice = next(n for n in names if names.count(n) > 1)
-            raise InvalidInput(f"outputs asks for '{twice}' more than once; name each output at most once")
-    else:
-        names = tuple(s.name for s in signature.outputs)
+    names = signature.chosen_outputs([o.name for o in request.outputs], "outputs")
     return Infer(id=request.id, inputs=inputs, outputs=names)
 
 
 def encode_infer(model: str, version: int, request: Infer, outputs: dict[str, np.ndarray],
                  limits: RequestLimits) -> service_pb2.ModelInferResponse:
-    """The answer, each output's values in ``raw_output_contents`` (little-endian)."""
-    chosen = [np.ascontiguousarray(outputs[name]) for name in request.outputs]
-    size = sum(value.nbytes for value in chosen)
-    if size > limits.max_response_bytes:
-        raise PayloadTooLarge(f"The answer would be {size} bytes; the limit is {limits.max_response_bytes} bytes "
-                              "(max_response_bytes): ask for fewer instances or outputs")
+    """The answer, each output's values in ``raw_output_contents``: little-endian numbers, or for
+    ``BYTES`` each element's 4-byte little-endian length and its bytes, as Triton answers."""
     response = service_pb2.ModelInferResponse(model_name=model, model_version=str(version), id=request.id)
-    for name, value in zip(request.outputs, chosen):
-        response.outputs.add(name=name, datatype=v2_datatype(value.dtype.name), shape=list(value.shape))
-        response.raw_output_contents.append(value.astype(value.dtype.newbyteorder("<"), copy=False).tobytes())
+    size = 0
+    for name in request.outputs:
+        tensor, raw = v2_tensor(name, outputs[name], True)
+        size += len(raw or b"")
+        if size > limits.max_response_bytes:
+            raise PayloadTooLarge(f"The answer would be over {limits.max_response_bytes} bytes "
+                                  "(max_response_bytes): ask for fewer instances or outputs")
+        response.outputs.add(name=name, datatype=tensor["datatype"], shape=tensor["shape"])
+        response.raw_output_contents.append(raw or b"")
     return response
 
 
@@ -119,13 +113,6 @@ def model_metadata(model: str, versions: list[int], signature: Signature) -> ser
 
 
 # ---- internals -------------------------------------------------------------------------------
-
-
-def _shape(shape: list[int], spec: TensorSpec, where: str, limits: RequestLimits) -> list[int]:
-    if len(shape) > _MAX_DIMS or any(d < 0 for d in shape):
-        raise InvalidInput(f"{where}: 'shape' must be at most {_MAX_DIMS} non-negative sizes. Received: {shape[:8]}")
-    check_shape(shape, spec, where=where, max_instances=limits.max_instances)
-    return shape
 
 
 def _from_raw(raw: bytes, shape: list[int], spec: TensorSpec, where: str) -> np.ndarray:

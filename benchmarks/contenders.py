@@ -1,7 +1,8 @@
 """Each contender: how it starts on 127.0.0.1, how it stops, and the request it gets for a payload.
 
 Payloads: ``json1`` (one instance per JSON request), ``json32`` (32 instances per JSON request),
-``binary`` (one instance as a KServe V2 binary tensor). A contender that cannot take a payload in
+``binary`` (one instance as a KServe V2 binary tensor), ``grpc1`` and ``grpc32`` (1 or 32 instances
+in a TF Serving gRPC ``Predict``, as ``tensor_content``). A contender that cannot take a payload in
 its own protocol answers ``None`` for it and is left out of that row.
 """
 
@@ -22,7 +23,8 @@ from maas.client import infer_call, predict_call
 
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / "benchmarks" / ".venvs"
-PAYLOADS = {"json1": 1, "json32": 32, "binary": 1}
+PAYLOADS = {"json1": 1, "json32": 32, "binary": 1, "grpc1": 1, "grpc32": 32}
+GRPC_PAYLOADS = ("grpc1", "grpc32")
 
 
 def free_port() -> int:
@@ -49,6 +51,15 @@ def v2_request(base_url: str, model: BenchModel, payload: str, headers: dict[str
     call = infer_call(model.name, {model.input_name: model.sample(PAYLOADS[payload])}, None,
                       binary=payload == "binary", outputs=None, request_id=None)
     return Request(base_url + call.path, call.body, {**call.headers, **headers}, PAYLOADS[payload])  # type: ignore[arg-type]
+
+
+def grpc_predict_request(target: str, model: BenchModel, payload: str, metadata: dict[str, str]) -> Request:
+    """A TF Serving gRPC ``Predict``, serialized once (what ``PredictionServiceStub`` sends)."""
+    from maas.grpc_client import predict_request
+
+    message = predict_request(model.name, {model.input_name: model.sample(PAYLOADS[payload])}, None, None, None)
+    return Request(target, message.SerializeToString(), metadata, PAYLOADS[payload],
+                   grpc_method="/tensorflow.serving.PredictionService/Predict")
 
 
 class Contender(ABC):
@@ -126,7 +137,7 @@ class FastAPIServer(Subprocess):
                      *(f"{m.name}={p}" for m, p in models.items())], self._port)
 
     def request(self, model: BenchModel, payload: str) -> Request | None:
-        if payload == "binary":
+        if payload == "binary" or payload in GRPC_PAYLOADS:
             return None  # what users write by hand: JSON only
         return tf_serving_request(f"http://127.0.0.1:{self._port}", model, payload, {})
 
@@ -149,7 +160,7 @@ class BentoML(Subprocess):
                              "BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(ROOT)})
 
     def request(self, model: BenchModel, payload: str) -> Request | None:
-        if payload == "binary":
+        if payload == "binary" or payload in GRPC_PAYLOADS:
             return None
         return Request(f"http://127.0.0.1:{self._ports[model.name]}/predict", tf_serving_body(model, payload), JSON,
                        PAYLOADS[payload])
@@ -164,6 +175,8 @@ class KServe(Subprocess):
                      *(f"{m.name}={p}" for m, p in models.items())], self._port, env={"PYTHONPATH": str(ROOT)})
 
     def request(self, model: BenchModel, payload: str) -> Request | None:
+        if payload in GRPC_PAYLOADS:
+            return None  # its V2 gRPC server is a separate process and protocol: not measured here
         return v2_request(f"http://127.0.0.1:{self._port}", model, payload, {})
 
 
@@ -190,6 +203,7 @@ class Maas(Contender):
         self._config = config = deploy.load_serve_config(registry=self._registry_uri)
         deploy.deploy(config, timeout_s=600)
         self._url = f"http://127.0.0.1:{settings.SERVE_PORT}"
+        self._grpc_target = f"127.0.0.1:{config['grpc_options']['port']}"
 
     def stop(self) -> None:
         from maas import cluster
@@ -214,6 +228,8 @@ class Maas(Contender):
 
     def request(self, model: BenchModel, payload: str) -> Request | None:
         auth = {"authorization": f"Bearer {self._key}"}
+        if payload in GRPC_PAYLOADS:
+            return grpc_predict_request(self._grpc_target, model, payload, auth)
         if payload == "binary":
             return v2_request(self._url, model, payload, auth)
         return tf_serving_request(self._url, model, payload, auth)
@@ -237,7 +253,14 @@ def in_process(path: Path, model: BenchModel, batch_sizes: list[int], seconds: f
 
 
 def answers(request: Request) -> None:
-    """One request sent with urllib (an error status raises): a contender must answer before it is measured."""
+    """One request sent with urllib or gRPC (an error raises): a contender must answer before it is measured."""
+    if request.grpc_method:
+        import grpc
+
+        with grpc.insecure_channel(request.url) as channel:
+            channel.unary_unary(request.grpc_method)(request.body, metadata=tuple(request.headers.items()),
+                                                     timeout=120)
+        return
     req = urllib.request.Request(request.url, data=request.body, headers=request.headers, method="POST")
     with urllib.request.urlopen(req, timeout=120) as resp:
         resp.read()

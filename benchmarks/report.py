@@ -57,12 +57,26 @@ def serving_targets(results: dict) -> list[Target]:
         share = binary["instances_per_s"] / ceiling32
         targets.append(Target("CNN, binary tensors, 32 clients: >= 60% of the in-process ceiling at batch 32",
                               f"{share:.0%} ({binary['instances_per_s']:.0f} of {ceiling32:.0f} images/s)", share >= 0.6))
+    targets.append(_ratio_target("CNN image over gRPC, 32 clients: >= 1.2x the REST binary tensor throughput",
+                                 _row(rows, "maas", "cnn:grpc1", 32), binary, 1.2))
+    targets.append(_ratio_target("MLP, 1 instance over gRPC, 32 clients: >= REST JSON throughput",
+                                 _row(rows, "maas", "mlp:grpc1", 32), ours, 1.0))
     one, hand = _row(rows, "maas", "mlp:json1", 1), _row(rows, "fastapi", "mlp:json1", 1)
     if one and hand:
         gap = one["p50_ms"] - hand["p50_ms"]
         targets.append(Target("p50 at concurrency 1 within 2 ms of the hand-written server",
                               f"{one['p50_ms']:.2f} vs {hand['p50_ms']:.2f} ms ({gap:+.2f} ms)", gap <= 2.0))
     return targets
+
+
+def _ratio_target(text: str, ours: dict | None, theirs: dict | None, at_least: float) -> Target:
+    """``ours`` against ``theirs`` in throughput, with both p50 and p99 beside the ratio."""
+    if not ours or not theirs:
+        return Target(text, "not measured", None)
+    ratio = ours["requests_per_s"] / theirs["requests_per_s"]
+    return Target(text, f"{ratio:.2f}x ({ours['requests_per_s']:.0f} vs {theirs['requests_per_s']:.0f} req/s; "
+                        f"p50 {ours['p50_ms']:.1f} vs {theirs['p50_ms']:.1f} ms, p99 {ours['p99_ms']:.1f} vs "
+                        f"{theirs['p99_ms']:.1f} ms)", ratio >= at_least)
 
 
 def _targets_md(targets: list[Target]) -> list[str]:

@@ -22,7 +22,8 @@ from benchmarks.models import MODELS, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-SCENARIOS = ["mlp:json1", "mlp:json32", "cnn:json1", "cnn:binary", "lstm:json1"]
+SCENARIOS = ["mlp:json1", "mlp:json32", "cnn:json1", "cnn:binary", "lstm:json1",
+             "mlp:grpc1", "mlp:grpc32", "cnn:grpc1", "lstm:grpc1"]
 CONTENDERS = {"maas": Maas, "fastapi": FastAPIServer, "bentoml": BentoML, "kserve": KServe}
 logger = logging.getLogger("benchmarks")
 

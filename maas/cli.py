@@ -14,11 +14,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
 import sys
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from maas import settings
 from maas.cli_support import fail, run_cli
@@ -157,7 +158,8 @@ def _build_parser() -> argparse.ArgumentParser:
     d.set_defaults(handler=_deploy)
     sub.add_parser("undeploy", help="remove the Serve applications").set_defaults(handler=_undeploy)
 
-    pr = sub.add_parser("predict", help="send a TF Serving :predict request and print the answer")
+    pr = sub.add_parser("predict", help="send a TF Serving :predict request (REST, or Predict over gRPC) and print "
+                                        "the answer")
     pr.add_argument("model")
     which = pr.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, default=None)
@@ -166,6 +168,9 @@ def _build_parser() -> argparse.ArgumentParser:
     data.add_argument("--instances", help="JSON list of instances")
     data.add_argument("--file", help="JSON file holding a full request body, or - for standard input")
     pr.add_argument("--url", default=None, help=f"service URL (default: {settings.serve_url()})")
+    pr.add_argument("--grpc", action="store_true",
+                    help="call TF Serving's gRPC PredictionService/Predict instead (the answer printed as REST's)")
+    pr.add_argument("--target", default=None, help=f"gRPC host:port with --grpc (default: {settings.grpc_target()})")
     pr.set_defaults(handler=_predict)
 
     demo = sub.add_parser("demo", help="cluster, 2-worker training, publish, deploy, HTTP predictions")
@@ -375,9 +380,67 @@ def _predict(args: argparse.Namespace) -> int:
             body = json.loads(raw)
     except (json.JSONDecodeError, OSError) as exc:
         fail(f"cannot read the request: {exc}")
+    if args.grpc:
+        print(json.dumps(_predict_grpc(args, body)))
+        return 0
     call = Call("POST", predict_path(args.model, args.version, args.label), json.dumps(body).encode(), JSON)
     print(json.dumps(_call_service(Client(args.url), lambda client: client.send(call).raise_for_status().json())))
     return 0
+
+
+_GRPC_CLIENT_ERRORS = ("INVALID_ARGUMENT", "NOT_FOUND", "UNAUTHENTICATED", "PERMISSION_DENIED",
+                       "RESOURCE_EXHAUSTED", "UNIMPLEMENTED")
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null meanwhile: what native libraries print at start-up (absl's and
+    CUDA's lines) is not the one line a CLI error is."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _predict_grpc(args: argparse.Namespace, body: dict) -> dict:
+    """A REST ``:predict`` body sent as a gRPC ``Predict`` ("instances": one input; "inputs": by name),
+    each input cast to the signature's dtype where no value changes (as REST reads JSON numbers); the
+    answer in REST's shape; errors as ``_call_service``'s."""
+    import numpy as np
+
+    with _native_stderr_silenced():  # the messages import TensorFlow, whose C++ start-up writes to fd 2
+        from tensorflow_serving.apis import predict_pb2  # noqa: F401
+    from maas.errors import MaasError
+    from maas.grpc_client import GrpcClient, GrpcError, as_inputs, cast_inputs, no_replica_answered
+
+    if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
+        fail("the request must hold exactly one of 'instances' or 'inputs'")
+    client = GrpcClient(args.target)
+    try:
+        definition = client.metadata(args.model, version=args.version, label=args.label)
+        inputs = body.get("inputs")
+        given = cast_inputs({k: np.asarray(v) for k, v in inputs.items()}, definition) if isinstance(inputs, dict) \
+            else as_inputs(np.asarray(body.get("instances", inputs)), definition)
+        answer = client.predict(args.model, given, version=args.version, label=args.label)
+    except GrpcError as exc:
+        if exc.code.name in _GRPC_CLIENT_ERRORS:
+            fail(exc.message)
+        if no_replica_answered(exc):
+            fail(f"cannot reach {client.target}: {exc.message}")
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except (ValueError, MaasError) as exc:  # ragged or mixed instances, several inputs given bare
+        fail(str(exc))
+    finally:
+        client.close()
+    key = "predictions" if "instances" in body else "outputs"
+    if isinstance(answer, dict):
+        return {key: {name: value.tolist() for name, value in answer.items()}}
+    return {key: answer.tolist()}
 
 
 def _call_service(client, ask: Callable) -> object:  # noqa: ANN001 (maas.client.Client, imported lazily)

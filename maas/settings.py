@@ -14,6 +14,7 @@ DASHBOARD_HOST = "127.0.0.1"
 DASHBOARD_PORT = 8265
 SERVE_HOST = "127.0.0.1"
 SERVE_PORT = 8000
+GRPC_PORT = 9000  # deployments/serve_config.yaml's grpc_options.port
 
 
 def maas_home() -> Path:
@@ -38,6 +39,11 @@ def dashboard_url() -> str:
 
 def serve_url() -> str:
     return os.environ.get("MAAS_SERVE_URL") or f"http://{SERVE_HOST}:{SERVE_PORT}"
+
+
+def grpc_target() -> str:
+    """``host:port`` of the service's gRPC ingress (TF Serving's and KServe V2's services)."""
+    return os.environ.get("MAAS_GRPC_TARGET") or f"{SERVE_HOST}:{GRPC_PORT}"
 
 
 API_KEY_ENV = "MAAS_API_KEY"

@@ -209,3 +209,89 @@ def test_no_replica_logged_an_unhandled_grpc_error(service) -> None:
     logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
     found = [p.name for p in logs.rglob("*ModelServer*") if p.is_file() and b"unhandled " in p.read_bytes()]
     assert found == []
+
+
+# ---- the project's own gRPC client and CLI ---------------------------------------------------------
+
+
+def test_the_sdks_grpc_clients_answer_as_rest_both_protocols_sync_and_async(service, held_out) -> None:
+    import asyncio
+
+    from maas.grpc_client import AsyncGrpcClient, GrpcClient, GrpcError
+
+    app, client, registry, version = service
+    rest = client.predict("digits", held_out, version=version).astype(np.float32)
+    with GrpcClient(app.cluster.grpc_target) as grpc_client:
+        np.testing.assert_array_equal(grpc_client.predict("digits", held_out, version=version), rest)  # float64 in
+        infer = grpc_client.infer("digits", {"pixels": held_out.astype(np.float32)}, version=version)
+        np.testing.assert_array_equal(infer["probabilities"], rest)
+        assert grpc_client.status("digits") == sorted(registry.versions("digits"), reverse=True)
+        assert grpc_client.live() and grpc_client.ready() and grpc_client.model_ready("digits")
+        assert not grpc_client.model_ready("nope")
+        assert [t.name for t in grpc_client.model_metadata("digits").inputs] == ["pixels"]
+        with pytest.raises(GrpcError) as caught:
+            grpc_client.predict("digits", {"pixels": held_out.astype(np.float32).reshape(-1, 64)})
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and "expects shape" in caught.value.message
+        assert grpc_client.retries == {}
+
+    async def run() -> tuple[np.ndarray, np.ndarray]:
+        async with AsyncGrpcClient(app.cluster.grpc_target) as aclient:
+            answers = await asyncio.gather(*(aclient.predict("digits", held_out, version=version) for _ in range(8)))
+            infer = await aclient.infer("digits", {"pixels": held_out.astype(np.float32)}, version=version)
+            return answers[0], infer["probabilities"]
+
+    predicted, inferred = asyncio.run(run())
+    np.testing.assert_array_equal(predicted, rest)
+    np.testing.assert_array_equal(inferred, rest)
+
+
+def test_maas_predict_over_grpc_prints_rests_answer_and_fails_in_one_line(service, held_out) -> None:
+    import json
+    import subprocess
+    import sys
+
+    app, _, _, version = service
+    maas = str(Path(sys.executable).parent / "maas")
+    instances = json.dumps(held_out[:2].tolist())
+    rest = subprocess.run([maas, "predict", "digits", "--version", str(version), "--instances", instances,
+                           "--url", app.cluster.serve_url], capture_output=True, text=True, timeout=120)
+    over_grpc = subprocess.run([maas, "predict", "digits", "--version", str(version), "--instances", instances,
+                                "--grpc", "--target", app.cluster.grpc_target], capture_output=True, text=True,
+                               timeout=120)
+    assert rest.returncode == 0 and over_grpc.returncode == 0, over_grpc.stderr
+    np.testing.assert_array_equal(np.asarray(json.loads(over_grpc.stdout)["predictions"], np.float32),
+                                  np.asarray(json.loads(rest.stdout)["predictions"], np.float32))
+    bad = subprocess.run([maas, "predict", "digits", "--instances", "[[1, 2]]", "--grpc", "--target",
+                          app.cluster.grpc_target], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "expects shape" in bad.stderr, bad.stderr
+
+
+def test_oversized_unknown_and_unreadable_calls_get_status_codes_and_the_replica_stays_up(service, channel,
+                                                                                         held_out) -> None:
+    """Past the service's max_request_bytes (the test app's 1 MiB), past the transport's 64 MiB, an RPC
+    these services do not have, and bytes that are no message: each its code; then a normal answer."""
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from maas.cluster import GRPC_MAX_MESSAGE_BYTES
+    from support import SERVICE_MAX_BODY
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    big = np.zeros((SERVICE_MAX_BODY // 256 + 1, 8, 8), np.float32)  # just over 1 MiB of tensor_content
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Predict(_predict_request(big), metadata=_key(), timeout=60)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_request_bytes" in caught.value.details()
+    huge = np.zeros((GRPC_MAX_MESSAGE_BYTES // 256 + 1024, 8, 8), np.float32)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Predict(_predict_request(huge), metadata=_key(), timeout=120)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value.details()
+    for path, body, code in [
+            ("/tensorflow.serving.ModelService/HandleReloadConfigRequest", b"", grpc.StatusCode.UNIMPLEMENTED),
+            ("/inference.GRPCInferenceService/RepositoryIndex", b"", grpc.StatusCode.UNIMPLEMENTED),
+            ("/tensorflow.serving.PredictionService/Predict", b"\xff\xff\xff\xff not a message",
+             grpc.StatusCode.INVALID_ARGUMENT)]:
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary(path)(body, metadata=_key(), timeout=30)
+        assert caught.value.code() == code, (path, caught.value.code(), caught.value.details())
+    assert caught.value.details() == "The request of 18 bytes is not a valid PredictRequest"
+    answer = stub.Predict(_predict_request(held_out), metadata=_key(), timeout=30)
+    assert answer.outputs["probabilities"].tensor_shape.dim[0].size == len(held_out)

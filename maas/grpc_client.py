@@ -22,7 +22,6 @@ come from tensorflow-serving-api, which imports TensorFlow: the first client cos
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import grpc
 import numpy as np
 
 from maas import settings
-from maas.client import CONNECTION_LOST, NO_RETRY, RetryPolicy
+from maas.client import CONNECTION_LOST, NO_RETRY, RetryPolicy, _Retries
 from maas.serving.protocol.grpc_status import MODEL_VERSION, RETRY_AFTER, SERVER_ANSWERED
 
 _UNAVAILABLE_STATUS = 503  # what a gRPC UNAVAILABLE stands for in RetryPolicy.statuses
@@ -248,15 +247,13 @@ class _Base:
         self.retry = retry
         key = api_key if api_key is not None else settings.api_key()
         self._metadata = (("authorization", f"Bearer {key}"),) if key else ()
-        self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
+        self._retries = _Retries()
         self._signatures: dict[tuple[str, int | None, str | None], Any] = {}  # one-input models' dtypes
 
     @property
     def retries(self) -> Counter[str]:
         """Retries so far, by reason: ``"connection"`` (no replica answered) or ``"UNAVAILABLE"``."""
-        with self._lock:
-            return Counter(self._counts)
+        return Counter(self._retries.counts)
 
     def _wait(self, policy: RetryPolicy, attempt: int, error: grpc.RpcError, deadline: float) -> float | None:
         """Seconds to wait before the next try, counted; None when there is none (within ``deadline``)."""
@@ -266,8 +263,7 @@ class _Base:
         wait = policy.wait_s(attempt, reason[1])
         if time.monotonic() + wait >= deadline:
             return None
-        with self._lock:
-            self._counts[reason[0]] += 1
+        self._retries.add(reason[0])
         return wait
 
     def __repr__(self) -> str:  # never shows the key

@@ -9,6 +9,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 SERVICE_MAX_BODY = 1 << 20  # the digits service's max_request_bytes, small enough to test 413 cheaply
 SERVICE_BODY_TIMEOUT_S = 5.0  # and its body_timeout_s, short enough to test 408 in seconds
@@ -95,3 +96,12 @@ def metric_series(text: str, name: str, **labels: str) -> float:
         if m and all(f'{k}="{v}"' in m["labels"] for k, v in labels.items()):
             total += float(m["value"])
     return total
+
+
+def replica_logs_with_unhandled_errors() -> list[str]:
+    """The ModelServer replica log files of this session that hold the handler's "unhandled" line
+    (a 500 or an INTERNAL is a bug: the suite must have none)."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    return [p.name for p in logs.rglob("*ModelServer*") if p.is_file() and b"unhandled " in p.read_bytes()]

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from support import metric_series, scrape_metrics
+from support import metric_series, replica_logs_with_unhandled_errors, scrape_metrics
 
 from maas.client import Client
 from maas.registry import Registry
@@ -204,11 +204,7 @@ def test_grpc_answers_reach_the_metrics_endpoint_with_their_protocol_and_code(se
 
 
 def test_no_replica_logged_an_unhandled_grpc_error(service) -> None:
-    import ray
-
-    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
-    found = [p.name for p in logs.rglob("*ModelServer*") if p.is_file() and b"unhandled " in p.read_bytes()]
-    assert found == []
+    assert replica_logs_with_unhandled_errors() == []
 
 
 # ---- the project's own gRPC client and CLI ---------------------------------------------------------

@@ -17,6 +17,7 @@ from maas.registry import Registry
 from maas.templates import get_template
 from maas.training.data import builtin_held_out
 from support import SERVICE_MAX_BODY as MAX_BODY
+from support import replica_logs_with_unhandled_errors
 
 pytestmark = pytest.mark.cluster
 
@@ -312,11 +313,7 @@ def test_405_carries_allow_and_a_proxy_credential_does_not_hide_the_key(service)
 
 def test_no_replica_logged_an_unhandled_error(service) -> None:
     """A 500 is a bug, and the suite has none: no replica log holds the handler's 'unhandled' line."""
-    import ray
-
-    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
-    found = [p.name for p in logs.rglob("*ModelServer*") if p.is_file() and b"unhandled " in p.read_bytes()]
-    assert found == []
+    assert replica_logs_with_unhandled_errors() == []
 
 
 @pytest.fixture(scope="module")

@@ -125,10 +125,7 @@ def to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
         raise InvalidInput(f"A TensorProto of {dtype_name(proto.dtype)} cannot be read as numbers") from None
     if proto.tensor_content:
         return np.frombuffer(proto.tensor_content, dtype=np.dtype(numpy_name).newbyteorder("<")).reshape(shape)
-    values = getattr(proto, field)
-    if field == "half_val":
-        return (np.asarray(values, dtype=np.int64) & 0xFFFF).astype(np.uint16).view(np.float16).reshape(shape)
-    return np.asarray(values, dtype=numpy_name).reshape(shape)
+    return _field_values(proto, numpy_name, field).astype(numpy_name, copy=False).reshape(shape)
 
 
 def encoded_size(outputs: Any) -> int:
@@ -150,18 +147,23 @@ def _shape(proto: tensor_pb2.TensorProto, spec: TensorSpec, where: str, max_inst
 def _typed_values(proto: tensor_pb2.TensorProto, spec: TensorSpec, shape: list[int], count: int,
                   where: str) -> np.ndarray:
     numpy_name, field = _DTYPES[proto.dtype]
-    values = getattr(proto, field)
-    n = len(values)
+    n = len(getattr(proto, field))
     if n > count:
         raise InvalidInput(f"{where}: {field} has {n} values; shape {shape} holds {count}")
-    if field == "half_val":  # as TensorFlow reads it: the low 16 bits of each int32
-        array = (np.asarray(values, dtype=np.int64) & 0xFFFF).astype(np.uint16).view(np.float16)
-    else:
-        array = np.asarray(values, dtype=np.int64 if field == "int_val" else numpy_name)
-        check_in_range(array, spec, where=where)  # int_val carries 8- and 16-bit values in 32 bits
-        array = array.astype(numpy_name, copy=False)
+    array = _field_values(proto, numpy_name, field)
+    check_in_range(array, spec, where=where)  # int_val carries 8- and 16-bit values in 32 bits
+    array = array.astype(numpy_name, copy=False)
     if n == 0:
         return np.zeros(shape, dtype=numpy_name)
     if n < count:  # TensorFlow's rule: the last value fills the rest
         array = np.concatenate([array, np.full(count - n, array[-1], dtype=numpy_name)])
     return array.reshape(shape)
+
+
+def _field_values(proto: tensor_pb2.TensorProto, numpy_name: str, field: str) -> np.ndarray:
+    """The values of a typed field as TensorFlow reads them: ``half_val``'s low 16 bits of each int32 as
+    float16, ``int_val`` as int64 (it carries 8- and 16-bit values, to be range-checked), others as is."""
+    values = getattr(proto, field)
+    if field == "half_val":
+        return (np.asarray(values, dtype=np.int64) & 0xFFFF).astype(np.uint16).view(np.float16)
+    return np.asarray(values, dtype=np.int64 if field == "int_val" else numpy_name)

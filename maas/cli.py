@@ -2,7 +2,7 @@
 
     maas cluster up|down|status|env    local Ray cluster (dashboard http://127.0.0.1:8265)
     maas train --template digits       submit a training job to the cluster (ray job submit)
-    maas models list|show|promote|rollback|label|set-weight|history|unlabel
+    maas models list|show|promote|rollback|label|set-weight|history|unlabel|delete|gc
     maas registry clean                remove what dead publishers left (never a published version)
     maas keys create|list|revoke       API keys for the HTTP API (scoped per model, stored hashed)
     maas deploy                        apply deployments/serve_config.yaml (serve deploy)
@@ -107,6 +107,21 @@ def _build_parser() -> argparse.ArgumentParser:
     unlabel.add_argument("model")
     unlabel.add_argument("label")
     unlabel.set_defaults(handler=_models_unlabel)
+    delete = msub.add_parser(
+        "delete", help="delete a version (refused while a label points at it); its number is never reused",
+        description="Delete one published version. Serving answers 404 for it within registry_refresh_s; "
+                    "requests already running on it finish. A labelled version is refused unless --force, "
+                    "which removes its labels (recorded in the history) and moves none to another version.")
+    delete.add_argument("model")
+    delete.add_argument("version", type=int)
+    delete.add_argument("--force", action="store_true", help="delete even if labelled: its labels are removed")
+    delete.set_defaults(handler=_models_delete)
+    gc = msub.add_parser(
+        "gc", help="delete all but the newest N versions, never a labelled one (dry run unless --yes)")
+    gc.add_argument("model")
+    gc.add_argument("--keep", type=int, required=True, metavar="N", help="how many of the newest versions to keep")
+    gc.add_argument("--yes", action="store_true", help="delete; without it, only print what would go")
+    gc.set_defaults(handler=_models_gc)
 
     r = sub.add_parser("registry", help="maintain the registry's storage")
     rsub = r.add_subparsers(title="actions", metavar="ACTION")
@@ -332,6 +347,42 @@ def _models_unlabel(args: argparse.Namespace) -> int:
     _registry(args).remove_label(args.model, args.label)
     print(f"{args.model}: label {args.label} removed")
     return 0
+
+
+def _models_delete(args: argparse.Namespace) -> int:
+    deletion = _registry(args).delete(args.model, args.version, force=args.force)
+    print(f"{args.model}: version {deletion.version} deleted (its number is not reused)")
+    for name in deletion.labels_removed:
+        print(f"{args.model}: label {name} removed (it pointed at version {deletion.version}); no label was moved")
+    return 0
+
+
+def _models_gc(args: argparse.Namespace) -> int:
+    from maas.registry import format_bytes
+
+    reg = _registry(args)
+    plan = reg.gc_plan(args.model, keep=args.keep)
+    sizes = {v: reg.version_bytes(args.model, v) for v in plan.delete}
+    if args.yes:
+        plan = reg.gc(args.model, keep=args.keep)
+    kept = ", ".join(filter(None, [_versions_text(plan.newest, f"the newest {plan.keep}"),
+                                   _versions_text(plan.labelled, "labelled")]))
+    if not plan.delete:
+        print(f"{args.model}: nothing to delete (kept: {kept or 'none'})")
+        return 0
+    verb = "deleted" if args.yes else "would delete"
+    size = format_bytes(sum(sizes.get(v, 0) for v in plan.delete))
+    print(f"{args.model}: {verb} {_versions_text(plan.delete, '')} ({size}); kept: {kept or 'none'}")
+    if not args.yes:
+        print("dry run: nothing deleted; add --yes to delete")
+    return 0
+
+
+def _versions_text(versions: tuple[int, ...], why: str) -> str:
+    if not versions:
+        return ""
+    listed = " ".join(f"v{v}" for v in versions)
+    return f"{listed} ({why})" if why else listed
 
 
 def _registry_clean(args: argparse.Namespace) -> int:

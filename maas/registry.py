@@ -45,7 +45,7 @@ import shutil
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, TypeVar, get_args
 
@@ -103,6 +103,27 @@ class Label:
 class _LabelsDoc:
     labels: dict[str, Label] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """What :meth:`Registry.delete` did."""
+
+    model: str
+    version: int
+    labels_removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    """What :meth:`Registry.gc` deletes (or, from :meth:`Registry.gc_plan`, would delete), and why the
+    rest stay: the newest ``keep`` and every labelled version."""
+
+    model: str
+    keep: int
+    delete: tuple[int, ...]
+    newest: tuple[int, ...]
+    labelled: tuple[int, ...]
 
 
 LeftoverKind = Literal["staging folder", "staging file", "partial version", "lock claim", "partial download"]
@@ -312,8 +333,9 @@ class Registry:
     def set_label(self, model: str, label: str, version: int, *, weight: float = 1.0) -> Label:
         validate_label(label)
         _check_weight(weight)
-        version = self._require_version(model, version)
-        return self._update_labels(model, lambda doc: _apply_label(doc, label, version, float(weight)))
+        # The version is checked under the labels lock: a concurrent delete cannot slip in between.
+        return self._update_labels(
+            model, lambda doc: _apply_label(doc, label, self._require_version(model, version), float(weight)))
 
     def set_weight(self, model: str, label: str, weight: float) -> Label:
         """Change a label's share of traffic, keeping its version."""
@@ -336,12 +358,11 @@ class Registry:
 
     def promote(self, model: str, version: int | None = None) -> Label:
         """Point ``stable`` at ``version`` (default: the latest); a canary on that version is retired."""
-        version = self.latest(model) if version is None else self._require_version(model, version)
-
         def promote(doc: _LabelsDoc) -> Label:
-            stable = _apply_label(doc, "stable", version, 1.0)
+            chosen = self.latest(model) if version is None else self._require_version(model, version)
+            stable = _apply_label(doc, "stable", chosen, 1.0)
             canary = doc.labels.get("canary")
-            if canary is not None and canary.version == version:
+            if canary is not None and canary.version == chosen:
                 _drop_label(doc, "canary")
             return stable
 
@@ -367,9 +388,81 @@ class Registry:
             changes = [e for e in doc.history if e["label"] == "stable"]
             if not changes or changes[-1]["previous"] is None:
                 raise InvalidInput(f"Model '{model}' has no earlier stable version to roll back to")
-            return _apply_label(doc, "stable", int(changes[-1]["previous"]), 1.0)
+            previous = int(changes[-1]["previous"])
+            if previous not in self.versions(model):
+                raise InvalidInput(f"Model '{model}' cannot roll back to version {previous}: it was deleted")
+            return _apply_label(doc, "stable", previous, 1.0)
 
         return self._update_labels(model, rollback)
+
+    # ---- retention -----------------------------------------------------------------------------
+
+    def delete(self, model: str, version: int, *, force: bool = False) -> Deletion:
+        """Delete a published version. Refused (:class:`RegistryConflict`) while a label points at it;
+        with ``force`` those labels are removed (recorded in the label history), never moved to another
+        version. Its number stays taken for ever: a tombstone claim ``.claims/<version>.deleted`` is
+        written first, so a later publish never reuses it.
+
+        Readers see the version vanish at once: on a local disk its folder is renamed away into
+        ``.staging/`` before its files go; on an object store its ``metadata.json`` (what makes a folder
+        a version) is deleted first. A delete that dies midway leaves only what ``clean`` removes.
+        Serving stops routing to it within ``registry_refresh_s``; requests already running finish on
+        the copy the replica holds in memory."""
+        with self._locked(model, "labels"):
+            number = self._require_version(model, version)
+            doc = self._read_labels(model)
+            pointing = sorted(name for name, label in doc.labels.items() if label.version == number)
+            if pointing and not force:
+                raise RegistryConflict(
+                    f"Version {number} of '{model}' is labelled {', '.join(pointing)}: move or remove the "
+                    "label first, or delete with --force (which removes the label and moves nothing)")
+            for name in pointing:
+                _drop_label(doc, name, reason=f"version {number} deleted")
+            if pointing:
+                self._write_labels(model, doc)
+            self._write_claim(model, f"{number}.deleted")
+            self._remove_version_files(model, number)
+        return Deletion(model=model, version=number, labels_removed=tuple(pointing))
+
+    def gc_plan(self, model: str, *, keep: int) -> RetentionPlan:
+        """Which versions ``gc`` would delete: all but the newest ``keep``, never a labelled one."""
+        if keep < 0:
+            raise InvalidInput(f"--keep must be 0 or more versions. Received: {keep}")
+        versions = self.versions(model)
+        if not versions:
+            raise ModelNotFound(model)
+        labelled = {label.version for label in self.labels(model).values()}
+        newest = set(versions[-keep:]) if keep else set()
+        doomed = tuple(v for v in versions if v not in newest and v not in labelled)
+        return RetentionPlan(model=model, keep=keep, delete=doomed, newest=tuple(sorted(newest)),
+                             labelled=tuple(sorted(labelled & set(versions))))
+
+    def gc(self, model: str, *, keep: int) -> RetentionPlan:
+        """Delete what :meth:`gc_plan` lists. A version labelled meanwhile is skipped, not deleted."""
+        plan = self.gc_plan(model, keep=keep)
+        deleted = []
+        for number in plan.delete:
+            try:
+                self.delete(model, number)
+            except (RegistryConflict, VersionNotFound):  # labelled or deleted since the plan: left alone
+                continue
+            deleted.append(number)
+        return replace(plan, delete=tuple(deleted))
+
+    def version_bytes(self, model: str, version: int) -> int:
+        """The size of a version's files on the registry's storage."""
+        folder = f"{self._model_dir(model)}/{int(version)}"
+        return _size(self._fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True)))
+
+    def _remove_version_files(self, model: str, version: int) -> None:
+        folder = f"{self._model_dir(model)}/{version}"
+        if self._is_local:
+            away = self._staging_path()
+            self._fs.move(folder, away)  # atomic: readers see the whole version or none of it
+            self._fs.delete_dir(away)
+        else:
+            self._fs.delete_file(f"{folder}/{METADATA_FILE}")  # first: the folder is no version from now on
+            self._fs.delete_dir(folder)
 
     # ---- maintenance ---------------------------------------------------------------------------
 

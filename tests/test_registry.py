@@ -309,3 +309,59 @@ def test_a_lock_dated_in_the_future_does_not_block_label_changes(
     os.utime(lock, (tomorrow, tomorrow))
     monkeypatch.setattr(maas.registry, "_LOCK_TIMEOUT_S", 0.5)
     assert reg.promote("m", 1).version == 1  # 6c14451: blocked for as long as the date is ahead
+
+
+def test_delete_removes_a_version_for_good_and_never_reuses_its_number(root: str, tiny_saved_model: Path) -> None:
+    reg = Registry(root)
+    for _ in range(3):
+        reg.publish("digits", str(tiny_saved_model), _meta())
+    deletion = reg.delete("digits", 3)
+    assert deletion.version == 3 and deletion.labels_removed == ()
+    assert reg.versions("digits") == [1, 2]
+    with pytest.raises(VersionNotFound):
+        reg.get("digits", 3)
+    with pytest.raises(VersionNotFound):
+        reg.delete("digits", 3)
+    assert reg.publish("digits", str(tiny_saved_model), _meta()).version == 4  # 3 stays taken
+    fs, path = resolve_uri(root)
+    assert fs.get_file_info(f"{path}/digits/3").type == FileType.NotFound  # no files left behind
+    assert reg.clean(older_than_s=0, dry_run=True).leftovers == ()
+
+
+def test_a_labelled_version_is_refused_unless_forced_and_force_moves_no_label(
+        root: str, tiny_saved_model: Path) -> None:
+    reg = Registry(root)
+    for _ in range(3):
+        reg.publish("digits", str(tiny_saved_model), _meta())
+    reg.promote("digits", 1)
+    reg.promote("digits", 2)
+    reg.set_label("digits", "canary", 3, weight=0.1)
+    with pytest.raises(RegistryConflict, match="labelled canary"):
+        reg.delete("digits", 3)
+    assert reg.versions("digits") == [1, 2, 3]
+    assert reg.delete("digits", 3, force=True).labels_removed == ("canary",)
+    assert set(reg.labels("digits")) == {"stable"} and reg.labels("digits")["stable"].version == 2
+    assert reg.label_history("digits")[-1]["reason"] == "version 3 deleted"
+    reg.delete("digits", 1)  # stable's previous version: a rollback to it is refused, not dangling
+    with pytest.raises(InvalidInput, match="deleted"):
+        reg.rollback("digits")
+    with pytest.raises(VersionNotFound):
+        reg.set_label("digits", "canary", 1)
+
+
+def test_gc_keeps_the_newest_and_every_labelled_version(root: str, tiny_saved_model: Path) -> None:
+    reg = Registry(root)
+    for _ in range(5):
+        reg.publish("digits", str(tiny_saved_model), _meta())
+    reg.promote("digits", 1)
+    plan = reg.gc_plan("digits", keep=2)
+    assert (plan.delete, plan.newest, plan.labelled) == ((2, 3), (4, 5), (1,))
+    assert reg.versions("digits") == [1, 2, 3, 4, 5]  # a plan deletes nothing
+    assert reg.gc("digits", keep=2).delete == (2, 3)
+    assert reg.versions("digits") == [1, 4, 5]
+    assert reg.gc("digits", keep=0).delete == (4, 5)
+    assert reg.versions("digits") == [1]
+    with pytest.raises(InvalidInput):
+        reg.gc_plan("digits", keep=-1)
+    with pytest.raises(ModelNotFound):
+        reg.gc_plan("nothing", keep=1)

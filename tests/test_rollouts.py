@@ -180,3 +180,49 @@ def test_a_load_outlasting_the_timeout_goes_on_and_the_next_request_gets_its_res
     status, body = _post(client, predict, {"instances": [[0.1]]})
     assert status == 200, body
     assert time.monotonic() - started < REQUEST_TIMEOUT_S
+
+
+def test_delete_and_gc_under_load_fail_no_request_on_the_versions_that_remain(
+        rollout, tiny_saved_model, other_tiny_saved_model) -> None:
+    """``maas models delete`` and ``gc`` while 3 clients use the stable version: those never fail; the
+    deleted version answers 200 until serving sees it gone (within ``registry_refresh_s``), then 404."""
+    client, registry, key, _ = rollout
+    model = "retention"
+    signature = registry.get(MODEL, 1).metadata["signature"]
+    for artifact in (tiny_saved_model, other_tiny_saved_model, tiny_saved_model, other_tiny_saved_model):
+        registry.publish(model, str(artifact), {"signature": signature})
+    registry.promote(model, 4)
+    x = np.zeros((1, 8, 8), np.float32)
+    _warm_up(client, model, x.tolist(), 1)
+    _warm_up(client, model, x.tolist(), 4)
+    doomed: list[int] = []  # statuses of version 1's requests, counted here in the main thread
+    with Traffic(client.base_url, key, model, clients=3, max_requests=20_000, max_s=240) as load:
+        load.wait_until(lambda seen: set(seen) == {4}, "only the stable version 4")
+        assert "labelled stable" in _cli_fails(registry, "delete", model, "4")
+        deleted_at = time.monotonic()
+        _cli(registry, "delete", model, "1")
+        deadline = deleted_at + 30
+        while time.monotonic() < deadline and (not doomed or doomed[-1] != 404):
+            try:
+                client.predict(model, x, version=1)
+                doomed.append(200)
+            except HTTPError as exc:
+                doomed.append(exc.status)
+        gone_after_s = time.monotonic() - deleted_at
+        assert "would delete v2 v3" in _cli(registry, "gc", model, "--keep", "1")
+        assert registry.versions(model) == [2, 3, 4]
+        assert "deleted v2 v3" in _cli(registry, "gc", model, "--keep", "1", "--yes")
+        load.wait_until(lambda seen: set(seen) == {4}, "the stable version 4 after gc")
+    assert registry.versions(model) == [4]
+    assert doomed[-1] == 404 and set(doomed) <= {200, 404}, doomed
+    assert gone_after_s < 0.5 + 10  # registry_refresh_s, and the load on 2 cores
+    assert len(load.outcomes) >= 100
+    assert load.failures() == [] and load.retries == []
+    assert registry.publish(model, str(tiny_saved_model), {"signature": signature}).version == 5
+
+
+def _cli_fails(registry: Registry, *args: str) -> str:
+    proc = subprocess.run([MAAS, "models", "--registry", registry.uri, *args], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc
+    return proc.stderr

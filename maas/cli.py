@@ -2,7 +2,7 @@
 
     maas cluster up|down|status|env    local Ray cluster (dashboard http://127.0.0.1:8265)
     maas train --template digits       submit a training job to the cluster (ray job submit)
-    maas models list|show|promote|rollback|label|set-weight|history|unlabel|delete|gc
+    maas models list|show|promote|rollback|label|set-weight|history|unlabel|delete|gc|import
     maas registry clean                remove what dead publishers left (never a published version)
     maas keys create|list|revoke       API keys for the HTTP API (scoped per model, stored hashed)
     maas deploy                        apply deployments/serve_config.yaml (serve deploy)
@@ -122,6 +122,25 @@ def _build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--keep", type=int, required=True, metavar="N", help="how many of the newest versions to keep")
     gc.add_argument("--yes", action="store_true", help="delete; without it, only print what would go")
     gc.set_defaults(handler=_models_gc)
+    imp = msub.add_parser(
+        "import", help="publish a model you already have (.keras, .h5, SavedModel folder) as a new version",
+        description="Publish a Keras 3 .keras file, a legacy .h5 file or a SavedModel folder, from a local path or "
+                    "any URI (s3://...), as the next version of NAME, laid out as trained versions are. It is "
+                    "refused, and nothing is written, unless its signature has a batch dimension first and known "
+                    "other sizes, its graph uses no op serving refuses, and it answers a zero batch as serving "
+                    "loads it.")
+    imp.add_argument("model", metavar="NAME")
+    imp.add_argument("path", metavar="PATH", help="the .keras or .h5 file or SavedModel folder: a path or a URI")
+    imp.add_argument("--signature", default=None, metavar="KEY",
+                     help="the SavedModel signature to serve (default: serving_default)")
+    imp.add_argument("--input-shape", action="append", default=[], metavar="[INPUT=]D1,D2",
+                     help="sizes of one instance (no batch dimension) for an input whose sizes the model leaves "
+                          "unknown, such as 28,28; repeat as NAME=28,28 for several inputs")
+    imp.add_argument("--task", default=None, metavar="TASK", help="classification or regression (recorded)")
+    imp.add_argument("--classes", default=None, metavar="A,B,C", help="class names, in output order (recorded)")
+    imp.add_argument("--metrics", default=None, metavar="FILE",
+                     help="a JSON object of numbers (such as {\"accuracy\": 0.97}) to record as the version's metrics")
+    imp.set_defaults(handler=_models_import)
 
     r = sub.add_parser("registry", help="maintain the registry's storage")
     rsub = r.add_subparsers(title="actions", metavar="ACTION")
@@ -375,6 +394,26 @@ def _models_gc(args: argparse.Namespace) -> int:
     print(f"{args.model}: {verb} {_versions_text(plan.delete, '')} ({size}); kept: {kept or 'none'}")
     if not args.yes:
         print("dry run: nothing deleted; add --yes to delete")
+    return 0
+
+
+def _models_import(args: argparse.Namespace) -> int:
+    from maas import importing
+
+    # Every flag is read here, before TensorFlow loads: a bad one fails at once, in one line.
+    shapes = importing.parse_input_shapes(args.input_shape)
+    classes = None if args.classes is None else importing.parse_classes(args.classes)
+    metrics = None if args.metrics is None else importing.read_metrics(args.metrics)
+    quiet = contextlib.nullcontext() if os.environ.get("MAAS_VERBOSE") else _native_stderr_silenced()
+    with quiet:  # TensorFlow's and Keras's start-up lines are not the one line an error is
+        version = importing.import_model(_registry(args), args.model, args.path,
+                                         signature=args.signature or importing.DEFAULT_SIGNATURE,
+                                         input_shape=shapes, task=args.task, classes=classes, metrics=metrics)
+    meta = version.metadata
+    inputs, outputs = (", ".join(f"{s.name} {s.dtype}{list(s.shape)}" for s in specs)
+                       for specs in (version.signature.inputs, version.signature.outputs))
+    print(f"{args.model}: version {version.version} imported from {meta['source']} ({meta['format']}; "
+          f"{inputs} -> {outputs}; sha256 {meta['sha256'][:12]})")
     return 0
 
 

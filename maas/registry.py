@@ -307,6 +307,18 @@ class Registry:
             return ModelVersion(model=model, version=version, metadata=full)
         raise RegistryConflict(f"Could not allocate a version for '{model}' after {_PUBLISH_ATTEMPTS} attempts")
 
+    def publish_keras(self, name: str, model: Any, *, input_shape: Any = None, task: str | None = None,
+                      classes: Iterable[str] | None = None, metrics: dict[str, float] | None = None,
+                      source: str | None = None) -> ModelVersion:
+        """Publish an in-memory Keras model as ``name``'s next version, checked and described as
+        ``maas models import`` does a ``.keras`` file (see :mod:`maas.importing`). ``input_shape`` gives
+        one instance's sizes where the model leaves them unknown (a dict by input name for several)."""
+        # Imported here: TensorFlow and the checks load only when used.
+        from maas.importing import publish_keras
+
+        return publish_keras(self, name, model, input_shape=input_shape, task=task,  # type: ignore[arg-type]
+                             classes=None if classes is None else tuple(classes), metrics=metrics, source=source)
+
     def _check_copied(self, src: Path, target: str, model: str, version: int) -> None:
         """Raise unless ``target`` holds every file of ``src`` at its size, before ``metadata.json`` makes
         it a version. An object store cannot rename a folder away from its writer: a publisher stalled for

@@ -3,6 +3,7 @@
     python -m jobs.train --template digits --num-workers 2
     ray job submit --working-dir . -- python -m jobs.train --template digits --num-workers 2
     ray job submit --working-dir . -- python -m jobs.train --template digits --num-workers 1-2
+    ray job submit --working-dir . -- python -m jobs.train --template digits --tune --trials 8
 
 --num-workers MIN-MAX starts with as many workers as fit now (at least MIN, at most MAX). Workers
 that do not fit are waited for --wait-for-resources seconds (30), then the job fails with one line:
@@ -46,10 +47,16 @@ def main(argv: list[str] | None = None) -> int:
         v, m = outcome.version, outcome.metrics
         if args.json:
             print(json.dumps({"model": v.model, "version": v.version, "metrics": m,
-                              "cross_validation": outcome.cross_validation}))
+                              "cross_validation": outcome.cross_validation, "tuning": outcome.tuning}))
         else:
             print(f"Published {v.model} version {v.version} to {config.registry}: held-out {headline(m)} "
                   f"({m['num_examples']} examples)")
+            if outcome.tuning:
+                trials = outcome.tuning["trials"]
+                stopped = sum(t["stopped_by"] == "ASHA" for t in trials)
+                print(f"Tuned {len(trials)} trials ({stopped} stopped early by ASHA): best trial "
+                      f"{outcome.tuning['best_trial']} with " + ", ".join(
+                          f"{k}={val:g}" for k, val in outcome.tuning["best_params"].items()))
             if outcome.cross_validation:
                 summary = outcome.cross_validation["summary"]
                 print(f"{config.cv_folds}-fold cross-validation: "

@@ -63,6 +63,69 @@ def test_resuming_an_unknown_run_fails_in_one_line(ray_cluster) -> None:
         f"error: --resume no-such-run: no run of that name under {ray_cluster.home / 'runs'}"]
 
 
+def test_early_stopping_stops_before_the_epoch_limit_and_publishes_the_best_epoch(ray_cluster) -> None:
+    """``ray job submit`` of 2 workers with a validation split carved from the training split and a
+    learning rate high enough that the validation loss soon stops improving: the run stops early and
+    the published weights are the best epoch's, which the metadata names beside the curve."""
+    from maas import jobclient
+
+    epochs = 30
+    job = jobclient.submit("jobs.train", ["--template", "digits", "--epochs", str(epochs), "--learning-rate", "0.02",
+                                          "--validation-fraction", "0.2", "--early-stopping-patience", "2",
+                                          "--model-name", "digits-early", "--json"],
+                           dashboard=ray_cluster.dashboard_url, follow=False, timeout_s=600)
+    assert job.status == "SUCCEEDED", job.logs[-3000:]
+    assert "early stopping after epoch" in job.logs
+    published = json.loads([line for line in job.logs.splitlines() if line.startswith('{"model"')][-1])
+    metadata = Registry(str(ray_cluster.home / "registry")).get("digits-early", published["version"]).metadata
+    validation = metadata["training"]["validation"]
+    curve = validation["curve"]
+    assert validation["stopped_early"] and len(curve) < epochs and validation["epochs_run"] == len(curve)
+    best = min(curve, key=lambda point: point["val_loss"])
+    assert validation["epoch_kept"] == best["epoch"] == len(curve) - 2  # patience 2: stopped 2 epochs after it
+    assert metadata["params"]["validation_fraction"] == 0.2 and metadata["params"]["early_stopping_patience"] == 2
+    train_rows = metadata["data"]["train_rows"]
+    assert abs(validation["rows"] - 0.2 * train_rows) <= 10  # stratified per class: rounding in each of 10
+    assert metadata["metrics"]["accuracy"] > 0.8  # the best epoch's weights, scored on the test split
+
+
+def test_a_tuning_run_stops_weak_trials_and_publishes_its_best_trial(ray_cluster) -> None:
+    """``ray job submit`` of a 4-trial Ray Tune search, one at a time (so that ASHA sees the trials in
+    one order: with the seeded space, the second trial's learning rate is too small and is stopped at
+    its first rung), ASHA judging each epoch: the
+    version published is the best finished trial's, its metadata records every trial; ``--resume`` of
+    the finished search publishes the same winner again without training anything."""
+    from maas import jobclient
+
+    args = ["--template", "digits", "--num-workers", "1", "--epochs", "4", "--tune", "--trials", "4",
+            "--max-concurrent", "1", "--model-name", "digits-tuned", "--run-name", "digits-tuned-search", "--json"]
+    job = jobclient.submit("jobs.train", args, dashboard=ray_cluster.dashboard_url, follow=False, timeout_s=900)
+    assert job.status == "SUCCEEDED", job.logs[-3000:]
+    published = json.loads([line for line in job.logs.splitlines() if line.startswith('{"model"')][-1])
+    registry = Registry(str(ray_cluster.home / "registry"))
+    metadata = registry.get("digits-tuned", published["version"]).metadata
+    tuning = metadata["tuning"]
+    trials = tuning["trials"]
+    assert len(trials) == 4 and len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 4
+    assert {t["stopped_by"] for t in trials} <= {"completed", "ASHA"}
+    assert any(t["stopped_by"] == "ASHA" and t["epochs"] < 4 for t in trials), trials
+    finished = [t for t in trials if t["stopped_by"] == "completed"]
+    best = min(finished, key=lambda t: t["best_val_loss"])
+    assert tuning["best_trial"] == best["trial_id"] and tuning["best_params"] == best["params"]
+    assert metadata["params"]["learning_rate"] == best["params"]["learning_rate"]
+    assert metadata["params"]["hyperparameters"] == {k: v for k, v in best["params"].items() if k != "learning_rate"}
+    assert metadata["metrics"]["accuracy"] == best["test_metrics"]["accuracy"]  # the winner's own export
+    assert metadata["training"]["validation"]["fraction"] == 0.2  # --tune holds out a validation split
+
+    again = jobclient.submit("jobs.train", [*args, "--resume", "digits-tuned-search"],
+                             dashboard=ray_cluster.dashboard_url, follow=False, timeout_s=600)
+    assert again.status == "SUCCEEDED", again.logs[-3000:]
+    resumed = json.loads([line for line in again.logs.splitlines() if line.startswith('{"model"')][-1])
+    assert resumed["version"] == published["version"] + 1
+    assert resumed["tuning"]["best_trial"] == tuning["best_trial"]
+    assert "[maas] epoch" not in again.logs  # every trial had finished: nothing trained again
+
+
 @dataclass
 class RunningJob:
     """A training job submitted in a thread, caught once Ray Train has registered a checkpoint."""

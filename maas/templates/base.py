@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
@@ -15,6 +16,51 @@ if TYPE_CHECKING:
 Task = Literal["classification", "regression"]
 DataFormat = Literal["parquet", "csv", "images"]
 LABEL_COLUMN = "label"
+Hyperparameters = Mapping[str, float]  # a template's model settings by name: width, depth, dropout...
+
+
+@dataclass(frozen=True)
+class HyperParameter:
+    """One dimension of a template's search space (``--tune``): a range (``low``..``high``, on a log
+    scale with ``log``) or ``choices``; ``default`` is the value a run that does not tune uses."""
+
+    name: str
+    default: float
+    low: float = 0.0
+    high: float = 0.0
+    choices: tuple[float, ...] = ()
+    log: bool = False
+    help: str = ""
+
+    def domain(self) -> Any:
+        """The Ray Tune search domain."""
+        from ray import tune
+
+        if self.choices:
+            return tune.choice(list(self.choices))
+        return (tune.loguniform if self.log else tune.uniform)(self.low, self.high)
+
+    def describe(self) -> str:
+        """``width in {32, 64, 128} (default 64): units of the dense layer`` (for ``--help``)."""
+        space = ("{" + ", ".join(f"{c:g}" for c in self.choices) + "}" if self.choices
+                 else f"[{self.low:g}, {self.high:g}]" + (" log" if self.log else ""))
+        return f"{self.name} in {space} (default {self.default:g})" + (f": {self.help}" if self.help else "")
+
+    def check(self, value: float) -> float:
+        ok = value in self.choices if self.choices else self.low <= value <= self.high
+        if not ok or isinstance(value, bool):
+            raise ValueError(f"{self.name} must be in {self.describe().split(' (')[0].split(' in ', 1)[1]}. "
+                             f"Received: {value!r}")
+        return value
+
+
+def learning_rate(default: float) -> HyperParameter:
+    """Every template's learning-rate dimension: a decade and a half around its default."""
+    return HyperParameter("learning_rate", default, default / 10, default * 5, log=True, help="Adam's step size")
+
+
+def dropout(default: float) -> HyperParameter:
+    return HyperParameter("dropout", default, 0.0, 0.5, help="dropout rate before the head")
 
 
 @dataclass(frozen=True)
@@ -80,7 +126,7 @@ class DataInfo:
 class Template:
     """A trainable use case.
 
-    ``build_model(info)`` returns an uncompiled Keras model whose first layers hold the
+    ``build_model(info, hyperparameters)`` returns an uncompiled Keras model whose first layers hold the
     preprocessing (missing-value filling and normalization with the training split's statistics,
     pixel scaling), so that the exported SavedModel takes raw inputs exactly as clients send them.
 
@@ -97,7 +143,7 @@ class Template:
     input_dtype: str
     item_shape: tuple[int | None, ...]  # None: taken from the data
     output_name: str
-    build_model: Callable[[DataInfo], "keras.Model"]
+    builder: Callable[[DataInfo, Hyperparameters], "keras.Model"]
     prepare_data: Callable[[str], DataSplits]
     class_names: tuple[str, ...] = ()  # the built-in data set's; () for regression or from the data
     feature_columns: tuple[str, ...] = ()
@@ -107,6 +153,32 @@ class Template:
     default_batch_size: int = 32
     default_learning_rate: float = 1e-3
     tags: tuple[str, ...] = field(default=())
+    # The builder's own settings (width, depth, dropout...): what ``--tune`` searches with the learning rate.
+    search_space: tuple[HyperParameter, ...] = ()
+
+    @property
+    def tuning_space(self) -> tuple[HyperParameter, ...]:
+        """What ``--tune`` searches: the learning rate around the template's default, then the builder's."""
+        return (learning_rate(self.default_learning_rate), *self.search_space)
+
+    def build_model(self, info: DataInfo, hyperparameters: Hyperparameters | None = None) -> "keras.Model":
+        """The model with ``hyperparameters`` (a subset of :attr:`search_space`; the rest their defaults)."""
+        return self.builder(info, self.hyperparameters(hyperparameters))
+
+    def hyperparameters(self, given: Hyperparameters | None = None) -> dict[str, float]:
+        """Every builder setting of the search space, ``given`` ones checked, the others at their
+        defaults."""
+        from maas.errors import ConfigError
+
+        space = {hp.name: hp for hp in self.search_space}
+        unknown = sorted(set(given or {}) - set(space))
+        if unknown:
+            raise ConfigError(f"template {self.name} has no hyperparameter {', '.join(unknown)} "
+                              f"(it has {', '.join(sorted(space)) or 'none'})")
+        try:
+            return {name: hp.check((given or {}).get(name, hp.default)) for name, hp in space.items()}
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     @property
     def label_column(self) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from maas.templates.base import DataInfo, DataSplits, Template
+from maas.templates.base import DataInfo, DataSplits, HyperParameter, Hyperparameters, Template, dropout
 from maas.templates.sources import list_column, stage_tables
 
 _SEED = 20240607
@@ -36,19 +36,20 @@ def _prepare_digits(data_dir: str) -> DataSplits:
     return stage_tables(data_dir, "digits", make)
 
 
-def build_digits_cnn(info: DataInfo):
+def build_digits_cnn(info: DataInfo, hp: Hyperparameters):
     import keras
     from keras import layers
 
     inputs = keras.Input(shape=info.item_shape, name="pixels")
     x = layers.Rescaling(1.0 / 16.0, name="scale_0_16")(inputs)
     x = layers.Reshape((*info.item_shape, 1), name="add_channel")(x)
-    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1")(x)
-    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2")(x)
+    filters = int(hp["filters"])
+    x = layers.Conv2D(filters, 3, padding="same", activation="relu", name="conv1")(x)
+    x = layers.Conv2D(filters, 3, padding="same", activation="relu", name="conv2")(x)
     x = layers.MaxPooling2D(2, name="pool")(x)
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(64, activation="relu", name="dense")(x)
-    x = layers.Dropout(0.2, name="dropout")(x)
+    x = layers.Dense(int(hp["width"]), activation="relu", name="dense")(x)
+    x = layers.Dropout(hp["dropout"], name="dropout")(x)
     outputs = layers.Dense(info.num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="digits_cnn")
 
@@ -62,10 +63,12 @@ DIGITS = Template(
     item_shape=(8, 8),
     output_name="probabilities",
     class_names=tuple(str(i) for i in range(10)),
-    build_model=build_digits_cnn,
+    builder=build_digits_cnn,
     prepare_data=_prepare_digits,
     data_source="scikit-learn load_digits (1,797 real handwritten digits, BSD-3), stratified 80/20 split",
     default_epochs=12,
     default_batch_size=32,
     default_learning_rate=2e-3,
+    search_space=(HyperParameter("filters", 32, choices=(16, 32, 48), help="filters per conv layer"),
+                  HyperParameter("width", 64, choices=(32, 64, 128), help="units of the dense layer"), dropout(0.2)),
 )

@@ -15,7 +15,7 @@ import pickle
 
 import numpy as np
 
-from maas.templates.base import DataInfo, DataSplits, Template
+from maas.templates.base import DataInfo, DataSplits, HyperParameter, Hyperparameters, Template, dropout
 from maas.templates.sources import ANIMAL_MNIST, package_file, stage_images
 
 IMAGE_SIZE = 128
@@ -46,7 +46,7 @@ def _prepare_images(data_dir: str, per_class: tuple[int, int] = (100, 30)) -> Da
     return stage_images(data_dir, "image_cnn", make)
 
 
-def build_image_cnn(info: DataInfo):
+def build_image_cnn(info: DataInfo, hp: Hyperparameters):
     import keras
     from keras import layers
 
@@ -59,8 +59,8 @@ def build_image_cnn(info: DataInfo):
         x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
     x = layers.Conv2D(64, 3, strides=2, padding="same", activation="relu", name="conv4")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dense(64, activation="relu", name="dense")(x)
-    x = layers.Dropout(0.2, name="dropout")(x)
+    x = layers.Dense(int(hp["width"]), activation="relu", name="dense")(x)
+    x = layers.Dropout(hp["dropout"], name="dropout")(x)
     return keras.Model(inputs, head(x, info, "classification", "probabilities"), name="image_cnn")
 
 
@@ -74,10 +74,12 @@ IMAGE_CNN = Template(
     item_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
     output_name="probabilities",
     class_names=tuple(f"animal_{k}" for k in range(10)),
-    build_model=build_image_cnn,
+    builder=build_image_cnn,
     prepare_data=_prepare_images,
     data_source="Animal-MNIST (animal-mnist 0.4 wheel, MIT): 100 train + 30 test silhouettes per class, seed 20240614",
     default_epochs=12,
     default_batch_size=32,
     default_learning_rate=2e-3,
+    search_space=(HyperParameter("width", 64, choices=(32, 64, 128), help="units of the dense layer"),
+                  dropout(0.2)),
 )

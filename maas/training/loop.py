@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -81,7 +82,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
-        model = template.build_model(info)
+        model = template.build_model(info, config.hyperparameters)
         optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
         if config.mixed_precision:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -89,12 +90,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state = tf.train.Checkpoint(model=model, optimizer=optimizer)
 
     start_epoch, history = 0, []
+    watch = EarlyStopping(config.early_stopping_patience)
     resumed_from = ray.train.get_checkpoint()
     if resumed_from is not None:
         with resumed_from.as_directory() as ckpt_dir:
             state.read(os.path.join(ckpt_dir, _TF_CKPT_PREFIX)).expect_partial()
             saved = json.loads(Path(ckpt_dir, STATE_FILE).read_text())
             start_epoch, history = saved["epoch"], saved.get("history", list(range(1, saved["epoch"] + 1)))
+            watch = EarlyStopping.restore(config.early_stopping_patience, saved.get("validation"), ckpt_dir)
         if rank == 0:
             logger.info("[maas] resumed from checkpoint after epoch %d", start_epoch)
 
@@ -133,6 +136,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     board = _TensorBoard(loop_config.get("tensorboard_uri")) if rank == 0 else None
     train_metric = "train_accuracy" if classification else "train_mae"
     shard = ray.train.get_dataset_shard("train")
+    validation = ray.train.get_dataset_shard("validation") if config.validation_fraction else None
+    # The validation split is scored on a plain (non-distributed) copy of the model by every worker on
+    # its own: no collective op, and the same figures on every worker (same weights, same rows).
+    scorer = template.build_model(info, config.hyperparameters) if validation is not None else None
+
+    def validate() -> dict[str, float]:
+        assert validation is not None and scorer is not None
+        scorer.set_weights(model.get_weights())
+        loss_sum, quality_sum, rows = 0.0, 0.0, 0
+        for batch in validation.iter_batches(batch_size=256, batch_format="numpy"):
+            y = template.labels(batch)
+            out = tf.cast(scorer(template.features(batch, info), training=False), tf.float32)
+            loss_sum += float(tf.reduce_sum(per_example_loss(tf.constant(y), out)))
+            quality_sum += float(quality(tf.constant(y), out))
+            rows += len(y)
+        rows = max(rows, 1)
+        return {"val_loss": loss_sum / rows, ("val_accuracy" if classification else "val_mae"): quality_sum / rows}
+
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         loss_sum, quality_sum, seen, steps = 0.0, 0.0, 0, 0
@@ -161,7 +182,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "resumed_from_epoch": start_epoch,  # 0 for a fresh run
             "epochs_trained": len(history),  # each epoch once, across restarts
         }
-        final = epoch + 1 == config.epochs
+        stop = False
+        if validation is not None:
+            metrics.update(validate())
+            # Rank 0's verdict for everyone: workers must agree on the epoch they stop after.
+            stop = broadcast_from_rank_zero(watch.update(epoch + 1, metrics, model.get_weights()))
+            metrics.update(best_epoch=watch.best_epoch, best_val_loss=watch.best_loss)
+        final = stop or epoch + 1 == config.epochs
         with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as scratch:
             # Rank 0 reports the training state; every worker adds the fingerprint of its own
             # weights (Ray merges the workers' files into one checkpoint), so a checkpoint shows
@@ -171,18 +198,70 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             Path(tmp, f"{REPLICA_FINGERPRINT_PREFIX}{rank}.txt").write_text(fingerprint)
             Path(tmp, f"{WORKER_NODE_PREFIX}{rank}.txt").write_text(node_id)
             if rank == 0:
-                Path(tmp, STATE_FILE).write_text(json.dumps({"epoch": epoch + 1, "history": history}))
+                Path(tmp, STATE_FILE).write_text(json.dumps({"epoch": epoch + 1, "history": history,
+                                                             "validation": watch.to_dict()}))
+                watch.save_best(tmp)
                 if final:
-                    metrics.update(_export_and_evaluate(model, template, info, tmp, loop_config.get("majority_class")))
+                    weights = watch.best_weights if watch.best_weights is not None else model.get_weights()
+                    metrics.update(_export_and_evaluate(weights, config, template, info, tmp,
+                                                        loop_config.get("majority_class")))
                 assert board is not None
                 board.write(epoch + 1, metrics)
                 logger.info(_progress_line(config.epochs, metrics, elapsed, train_metric, final))
+                if stop:
+                    logger.info("[maas] early stopping after epoch %d: validation loss best at epoch %d, "
+                                "no better in the %d since; publishing epoch %d's weights", epoch + 1,
+                                watch.best_epoch, config.early_stopping_patience, watch.best_epoch)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        if stop:
+            break
+
+
+class EarlyStopping:
+    """The validation loss's best epoch so far, its weights, and whether to stop: after ``patience``
+    epochs without an improvement (0: never). Saved in each checkpoint, so a resumed run stops where
+    the uninterrupted one would have."""
+
+    BEST_WEIGHTS_FILE = "best_weights.npz"
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best_loss = math.inf
+        self.best_epoch = 0
+        self.best_weights: list[np.ndarray] | None = None
+        self.curve: list[dict[str, float]] = []  # per epoch: epoch, val_loss, val_accuracy|val_mae
+
+    def update(self, epoch: int, metrics: dict[str, Any], weights: list[np.ndarray]) -> bool:
+        """Record ``epoch``'s validation figures; True when training should stop after it."""
+        self.curve.append({"epoch": epoch, **{k: float(v) for k, v in metrics.items() if k.startswith("val_")}})
+        if metrics["val_loss"] < self.best_loss:
+            self.best_loss, self.best_epoch, self.best_weights = float(metrics["val_loss"]), epoch, weights
+        return bool(self.patience) and epoch - self.best_epoch >= self.patience
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "curve": self.curve}
+
+    def save_best(self, ckpt_dir: str) -> None:
+        if self.best_weights is not None:
+            np.savez(os.path.join(ckpt_dir, self.BEST_WEIGHTS_FILE), *self.best_weights)
+
+    @classmethod
+    def restore(cls, patience: int, saved: dict[str, Any] | None, ckpt_dir: str) -> "EarlyStopping":
+        watch = cls(patience)
+        if saved:
+            watch.best_loss, watch.best_epoch, watch.curve = saved["best_loss"], saved["best_epoch"], saved["curve"]
+            best = Path(ckpt_dir, cls.BEST_WEIGHTS_FILE)
+            if best.is_file():
+                with np.load(best) as arrays:
+                    watch.best_weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+        return watch
 
 
 def _progress_line(epochs: int, metrics: dict[str, Any], elapsed: float, train_metric: str, final: bool) -> str:
     line = (f"[maas] epoch {metrics['epoch']}/{epochs} loss={metrics['loss']:.4f} "
             f"{train_metric}={metrics[train_metric]:.4f} {metrics['samples_per_second']:.0f} samples/s ({elapsed:.1f}s)")
+    if "val_loss" in metrics:
+        line += f" val_loss={metrics['val_loss']:.4f} (best epoch {metrics['best_epoch']})"
     if final:
         line += " " + " ".join(f"{k}={metrics[k]:.4f}" for k in ("test_accuracy", "test_f1_macro", "test_mse",
                                                                   "test_mae", "test_r2") if k in metrics)
@@ -217,9 +296,9 @@ class _TensorBoard:
             pafs.copy_files(self.local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
-def _export_and_evaluate(model: Any, template: Any, info: Any, ckpt_dir: str,
+def _export_and_evaluate(weights: list[np.ndarray], config: TrainConfig, template: Any, info: Any, ckpt_dir: str,
                          majority_class: int | None) -> dict[str, Any]:
-    """Export a plain (non-distributed, float32) copy of the model, then evaluate *the exported
+    """Export a plain (non-distributed, float32) model with ``weights``, then evaluate *the exported
     SavedModel* on the held-out split: the figures describe exactly the artifact that gets published."""
     import keras
     import ray.train
@@ -229,8 +308,8 @@ def _export_and_evaluate(model: Any, template: Any, info: Any, ckpt_dir: str,
     from maas.training.metrics import evaluate
 
     keras.mixed_precision.set_dtype_policy("float32")
-    serving_model = template.build_model(info)
-    serving_model.set_weights(model.get_weights())
+    serving_model = template.build_model(info, config.hyperparameters)
+    serving_model.set_weights(weights)
     export_path = os.path.join(ckpt_dir, EXPORT_DIR)
     signature = export_saved_model(serving_model, template, info, export_path)
 

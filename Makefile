@@ -10,7 +10,7 @@ TF_VERSION := 2.21.0
 BENCH_PIN_bentoml := 'bentoml>=1.4,<1.5'
 BENCH_PIN_kserve := 'kserve>=0.15'
 
-.PHONY: demo test test-unit chaos fuzz install stop status clean bench bench-serving bench-training bench-big-bodies bench-venvs
+.PHONY: demo test test-unit chaos fuzz install stop status clean bench bench-serving bench-training bench-big-bodies bench-venvs bench-batch
 
 demo: $(STAMP)  ## train on 2 Ray Train workers, publish, deploy with Ray Serve, predict over HTTP
 	$(BIN)/maas demo
@@ -44,6 +44,9 @@ bench-big-bodies: $(BENCH_STAMP)  ## health and small predictions while 4 client
 
 bench-training: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.training
+
+bench-batch: $(BENCH_STAMP)  ## batch inference (jobs.predict) rows/s against the in-process ceiling: benchmarks/results/batch_inference.*
+	$(BIN)/python -m benchmarks.batch_inference
 
 bench-serving: bench-venvs
 	$(BIN)/python -m benchmarks.serving

@@ -460,8 +460,8 @@ def table_inputs(table: pa.Table, inputs: Sequence[ModelInput], ids: pa.ChunkedA
 def image_inputs(batch: Mapping[str, np.ndarray], spec: ImageInput, paths: Sequence[str]) -> dict[str, np.ndarray]:
     """The model's input for a batch of decoded images (Ray Data's ``image`` column)."""
     images = batch["image"]
-    if images.dtype == object:  # images of several sizes: only possible without resizing
-        height, width = spec.size
+    height, width = spec.size
+    if images.dtype == object or tuple(images.shape[1:3]) != (height, width):  # of several sizes, or all wrong
         odd = next(i for i, im in enumerate(images) if tuple(np.shape(im)[:2]) != (height, width))
         got = np.shape(images[odd])
         raise InvalidInput(f"image {paths[odd]} is {got[1]}x{got[0]}; the model takes {width}x{height} images")
@@ -575,7 +575,7 @@ def _prepare_table(fs: pafs.FileSystem, data: DataFiles, version: ModelVersion, 
         counts = [] if has_id else [_csv_rows(fs, p, columns[0]) for p in data.files[:-1]]
         starts = row_offsets([*counts, 0]) if not has_id else [0] * len(data.files)
         units = [ReadUnit(path, start, None) for path, start in zip(data.files, starts)]
-        types = _csv_types(schema, columns, inputs)
+        types = _csv_types(columns, inputs)
         empty = not any(counts) and not any(_csv_has_rows(fs, p) for p in data.files[len(counts):])
         rows = 0 if empty else None
     if rows == 0:
@@ -630,17 +630,20 @@ def _csv_schema(fs: pafs.FileSystem, path: str) -> pa.Schema:
     return _csv_reader(fs, path).schema
 
 
-def _csv_types(schema: pa.Schema, columns: Sequence[str], inputs: Sequence[ModelInput]
+def _csv_types(columns: Sequence[str], inputs: Sequence[ModelInput]
                ) -> tuple[tuple[str, pa.DataType], ...]:
     """Types for every CSV file, so that all read alike: numbers that form an input as float64, the
-    identifier as the first file shows it."""
+    identifier as text (``007`` stays ``007``: the predictions must join back to the input)."""
     numeric = {c for spec in inputs for c in spec.columns}
-    return tuple((c, pa.float64() if c in numeric else schema.field(c).type) for c in columns)
+    return tuple((c, pa.float64() if c in numeric else pa.string()) for c in columns)
 
 
 def _csv_rows(fs: pafs.FileSystem, path: str, column: str) -> int:
-    """The data rows of a CSV file (one column converted)."""
-    return sum(len(batch) for batch in _csv_reader(fs, path, [column]))
+    """The data rows of a CSV file (one column read, as text: a count never fails on a value)."""
+    try:
+        return sum(len(batch) for batch in _csv_reader(fs, path, [column], {column: pa.string()}))
+    except pa.ArrowInvalid as exc:
+        raise InvalidInput(f"file {path}: {_first_line(str(exc))}") from None
 
 
 def _csv_has_rows(fs: pafs.FileSystem, path: str) -> bool:

@@ -373,6 +373,13 @@ def _models_delete(args: argparse.Namespace) -> int:
     print(f"{args.model}: version {deletion.version} deleted (its number is not reused)")
     for name in deletion.labels_removed:
         print(f"{args.model}: label {name} removed (it pointed at version {deletion.version}); no label was moved")
+    if "stable" in deletion.labels_removed:
+        from maas.errors import ModelNotFound
+
+        try:
+            print(f"{args.model}: routed requests now go to the latest version, {_registry(args).latest(args.model)}")
+        except ModelNotFound:
+            print(f"{args.model}: no version is left")
     return 0
 
 
@@ -385,7 +392,8 @@ def _models_gc(args: argparse.Namespace) -> int:
     if args.yes:
         plan = reg.gc(args.model, keep=args.keep)
     kept = ", ".join(filter(None, [_versions_text(plan.newest, f"the newest {plan.keep}"),
-                                   _versions_text(plan.labelled, "labelled")]))
+                                   _versions_text(plan.labelled, "labelled"),
+                                   _versions_text((plan.default,), "routed traffic's")]))
     if not plan.delete:
         print(f"{args.model}: nothing to delete (kept: {kept or 'none'})")
         return 0

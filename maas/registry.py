@@ -124,6 +124,7 @@ class RetentionPlan:
     delete: tuple[int, ...]
     newest: tuple[int, ...]
     labelled: tuple[int, ...]
+    default: int  # where routed traffic goes: never deleted
 
 
 LeftoverKind = Literal["staging folder", "staging file", "partial version", "lock claim", "partial download"]
@@ -274,7 +275,6 @@ class Registry:
         if not (src / "saved_model.pb").is_file():
             raise InvalidInput(f"Not a SavedModel folder (no saved_model.pb): {saved_model_dir}")
         Signature.from_dict(metadata["signature"])  # fail before copying anything
-        local = pafs.LocalFileSystem()
         model_dir = self._model_dir(model)
         self._fs.create_dir(model_dir, recursive=True)
         for attempt in range(_PUBLISH_ATTEMPTS):
@@ -289,11 +289,17 @@ class Registry:
             if self._is_local:
                 staging = self._staging_path()
                 self._fs.create_dir(staging)  # copy_files creates sub-folders only
-                pafs.copy_files(str(src), staging, source_filesystem=local, destination_filesystem=self._fs)
+                _copy_artifact(src, staging, self._fs)
                 self._write_bytes(f"{staging}/{METADATA_FILE}", body)
                 try:
                     self._fs.move(staging, f"{model_dir}/{version}")
                 except OSError:  # lost the race for this number: try the next one
+                    self._fs.delete_dir(staging)
+                    continue
+                if self._deleted(model, version):
+                    # Deleted while this publisher copied (the rename found the number's folder gone):
+                    # a deleted number stays deleted. Readers may have glimpsed it for a moment.
+                    self._fs.move(f"{model_dir}/{version}", staging)
                     self._fs.delete_dir(staging)
                     continue
             else:
@@ -301,7 +307,7 @@ class Registry:
                     time.sleep(random.uniform(0.01, 0.05) * (1 + attempt))
                     continue
                 target = f"{model_dir}/{version}"
-                pafs.copy_files(str(src), target, source_filesystem=local, destination_filesystem=self._fs)
+                _copy_artifact(src, target, self._fs)
                 self._check_copied(src, target, model, version)
                 self._write_bytes(f"{target}/{METADATA_FILE}", body)  # last: the version now exists
             return ModelVersion(model=model, version=version, metadata=full)
@@ -324,7 +330,8 @@ class Registry:
         it a version. An object store cannot rename a folder away from its writer: a publisher stalled for
         longer than a ``clean``'s threshold has its files removed under it, and must then fail, not publish
         what is left (its number stays taken, the rest is the next clean's)."""
-        wanted = pafs.LocalFileSystem().get_file_info(pafs.FileSelector(str(src), recursive=True))
+        wanted = [info for info in pafs.LocalFileSystem().get_file_info(pafs.FileSelector(str(src), recursive=True))
+                  if info.path != str(src / METADATA_FILE)]
         stored = self._fs.get_file_info(pafs.FileSelector(target, recursive=True, allow_not_found=True))
         sizes = {info.path[len(target) + 1:]: info.size for info in stored if info.type == pafs.FileType.File}
         missing = [info.path for info in wanted if info.type == pafs.FileType.File
@@ -437,17 +444,20 @@ class Registry:
         return Deletion(model=model, version=number, labels_removed=tuple(pointing))
 
     def gc_plan(self, model: str, *, keep: int) -> RetentionPlan:
-        """Which versions ``gc`` would delete: all but the newest ``keep``, never a labelled one."""
+        """Which versions ``gc`` would delete: all but the newest ``keep``, never a labelled one, and never
+        the one routed traffic goes to (the ``stable`` label's, else the latest), even with ``keep`` 0."""
         if keep < 0:
             raise InvalidInput(f"--keep must be 0 or more versions. Received: {keep}")
         versions = self.versions(model)
         if not versions:
             raise ModelNotFound(model)
-        labelled = {label.version for label in self.labels(model).values()}
+        labels = self.labels(model)
+        labelled = {label.version for label in labels.values()}
+        default = labels["stable"].version if "stable" in labels else versions[-1]
         newest = set(versions[-keep:]) if keep else set()
-        doomed = tuple(v for v in versions if v not in newest and v not in labelled)
+        doomed = tuple(v for v in versions if v not in newest and v not in labelled and v != default)
         return RetentionPlan(model=model, keep=keep, delete=doomed, newest=tuple(sorted(newest)),
-                             labelled=tuple(sorted(labelled & set(versions))))
+                             labelled=tuple(sorted(labelled & set(versions))), default=default)
 
     def gc(self, model: str, *, keep: int) -> RetentionPlan:
         """Delete what :meth:`gc_plan` lists. A version labelled meanwhile is skipped, not deleted."""
@@ -643,6 +653,11 @@ class Registry:
                     raise
                 time.sleep(0.002 * 2**attempt)
         raise AssertionError("unreachable")
+
+    def _deleted(self, model: str, version: int) -> bool:
+        """Whether ``version``'s number carries a deletion's tombstone claim."""
+        tombstone = f"{self._model_dir(model)}/{CLAIMS_DIR}/{version}.deleted"
+        return self._fs.get_file_info(tombstone).type != pafs.FileType.NotFound
 
     def _require_version(self, model: str, version: int) -> int:
         versions = self.versions(model)
@@ -877,6 +892,23 @@ def _take_away_and_remove(fs: pafs.FileSystem, folder: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def _copy_artifact(src: Path, target: str, fs: pafs.FileSystem) -> None:
+    """Copy a SavedModel folder to ``target`` on ``fs``, all but a ``metadata.json`` of its own (a
+    version copied out of another registry carries one): on an object store that file is what makes a
+    folder a version, and it must be this publisher's, written last."""
+    local = pafs.LocalFileSystem()
+    for entry in sorted(src.iterdir()):
+        if entry.name == METADATA_FILE:
+            continue
+        if entry.is_dir():
+            if isinstance(fs, pafs.LocalFileSystem):
+                fs.create_dir(f"{target}/{entry.name}", recursive=True)  # copy_files creates sub-folders only
+            pafs.copy_files(str(entry), f"{target}/{entry.name}", source_filesystem=local, destination_filesystem=fs)
+        else:
+            with entry.open("rb") as f, fs.open_output_stream(f"{target}/{entry.name}") as out:
+                shutil.copyfileobj(f, out, 1 << 20)
 
 
 def _delete_file(fs: pafs.FileSystem, path: str) -> bool:

@@ -349,6 +349,40 @@ def test_a_labelled_version_is_refused_unless_forced_and_force_moves_no_label(
         reg.set_label("digits", "canary", 1)
 
 
+def test_a_version_copied_out_of_another_registry_is_published_with_its_own_metadata(
+        root: str, tiny_saved_model: Path, tmp_path: Path) -> None:
+    """A source folder holding a ``metadata.json`` (a version of another registry): on an object store
+    that file would make the folder a version before its other files are copied."""
+    import shutil
+
+    copied = tmp_path / "copied"
+    shutil.copytree(tiny_saved_model, copied)
+    (copied / "metadata.json").write_text(json.dumps({"model": "elsewhere", "version": 9, "signature": {}}))
+    reg = Registry(root)
+    version = reg.publish("digits", str(copied), _meta(source="another registry"))
+    assert reg.get("digits", version.version).metadata["source"] == "another registry"
+    assert reg.get("digits", version.version).metadata["version"] == 1
+
+
+def test_a_publish_racing_a_delete_never_brings_the_deleted_number_back(
+        tmp_path: Path, tiny_saved_model: Path) -> None:
+    """On a local disk a publisher that chose number N before N was deleted finds the folder gone at its
+    rename: it must not land there, but take the next number."""
+    reg = Registry(str(tmp_path / "reg"))
+    reg.publish("digits", str(tiny_saved_model), _meta())
+    reg.publish("digits", str(tiny_saved_model), _meta())
+    taken, calls = reg._all_version_dirs, []
+
+    def stale(model: str) -> list[int]:  # its first look predates version 2's deletion
+        calls.append(model)
+        return [1] if len(calls) == 1 else taken(model)
+
+    reg.delete("digits", 2)
+    reg._all_version_dirs = stale  # type: ignore[method-assign]
+    assert reg.publish("digits", str(tiny_saved_model), _meta()).version == 3
+    assert reg.versions("digits") == [1, 3]
+
+
 def test_gc_keeps_the_newest_and_every_labelled_version(root: str, tiny_saved_model: Path) -> None:
     reg = Registry(root)
     for _ in range(5):
@@ -361,6 +395,11 @@ def test_gc_keeps_the_newest_and_every_labelled_version(root: str, tiny_saved_mo
     assert reg.versions("digits") == [1, 4, 5]
     assert reg.gc("digits", keep=0).delete == (4, 5)
     assert reg.versions("digits") == [1]
+    reg.remove_label("digits", "stable")
+    for _ in range(2):
+        reg.publish("digits", str(tiny_saved_model), _meta())
+    assert reg.gc("digits", keep=0).delete == (1, 6)  # never the latest while no stable label routes traffic
+    assert reg.versions("digits") == [7]
     with pytest.raises(InvalidInput):
         reg.gc_plan("digits", keep=-1)
     with pytest.raises(ModelNotFound):

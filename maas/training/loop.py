@@ -98,6 +98,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             saved = json.loads(Path(ckpt_dir, STATE_FILE).read_text())
             start_epoch, history = saved["epoch"], saved.get("history", list(range(1, saved["epoch"] + 1)))
             watch = EarlyStopping.restore(config.early_stopping_patience, saved.get("validation"), ckpt_dir)
+            if watch.stopped:  # restarted after the run's last report (which holds the export): nothing to train
+                start_epoch = config.epochs
         if rank == 0:
             logger.info("[maas] resumed from checkpoint after epoch %d", start_epoch)
 
@@ -230,16 +232,19 @@ class EarlyStopping:
         self.best_epoch = 0
         self.best_weights: list[np.ndarray] | None = None
         self.curve: list[dict[str, float]] = []  # per epoch: epoch, val_loss, val_accuracy|val_mae
+        self.stopped = False  # the run ended here: a restart from this state trains nothing more
 
     def update(self, epoch: int, metrics: dict[str, Any], weights: list[np.ndarray]) -> bool:
         """Record ``epoch``'s validation figures; True when training should stop after it."""
         self.curve.append({"epoch": epoch, **{k: float(v) for k, v in metrics.items() if k.startswith("val_")}})
         if metrics["val_loss"] < self.best_loss:
             self.best_loss, self.best_epoch, self.best_weights = float(metrics["val_loss"]), epoch, weights
-        return bool(self.patience) and epoch - self.best_epoch >= self.patience
+        self.stopped = bool(self.patience) and epoch - self.best_epoch >= self.patience
+        return self.stopped
 
     def to_dict(self) -> dict[str, Any]:
-        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "curve": self.curve}
+        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "curve": self.curve,
+                "stopped": self.stopped}
 
     def save_best(self, ckpt_dir: str) -> None:
         if self.best_weights is not None:
@@ -250,6 +255,7 @@ class EarlyStopping:
         watch = cls(patience)
         if saved:
             watch.best_loss, watch.best_epoch, watch.curve = saved["best_loss"], saved["best_epoch"], saved["curve"]
+            watch.stopped = bool(saved.get("stopped"))
             best = Path(ckpt_dir, cls.BEST_WEIGHTS_FILE)
             if best.is_file():
                 with np.load(best) as arrays:

@@ -45,6 +45,7 @@ def test_a_checkpoint_restores_the_best_epoch_its_weights_and_the_curve(tmp_path
     assert all(np.array_equal(a, b) for a, b in zip(back.best_weights, _weights(1), strict=True))
     assert back.update(3, {"val_loss": 0.9}, _weights(3)) is False
     assert back.update(4, {"val_loss": 0.9}, _weights(4)) is True
+    assert EarlyStopping.restore(3, back.to_dict(), str(tmp_path)).stopped  # a restart after the stop trains no more
 
 
 @pytest.mark.parametrize(("values", "message"), [

@@ -64,8 +64,8 @@ def ray_train(config, target: float) -> dict:  # noqa: ANN001
     outcome = run_training(config)
     seconds = time.perf_counter() - started
     accuracy = float(outcome.metrics["accuracy"])
-    training = outcome.version.metadata["training"]
-    return {"trainer": "ray train", "workers": config.num_workers, "samples_per_s": training["samples_per_second"],
+    training = outcome.version.metadata.training
+    return {"trainer": "ray train", "workers": config.num_workers, "samples_per_s": training.samples_per_second,
             "accuracy": accuracy, "seconds": round(seconds, 1),
             "seconds_to_target": seconds if accuracy >= target else None}
 

@@ -46,19 +46,20 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run_training(config)
         v, m = outcome.version, outcome.metrics
         if args.json:
+            cv, tuning = outcome.cross_validation, outcome.tuning
             print(json.dumps({"model": v.model, "version": v.version, "metrics": m,
-                              "cross_validation": outcome.cross_validation, "tuning": outcome.tuning}))
+                              "cross_validation": cv and cv.to_json(), "tuning": tuning and tuning.to_json()}))
         else:
             print(f"Published {v.model} version {v.version} to {config.registry}: held-out {headline(m)} "
                   f"({m['num_examples']} examples)")
             if outcome.tuning:
-                trials = outcome.tuning["trials"]
-                stopped = sum(t["stopped_by"] == "ASHA" for t in trials)
+                trials = outcome.tuning.trials
+                stopped = sum(t.stopped_by == "ASHA" for t in trials)
                 print(f"Tuned {len(trials)} trials ({stopped} stopped early by ASHA): best trial "
-                      f"{outcome.tuning['best_trial']} with " + ", ".join(
-                          f"{k}={val:g}" for k, val in outcome.tuning["best_params"].items()))
+                      f"{outcome.tuning.best_trial} with " + ", ".join(
+                          f"{k}={val:g}" for k, val in outcome.tuning.best_params.items()))
             if outcome.cross_validation:
-                summary = outcome.cross_validation["summary"]
+                summary = outcome.cross_validation.summary
                 print(f"{config.cv_folds}-fold cross-validation: "
                       + ", ".join(f"{k} {s['mean']:.4f} ± {s['std']:.4f}" for k, s in summary.items()))
         return 0

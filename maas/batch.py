@@ -45,6 +45,7 @@ import pyarrow.fs as pafs
 
 from maas import settings
 from maas.errors import ConfigError, InvalidInput, MaasError
+from maas.records import VersionMetadata
 from maas.signature import Signature, TensorSpec
 from maas.storage import resolve_uri
 from maas.training.data import IMAGE_EXTENSIONS  # the image files training reads
@@ -185,18 +186,17 @@ class Recipe:
     data_format: str | None = None  # "images": trained from an image folder, images resized to the input
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any]) -> Recipe:
+    def from_metadata(cls, metadata: VersionMetadata) -> Recipe:
         from maas.templates import TEMPLATES
 
-        template = metadata.get("template")
-        known = TEMPLATES.get(template) if isinstance(template, str) else None
-        preprocessing = metadata.get("preprocessing") or {}
+        known = TEMPLATES.get(metadata.template) if metadata.template else None
+        preprocessing, data = metadata.preprocessing, metadata.data
         return cls(
-            template=template if isinstance(template, str) else None,
-            task=metadata.get("task") or (known.task if known else None),
-            classes=tuple(str(c) for c in metadata.get("classes") or ()),
-            feature_columns=tuple(preprocessing.get("feature_columns") or ()),
-            data_format=(metadata.get("data") or {}).get("format"),
+            template=metadata.template,
+            task=metadata.task or (known.task if known else None),
+            classes=tuple(metadata.classes or ()),
+            feature_columns=tuple((preprocessing.feature_columns if preprocessing else None) or ()),
+            data_format=data.format if data else None,
         )
 
 
@@ -503,7 +503,7 @@ class BatchJob:
     request: BatchRequest
     model: str
     version: int
-    metadata: dict[str, Any]
+    metadata: VersionMetadata
     data: DataFiles
     inputs: tuple[ModelInput, ...]
     image: ImageInput | None
@@ -809,7 +809,7 @@ def _load(job: BatchJob, threads: int | None) -> Any:
     try:
         path = Registry(job.request.registry).local_path(job.model, job.version)
         return load_saved_model(job.model, job.version, path, warm_batch_size=job.batch_size,
-                                allowed_ops=frozenset(job.metadata.get("allowed_ops", ())))
+                                allowed_ops=frozenset(job.metadata.allowed_ops or ()))
     except MaasError:
         raise
     except Exception as exc:

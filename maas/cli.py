@@ -25,7 +25,9 @@ from maas import settings
 from maas.cli_support import fail, run_cli
 
 if TYPE_CHECKING:
-    from maas.registry import Label
+    from maas.records import LabelEvent
+    from maas.registry import Label, ModelVersion
+    from maas.serving.status import ModelServiceStatus, RecentTraffic
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,16 +315,17 @@ def _models_list(args: argparse.Namespace) -> int:
         labels = reg.labels(name)
         print(name)
         for v in reg.versions(name):
-            meta = reg.get(name, v)
+            version = reg.get(name, v)
             tags = ",".join(f"{k}" + (f"({lab.weight:g})" if k != "stable" else "") for k, lab in labels.items()
                             if lab.version == v)
-            score = headline({k: v for k, v in meta.metrics.items() if k != "baseline"})
-            print(f"  v{v:<4} {meta.metadata.get('created_at', ''):<26} {score:<40} {tags}")
+            score = headline(version.metrics.to_json(exclude={"baseline"}))
+            print(f"  v{v:<4} {version.metadata.created_at or '':<26} {score:<40} {tags}")
     return 0
 
 
 def _models_show(args: argparse.Namespace) -> int:
-    print(json.dumps(_registry(args).get(args.model, args.version).metadata, indent=2))
+    # Keys sorted, as metadata.json holds them.
+    print(json.dumps(_registry(args).get(args.model, args.version).metadata.to_json(), indent=2, sort_keys=True))
     return 0
 
 
@@ -355,11 +358,15 @@ def _print_label(model: str, name: str, label: Label) -> None:
 
 def _models_history(args: argparse.Namespace) -> int:
     for event in _registry(args).label_history(args.model):
-        target = "removed" if event["version"] is None else f"-> version {event['version']}"
-        weight = f" (weight {event['weight']:g})" if event.get("weight") not in (None, 1.0) else ""
-        reason = f"  [{event['reason']}]" if event.get("reason") else ""
-        print(f"{event['at']}  {event['label']} {target}{weight}, was {event['previous']}{reason}")
+        weight = f" (weight {event.weight:g})" if event.weight not in (None, 1.0) else ""
+        reason = f"  [{event.reason}]" if event.reason else ""
+        print(f"{event.at}  {event.label} {_label_target(event, 'version ')}{weight}, was {event.previous}{reason}")
     return 0
+
+
+def _label_target(event: LabelEvent, prefix: str) -> str:
+    """Where a label change took the label: ``removed`` or ``-> <prefix><version>``."""
+    return "removed" if event.version is None else f"-> {prefix}{event.version}"
 
 
 def _models_unlabel(args: argparse.Namespace) -> int:
@@ -417,12 +424,17 @@ def _models_import(args: argparse.Namespace) -> int:
         version = importing.import_model(_registry(args), args.model, args.path,
                                          signature=args.signature or importing.DEFAULT_SIGNATURE,
                                          input_shape=shapes, task=args.task, classes=classes, metrics=metrics)
+    print(f"{args.model}: {_imported_line(version)}")
+    return 0
+
+
+def _imported_line(version: ModelVersion) -> str:
+    """``version N imported from SOURCE (FORMAT; INPUTS -> OUTPUTS; sha256 PREFIX)``."""
     meta = version.metadata
     inputs, outputs = (", ".join(f"{s.name} {s.dtype}{list(s.shape)}" for s in specs)
                        for specs in (version.signature.inputs, version.signature.outputs))
-    print(f"{args.model}: version {version.version} imported from {meta['source']} ({meta['format']}; "
-          f"{inputs} -> {outputs}; sha256 {meta['sha256'][:12]})")
-    return 0
+    return (f"version {version.version} imported from {meta.source} ({meta.format}; {inputs} -> {outputs}; "
+            f"sha256 {(meta.sha256 or '')[:12]})")
 
 
 def _versions_text(versions: tuple[int, ...], why: str) -> str:
@@ -558,40 +570,47 @@ def _call_service(client, ask: Callable) -> object:  # noqa: ANN001 (maas.client
 
 def _status(args: argparse.Namespace) -> int:
     from maas.client import Client
+    from maas.serving.status import ServiceStatus
 
-    answer = _call_service(Client(args.url), lambda client: client.service_status())
-    models = answer["models"]
+    answer = ServiceStatus.model_validate(_call_service(Client(args.url), lambda client: client.service_status()))
+    models = answer.models
     if args.model is not None:
         if args.model not in models:
             fail(f"no model {args.model!r} (or the API key may not see it); models: {', '.join(models) or 'none'}")
         models = {args.model: models[args.model]}
     if args.json:
-        print(json.dumps({**answer, "models": models}, indent=2))
+        print(json.dumps(answer.model_copy(update={"models": models}).to_json(), indent=2))
         return 0
-    deployments = ", ".join(f"{name} {d['replicas']} replica(s) {d['status']}"
-                            for name, d in answer["deployments"].items())
+    deployments = ", ".join(f"{name} {d.replicas} replica(s) {d.status}" for name, d in answer.deployments.items())
     print(f"Serving: {deployments or 'no deployments'}")
     for name, model in models.items():
-        labels = ", ".join(f"{k} -> v{v['version']}" + (f" ({v['weight']:g})" if k != "stable" else "")
-                           for k, v in model["labels"].items()) or "no labels"
-        print(f"{name}: versions {', '.join(map(str, model['versions']))}; {labels}")
-        recent = model["recent"]
-        if recent["requests"]:
-            print(f"  last {recent['window_s']:g}s: {recent['requests']} requests, {recent['errors']} errors "
-                  f"({recent['error_rate']:.1%}), {recent['client_errors']} rejected (4xx), "
-                  f"p50 {recent['p50_ms']} ms, p99 {recent['p99_ms']} ms")
-        else:
-            print(f"  last {recent['window_s']:g}s: no requests")
-        for version, v in recent["versions"].items():
-            routes = ", ".join(f"{k} {n}" for k, n in v["labels"].items())
-            print(f"  v{version}: {v['requests']} requests ({routes}), {v['errors']} errors, "
-                  f"on {len(v['replicas'])} replica(s)")
-        change = model.get("last_label_change")
-        if change:
-            target = "removed" if change["version"] is None else f"-> v{change['version']}"
-            reason = f" [{change['reason']}]" if change.get("reason") else ""
-            print(f"  last label change: {change['at']} {change['label']} {target}{reason}")
+        for line in _model_status_lines(name, model):
+            print(line)
     return 0
+
+
+def _model_status_lines(name: str, model: ModelServiceStatus) -> list[str]:
+    """What ``maas status`` says of one model: versions and labels, recent traffic, the last label change."""
+    labels = ", ".join(f"{k} -> v{v.version}" + (f" ({v.weight:g})" if k != "stable" else "")
+                       for k, v in model.labels.items()) or "no labels"
+    lines = [f"{name}: versions {', '.join(map(str, model.versions))}; {labels}", _recent_line(model.recent)]
+    for version, v in model.recent.versions.items():
+        routes = ", ".join(f"{k} {n}" for k, n in v.labels.items())
+        lines.append(f"  v{version}: {v.requests} requests ({routes}), {v.errors} errors, "
+                     f"on {len(v.replicas)} replica(s)")
+    change = model.last_label_change
+    if change:
+        reason = f" [{change.reason}]" if change.reason else ""
+        lines.append(f"  last label change: {change.at} {change.label} {_label_target(change, 'v')}{reason}")
+    return lines
+
+
+def _recent_line(recent: RecentTraffic) -> str:
+    if not recent.requests:
+        return f"  last {recent.window_s:g}s: no requests"
+    return (f"  last {recent.window_s:g}s: {recent.requests} requests, {recent.errors} errors "
+            f"({recent.error_rate:.1%}), {recent.client_errors} rejected (4xx), "
+            f"p50 {recent.p50_ms} ms, p99 {recent.p99_ms} ms")
 
 
 # ---- API keys ------------------------------------------------------------------------------------

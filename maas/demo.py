@@ -46,7 +46,7 @@ def run_demo(*, num_workers: int = 2, epochs: int | None = None, samples: int = 
     registry.promote(_MODEL, version)
     metrics = registry.get(_MODEL, version).metrics
     print(f"   job {outcome.submission_id}: version {version} promoted to stable "
-          f"(held-out accuracy {metrics['accuracy']:.4f})")
+          f"(held-out accuracy {metrics.accuracy:.4f})")
 
     print("== 3/4 Deploying with Ray Serve (deployments/serve_config.yaml)")
     deploy.deploy(deploy.load_serve_config())

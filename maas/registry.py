@@ -44,17 +44,20 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, TypeVar, get_args
 
 import pyarrow.fs as pafs
+from pydantic import ValidationError
 
 from maas.errors import (ConfigError, InvalidInput, LabelNotFound, ModelNotFound, RegistryConflict,
                          StorageUnavailable, VersionNotFound)
 from maas.names import MODEL_PATTERN, VERSION_PATTERN, matches, validate_label, validate_model_name
 from maas.settings import maas_home
+from maas.records import LabelEvent, Metrics, VersionMetadata
 from maas.signature import Signature
 from maas.storage import resolve_uri
 
@@ -73,19 +76,19 @@ _REMOVING = ".removing"  # suffix of a dead writer's folder that clean has taken
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """One published version and its metadata."""
+    """One published version and its metadata, parsed once when read (the signature with it)."""
 
     model: str
     version: int
-    metadata: dict[str, Any]
+    metadata: VersionMetadata
 
     @property
     def signature(self) -> Signature:
-        return Signature.from_dict(self.metadata["signature"])
+        return self.metadata.signature
 
     @property
-    def metrics(self) -> dict[str, Any]:
-        return self.metadata.get("metrics", {})
+    def metrics(self) -> Metrics:
+        return self.metadata.metrics or Metrics()
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ class Label:
 @dataclass
 class _LabelsDoc:
     labels: dict[str, Label] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[LabelEvent] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -220,12 +223,12 @@ class Registry:
         path = f"{self._model_dir(model)}/{int(version)}/{METADATA_FILE}"
         try:
             with self._fs.open_input_stream(path) as f:
-                metadata = json.loads(f.read())
+                raw = f.read()
         except FileNotFoundError:
             if not self.versions(model):
                 raise ModelNotFound(model) from None
             raise VersionNotFound(model, version) from None
-        return ModelVersion(model=model, version=int(version), metadata=metadata)
+        return ModelVersion(model=model, version=int(version), metadata=VersionMetadata.model_validate_json(raw))
 
     def latest(self, model: str) -> int:
         versions = self.versions(model)
@@ -265,27 +268,25 @@ class Registry:
 
     # ---- publishing ----------------------------------------------------------------------------
 
-    def publish(self, model: str, saved_model_dir: str, metadata: dict[str, Any]) -> ModelVersion:
+    def publish(self, model: str, saved_model_dir: str,
+                metadata: VersionMetadata | Mapping[str, Any]) -> ModelVersion:
         """Copy a local SavedModel folder in as the next version; return it with its metadata.
 
-        ``metadata`` must hold at least ``signature`` (see :class:`maas.signature.Signature`).
+        ``metadata`` (the typed record, or its JSON document) must hold at least ``signature``; a
+        document that is not valid :class:`~maas.records.VersionMetadata` is refused
+        (:class:`InvalidInput`) before anything is copied.
         """
         validate_model_name(model)
         src = Path(saved_model_dir)
         if not (src / "saved_model.pb").is_file():
             raise InvalidInput(f"Not a SavedModel folder (no saved_model.pb): {saved_model_dir}")
-        Signature.from_dict(metadata["signature"])  # fail before copying anything
+        given = _valid_metadata(metadata)
         model_dir = self._model_dir(model)
         self._fs.create_dir(model_dir, recursive=True)
         for attempt in range(_PUBLISH_ATTEMPTS):
             version = max(self._all_version_dirs(model), default=0) + 1
-            full = dict(metadata)
-            full.update(
-                model=model,
-                version=version,
-                created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            )
-            body = json.dumps(full, indent=2, sort_keys=True).encode()
+            full = given.model_copy(update={"model": model, "version": version, "created_at": _now()})
+            body = json.dumps(full.to_json(), indent=2, sort_keys=True).encode()
             if self._is_local:
                 staging = self._staging_path()
                 self._fs.create_dir(staging)  # copy_files creates sub-folders only
@@ -346,7 +347,7 @@ class Registry:
     def labels(self, model: str) -> dict[str, Label]:
         return self._read_labels(model).labels
 
-    def label_history(self, model: str) -> list[dict[str, Any]]:
+    def label_history(self, model: str) -> list[LabelEvent]:
         return self._read_labels(model).history
 
     def set_label(self, model: str, label: str, version: int, *, weight: float = 1.0) -> Label:
@@ -404,10 +405,10 @@ class Registry:
         """Point ``stable`` back at the version it held before its latest change."""
 
         def rollback(doc: _LabelsDoc) -> Label:
-            changes = [e for e in doc.history if e["label"] == "stable"]
-            if not changes or changes[-1]["previous"] is None:
+            changes = [e for e in doc.history if e.label == "stable"]
+            if not changes or changes[-1].previous is None:
                 raise InvalidInput(f"Model '{model}' has no earlier stable version to roll back to")
-            previous = int(changes[-1]["previous"])
+            previous = changes[-1].previous
             if previous not in self.versions(model):
                 raise InvalidInput(f"Model '{model}' cannot roll back to version {previous}: it was deleted")
             return _apply_label(doc, "stable", previous, 1.0)
@@ -772,11 +773,11 @@ class Registry:
             return _LabelsDoc()
         return _LabelsDoc(
             labels={k: Label(**v) for k, v in raw.get("labels", {}).items()},
-            history=list(raw.get("history", [])),
+            history=[LabelEvent.model_validate(event) for event in raw.get("history", [])],
         )
 
     def _write_labels(self, model: str, doc: _LabelsDoc) -> None:
-        body = {"labels": {k: v.to_dict() for k, v in doc.labels.items()}, "history": doc.history[-200:]}
+        body = {"labels": {k: v.to_dict() for k, v in doc.labels.items()}, "history": [e.to_json() for e in doc.history[-200:]]}
         path = f"{self._model_dir(model)}/{LABELS_FILE}"
         if self._is_local:  # write then rename: readers see the old or the new file, never half of one
             tmp = f"{self._staging_path()}.json"
@@ -932,18 +933,28 @@ def _apply_label(doc: _LabelsDoc, label: str, version: int, weight: float, *, re
     same = reweigh and previous is not None and previous.version == version
     new = Label(version=version, weight=weight, updated_at=_now(), id=previous.id if same else uuid.uuid4().hex[:12])
     doc.labels[label] = new
-    doc.history.append({"at": new.updated_at, "label": label, "version": version, "weight": weight,
-                        "previous": previous.version if previous else None})
+    doc.history.append(LabelEvent(at=new.updated_at, label=label, version=version, weight=weight,
+                                  previous=previous.version if previous else None))
     return new
 
 
 def _drop_label(doc: _LabelsDoc, label: str, *, reason: str | None = None) -> None:
     previous = doc.labels.pop(label)
-    event: dict[str, Any] = {"at": _now(), "label": label, "version": None, "weight": None,
-                             "previous": previous.version}
+    event = LabelEvent(at=_now(), label=label, version=None, weight=None, previous=previous.version)
     if reason is not None:
-        event["reason"] = reason
+        event.reason = reason  # set only when given: a removal by hand has no "reason" key
     doc.history.append(event)
+
+
+def _valid_metadata(metadata: VersionMetadata | Mapping[str, Any]) -> VersionMetadata:
+    """``metadata`` as the typed record, or :class:`InvalidInput` naming each problem."""
+    if isinstance(metadata, VersionMetadata):
+        return metadata
+    try:
+        return VersionMetadata.model_validate(metadata)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'metadata'}: {e['msg']}" for e in exc.errors())
+        raise InvalidInput(f"Invalid version metadata: {problems}") from None
 
 
 def _now() -> str:

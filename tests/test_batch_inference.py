@@ -32,7 +32,7 @@ def digits(digits_app):
     """The session's trained digits version, its test split (Parquet) and the service serving it."""
     app = digits_app.ensure()
     registry = Registry(app.registry_uri)
-    test_split = registry.get("digits", app.version).metadata["data"]["test"]
+    test_split = registry.get("digits", app.version).metadata.to_json()["data"]["test"]
     return app, test_split, Client(app.cluster.serve_url)
 
 

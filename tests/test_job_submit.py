@@ -38,10 +38,10 @@ def test_training_job_submitted_through_the_job_client(ray_cluster) -> None:
     assert "waiting up to" not in outcome.logs  # the workers fit at once: no wait, no other message
     registry = Registry(str(ray_cluster.home / "registry"))
     version = registry.get("digits-job", registry.latest("digits-job"))
-    assert version.metadata["ray"]["submission_id"] == outcome.submission_id
-    assert version.metadata["params"]["cpus_per_worker"] == 1.5
-    assert version.metadata["params"]["num_workers"] == version.metadata["params"]["min_workers"] == 2
-    assert version.metadata["training"]["num_workers"] == 2
+    assert version.metadata.to_json()["ray"]["submission_id"] == outcome.submission_id
+    assert version.metadata.to_json()["params"]["cpus_per_worker"] == 1.5
+    assert version.metadata.to_json()["params"]["num_workers"] == version.metadata.to_json()["params"]["min_workers"] == 2
+    assert version.metadata.to_json()["training"]["num_workers"] == 2
 
 
 def _ray_job_submit(ray_cluster, *entrypoint: str) -> subprocess.CompletedProcess[str]:
@@ -119,6 +119,6 @@ def test_a_range_of_workers_starts_with_what_fits_and_publishes(ray_cluster) -> 
     assert outcome.status == "SUCCEEDED", outcome.logs[-3000:]
     assert "[maas] starting with 1 of 1-2 workers (as many as fit now)" in outcome.logs
     registry = Registry(str(ray_cluster.home / "registry"))
-    meta = registry.get("digits-elastic", registry.latest("digits-elastic")).metadata
+    meta = registry.get("digits-elastic", registry.latest("digits-elastic")).metadata.to_json()
     assert (meta["params"]["min_workers"], meta["params"]["num_workers"]) == (1, 2)
     assert meta["training"]["num_workers"] == 1 and len(meta["ray"]["worker_nodes"]) == 1

@@ -100,7 +100,7 @@ def imported(digits_app, s3_server, tmp_path_factory: pytest.TempPathFactory) ->
         assert proc.returncode == 0, f"{fmt}: {err}"
         assert out.startswith(f"{MODEL}: version ") and f"({fmt};" in out, out
     registry = Registry(app.registry_uri)
-    versions = {registry.get(MODEL, v).metadata["format"]: v for v in registry.versions(MODEL)}
+    versions = {registry.get(MODEL, v).metadata.to_json()["format"]: v for v in registry.versions(MODEL)}
     assert set(versions) == set(FORMATS)
     client = Client(app.cluster.serve_url, timeout_s=60)
     for version in versions.values():
@@ -150,7 +150,7 @@ def test_imported_versions_are_described_listed_and_reported_like_trained_ones(i
         assert (meta["task"], meta["classes"]) == ("classification", ["a", "b", "c"])
         assert "metrics" not in meta and meta["libraries"]["tensorflow"]
     local = Path(imported.sources["keras"])
-    assert imported.registry.get(MODEL, imported.versions["keras"]).metadata["sha256"] == artifact_sha256(local)
+    assert imported.registry.get(MODEL, imported.versions["keras"]).metadata.to_json()["sha256"] == artifact_sha256(local)
     listing = subprocess.run([*base, "list"], capture_output=True, text=True, timeout=60, check=False)
     assert listing.returncode == 0 and all(f"v{v} " in listing.stdout for v in imported.versions.values())
     status = subprocess.run([MAAS, "status", MODEL], capture_output=True, text=True, timeout=60, check=False)

@@ -62,7 +62,7 @@ def test_versions_increase_and_are_never_rewritten(root: str, tiny_saved_model: 
     first = reg.publish("m", str(tiny_saved_model), _meta(run="a"))
     second = reg.publish("m", str(tiny_saved_model), _meta(run="b"))
     assert (first.version, second.version) == (1, 2)
-    assert reg.get("m", 1).metadata["run"] == "a"
+    assert reg.get("m", 1).metadata.to_json()["run"] == "a"
     assert reg.versions("m") == [1, 2]
     assert reg.latest("m") == 2
 
@@ -126,7 +126,7 @@ def test_concurrent_publishers_get_distinct_versions_and_readers_never_see_half_
         assert versions[0] >= 1
     # Each version holds exactly one publisher's artifact and metadata, never a mix.
     for i, v in results.items():
-        assert reg.get("m", v).metadata["publisher"] == i
+        assert reg.get("m", v).metadata.to_json()["publisher"] == i
     # Every version a reader could list was already complete.
     assert seen, "the readers listed no version while publishing went on"
     incomplete = [(v, files) for v, files in seen if files != expected_files]
@@ -162,7 +162,7 @@ def test_retiring_a_canary_leaves_a_newer_canary_alone_and_records_why(root: str
     reg.set_label("m", "canary", 2, weight=0.2)
     assert reg.retire_canary("m", 2, "error rate 50% exceeds 5%")
     assert "canary" not in reg.labels("m")
-    assert reg.label_history("m")[-1] == {**reg.label_history("m")[-1], "label": "canary", "version": None,
+    assert reg.label_history("m")[-1].to_json() == {**reg.label_history("m")[-1].to_json(), "label": "canary", "version": None,
                                           "previous": 2, "reason": "error rate 50% exceeds 5%"}
     reg.set_label("m", "canary", 3, weight=0.2)
     assert not reg.retire_canary("m", 2, "a late verdict on version 2")  # an operator moved on meanwhile
@@ -341,7 +341,7 @@ def test_a_labelled_version_is_refused_unless_forced_and_force_moves_no_label(
     assert reg.versions("digits") == [1, 2, 3]
     assert reg.delete("digits", 3, force=True).labels_removed == ("canary",)
     assert set(reg.labels("digits")) == {"stable"} and reg.labels("digits")["stable"].version == 2
-    assert reg.label_history("digits")[-1]["reason"] == "version 3 deleted"
+    assert reg.label_history("digits")[-1].reason == "version 3 deleted"
     reg.delete("digits", 1)  # stable's previous version: a rollback to it is refused, not dangling
     with pytest.raises(InvalidInput, match="deleted"):
         reg.rollback("digits")
@@ -360,8 +360,8 @@ def test_a_version_copied_out_of_another_registry_is_published_with_its_own_meta
     (copied / "metadata.json").write_text(json.dumps({"model": "elsewhere", "version": 9, "signature": {}}))
     reg = Registry(root)
     version = reg.publish("digits", str(copied), _meta(source="another registry"))
-    assert reg.get("digits", version.version).metadata["source"] == "another registry"
-    assert reg.get("digits", version.version).metadata["version"] == 1
+    assert reg.get("digits", version.version).metadata.to_json()["source"] == "another registry"
+    assert reg.get("digits", version.version).metadata.to_json()["version"] == 1
 
 
 def test_a_publish_racing_a_delete_never_brings_the_deleted_number_back(

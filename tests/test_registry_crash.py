@@ -107,7 +107,7 @@ class Reader:
         while not self._stop.is_set():
             try:
                 for v in reg.versions("m"):
-                    run = reg.get("m", v).metadata["run"]
+                    run = reg.get("m", v).metadata.to_json()["run"]
                     self.seen.setdefault(v, set()).add(run)
                     files = _stored_files(fs, f"{base}/m/{v}")
                     if files != self.expected.get(run):
@@ -256,7 +256,7 @@ def test_a_publisher_killed_mid_write_leaves_nothing_a_reader_sees_and_clean_rem
     assert reader.reads > 0
     assert reg.versions("m") == published
     for v in published:  # every published version intact and readable, each one content only
-        run = reg.get("m", v).metadata["run"]
+        run = reg.get("m", v).metadata.to_json()["run"]
         assert _stored_files(fs, f"{base}/m/{v}") == expected[run]
         assert reader.seen.get(v, {run}) == {run}
     assert set(reader.seen) <= set(published)  # the killed publisher's version was never seen

@@ -114,7 +114,7 @@ def test_a_saturated_healthy_canary_is_not_retired(rollout, ray_cluster) -> None
         assert statuses[503] >= 20 and statuses[200] >= 20, statuses  # saturated, and answering
         assert set(statuses) == {200, 503}, statuses
         assert registry.labels(MODEL)["canary"].version == 2
-        assert not [e for e in registry.label_history(MODEL) if "auto-rollback" in (e.get("reason") or "")]
+        assert not [e for e in registry.label_history(MODEL) if "auto-rollback" in (e.reason or "")]
     finally:
         server["user_config"]["max_pending_predictions"] = 512
         deploy.deploy(config, dashboard=ray_cluster.dashboard_url, timeout_s=300)
@@ -123,7 +123,7 @@ def test_a_saturated_healthy_canary_is_not_retired(rollout, ray_cluster) -> None
 
 def test_a_failing_canary_is_rolled_back_automatically_without_failed_requests(rollout, tiny_saved_model) -> None:
     client, registry, key, _ = rollout
-    signature = registry.get(MODEL, 1).metadata["signature"]
+    signature = registry.get(MODEL, 1).metadata.signature
     broken = registry.publish(MODEL, str(tiny_saved_model), {"signature": signature}).version
     (Path(registry.local_path(MODEL, broken)) / "saved_model.pb").write_bytes(b"not a graph")
     registry.set_label(MODEL, "canary", broken, weight=0.5)
@@ -138,7 +138,7 @@ def test_a_failing_canary_is_rolled_back_automatically_without_failed_requests(r
     assert load.mismatched_answers() == {}
     assert broken not in load.versions_since(0)
     assert sum(load.versions_since(seen).values()) > 0
-    event = registry.label_history(MODEL)[-1]
+    event = registry.label_history(MODEL)[-1].to_json()
     assert (event["label"], event["version"], event["previous"]) == ("canary", None, broken)
     assert event["reason"].startswith("auto-rollback: error rate ") and "exceeds 20.0%" in event["reason"]
     assert "auto-rollback: error rate" in _cli(registry, "history", MODEL)
@@ -188,7 +188,7 @@ def test_delete_and_gc_under_load_fail_no_request_on_the_versions_that_remain(
     deleted version answers 200 until serving sees it gone (within ``registry_refresh_s``), then 404."""
     client, registry, key, _ = rollout
     model = "retention"
-    signature = registry.get(MODEL, 1).metadata["signature"]
+    signature = registry.get(MODEL, 1).metadata.signature
     for artifact in (tiny_saved_model, other_tiny_saved_model, tiny_saved_model, other_tiny_saved_model):
         registry.publish(model, str(artifact), {"signature": signature})
     registry.promote(model, 4)

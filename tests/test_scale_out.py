@@ -67,7 +67,7 @@ def test_the_shared_cluster_has_a_head_and_two_worker_nodes(ray_cluster) -> None
 
 def test_training_workers_on_two_nodes_share_data_checkpoints_and_registry_on_s3(spread_run) -> None:
     config, outcome = spread_run
-    meta = outcome.version.metadata
+    meta = outcome.version.metadata.to_json()
     workers = meta["ray"]["worker_nodes"]
     assert len(workers) == 2 and len(set(workers)) == 2, workers  # one worker per node
     assert set(workers) <= {n["NodeID"] for n in _alive_nodes()}

@@ -175,7 +175,7 @@ def outage(request, ray_cluster, trained_digits, tmp_path_factory):  # noqa: ANN
     config, outcome = trained_digits
     source = Registry(config.registry)
     artifact = source.local_path("digits", outcome.version.version)
-    metadata = source.get("digits", outcome.version.version).metadata
+    metadata = source.get("digits", outcome.version.version).metadata.to_json()
     if request.param == "local":
         root = tmp_path_factory.mktemp("outage") / "registry"
         uri = str(root)

@@ -242,7 +242,7 @@ def test_template_trains_on_two_workers_publishes_and_answers_http(trained_templ
     config, outcome = runs[name], outcomes[name]
     template = get_template(name)
     version = Registry(config.registry).get(config.model_name, outcome.version.version)
-    meta = version.metadata
+    meta = version.metadata.to_json()
     assert meta["template"] == name and meta["params"]["num_workers"] == 2
     assert meta["training"]["epoch_history"] == list(range(1, config.epochs + 1))
     metrics = meta["metrics"]
@@ -269,7 +269,7 @@ def test_wine_csv_learns_well_above_the_majority_class(trained_templates) -> Non
     runs, outcomes = trained_templates
     metrics = outcomes["tabular_mlp"].metrics
     assert metrics["accuracy"] >= 0.85 > metrics["baseline"]["accuracy"] + 0.3, metrics
-    stats = Registry(runs["tabular_mlp"].registry).get("wine", outcomes["tabular_mlp"].version.version).metadata[
+    stats = Registry(runs["tabular_mlp"].registry).get("wine", outcomes["tabular_mlp"].version.version).metadata.to_json()[
         "preprocessing"]["training_split_stats"]
     assert stats["count"] == 124  # the training split only (70% of 178), never the test rows
 
@@ -278,7 +278,7 @@ def test_wine_csv_learns_well_above_the_majority_class(trained_templates) -> Non
 def test_cross_validation_reports_mean_and_std_per_metric(trained_templates) -> None:
     runs, outcomes = trained_templates
     cv = Registry(runs["maintenance_regression"].registry).get(
-        "maintenance_regression", outcomes["maintenance_regression"].version.version).metadata["cross_validation"]
+        "maintenance_regression", outcomes["maintenance_regression"].version.version).metadata.to_json()["cross_validation"]
     assert cv["folds"] == 2 and len(cv["per_fold"]) == 2
     for key in ("mse", "mae", "r2"):
         assert set(cv["summary"][key]) == {"mean", "std"}

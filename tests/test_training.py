@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_two_workers_publish_a_version_with_held_out_metrics(trained_digits) -> None:
     config, outcome = trained_digits
     version = Registry(config.registry).get("digits", outcome.version.version)
-    meta = version.metadata
+    meta = version.metadata.to_json()
     assert meta["metrics"]["accuracy"] >= 0.95, meta["metrics"]
     for key in ("precision_macro", "recall_macro", "f1_macro"):
         assert 0.9 <= meta["metrics"][key] <= 1.0
@@ -77,7 +77,7 @@ def test_early_stopping_stops_before_the_epoch_limit_and_publishes_the_best_epoc
     assert job.status == "SUCCEEDED", job.logs[-3000:]
     assert "early stopping after epoch" in job.logs
     published = json.loads([line for line in job.logs.splitlines() if line.startswith('{"model"')][-1])
-    metadata = Registry(str(ray_cluster.home / "registry")).get("digits-early", published["version"]).metadata
+    metadata = Registry(str(ray_cluster.home / "registry")).get("digits-early", published["version"]).metadata.to_json()
     validation = metadata["training"]["validation"]
     curve = validation["curve"]
     assert validation["stopped_early"] and len(curve) < epochs and validation["epochs_run"] == len(curve)
@@ -103,7 +103,7 @@ def test_a_tuning_run_stops_weak_trials_and_publishes_its_best_trial(ray_cluster
     assert job.status == "SUCCEEDED", job.logs[-3000:]
     published = json.loads([line for line in job.logs.splitlines() if line.startswith('{"model"')][-1])
     registry = Registry(str(ray_cluster.home / "registry"))
-    metadata = registry.get("digits-tuned", published["version"]).metadata
+    metadata = registry.get("digits-tuned", published["version"]).metadata.to_json()
     tuning = metadata["tuning"]
     trials = tuning["trials"]
     assert len(trials) == 4 and len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 4
@@ -173,7 +173,7 @@ def _resumed_and_published(ray_cluster, running: RunningJob, model_name: str, ep
     assert result.status == "SUCCEEDED", result.logs[-3000:]
     assert "resumed from checkpoint after epoch" in result.logs
     published = json.loads([line for line in result.logs.splitlines() if line.startswith('{"model"')][-1])
-    metadata = Registry(str(ray_cluster.home / "registry")).get(model_name, published["version"]).metadata
+    metadata = Registry(str(ray_cluster.home / "registry")).get(model_name, published["version"]).metadata.to_json()
     training = metadata["training"]
     assert training["resumed_from_epoch"] >= running.registered_epoch >= 1 and training["epoch"] == epochs
     assert training["epoch_history"] == list(range(1, epochs + 1))  # every epoch once, none twice
@@ -232,6 +232,6 @@ def test_a_run_resumes_from_its_last_checkpoint(trained_digits) -> None:
     config, _ = trained_digits
     resumed = run_training(TrainConfig(**{**config.to_dict(), "epochs": config.epochs + 1, "resume": True,
                                           "model_name": "digits-resume"}))
-    training = Registry(config.registry).get("digits-resume", resumed.version.version).metadata["training"]
+    training = Registry(config.registry).get("digits-resume", resumed.version.version).metadata.to_json()["training"]
     assert training["epoch"] == config.epochs + 1 and training["resumed_from_epoch"] == config.epochs
     assert training["epoch_history"] == list(range(1, config.epochs + 2))

@@ -30,9 +30,11 @@ import numpy as np
 
 from maas.auth import ApiKey, authorize, key_id
 from maas.errors import InferenceError, MaasError, ModelUnavailable, RequestTimeout, Unauthorized
+from maas.records import LabelEvent
 from maas.registry import Label
 from maas.serving.canary import CanaryMonitor, Route, choose
 from maas.serving.stats import RecentRequests, RequestInfo
+from maas.serving.status import LabelRoute, ModelServiceStatus, ServiceStatus
 from maas.signature import Signature
 
 logger = logging.getLogger("ray.serve")
@@ -51,7 +53,7 @@ class ModelRegistry(Protocol):
     async def versions(self, model: str) -> list[int]: ...
     async def signature(self, model: str, version: int) -> Signature: ...
     async def models(self) -> list[str]: ...
-    async def label_history(self, model: str) -> list[dict[str, Any]]: ...
+    async def label_history(self, model: str) -> list[LabelEvent]: ...
     async def check_reachable(self) -> None: ...
     async def api_key(self, key_id: str) -> ApiKey | None: ...
     async def retire_canary(self, model: str, version: int, reason: str) -> bool: ...
@@ -244,24 +246,23 @@ class DataPlane:
 
     # ---- the service's status ---------------------------------------------------------------------
 
-    async def service_status(self, key: ApiKey | None) -> dict[str, Any]:
+    async def service_status(self, key: ApiKey | None) -> ServiceStatus:
         """``GET /maas/v1/status``: the models the key may call, with their versions, labels, last label
         change (automatic rollbacks say why) and recent requests; the deployments' replica counts.
         Read concurrently, within the request timeout."""
         deadline = self._clock() + self._timeout_s
 
-        async def model(name: str) -> dict[str, Any]:
+        async def model(name: str) -> ModelServiceStatus:
             labels, history, versions = await asyncio.gather(
                 self._registry.labels(name), self._registry.label_history(name), self._registry.versions(name))
-            return {"versions": versions,
-                    "labels": {k: {"version": v.version, "weight": v.weight} for k, v in labels.items()},
-                    "last_label_change": history[-1] if history else None,
-                    "recent": self._recent.summary(name)}
+            return ModelServiceStatus(
+                versions=versions, labels={k: LabelRoute(version=v.version, weight=v.weight) for k, v in labels.items()},
+                last_label_change=history[-1] if history else None, recent=self._recent.summary(name))
 
-        async def status() -> dict[str, Any]:
+        async def status() -> ServiceStatus:
             names = [n for n in await self._registry.models() if key is None or key.allows(n)]
             models = await asyncio.gather(*(model(n) for n in names))
             deployments = await self._deployments() if self._deployments is not None else {}
-            return {"models": dict(zip(names, models)), "deployments": deployments}
+            return ServiceStatus(models=dict(zip(names, models)), deployments=deployments)  # validated here
 
         return await self._within(status(), deadline, "the service's status")

@@ -273,7 +273,7 @@ class ModelHost:
         try:
             loaded = await asyncio.to_thread(load_saved_model, model, version, path,
                                              warm_batch_size=warm_batch_size,
-                                             allowed_ops=frozenset(metadata.get("allowed_ops", ())))
+                                             allowed_ops=frozenset(metadata.allowed_ops or ()))
         except MaasError as exc:
             self._failed[key] = (time.monotonic(), exc)
             raise

@@ -142,7 +142,7 @@ class HttpApi:
         if kind == ("service", "openapi"):   # client's made-up names never become metric series
             return HttpResponse(200, self._openapi)
         if kind == ("service", "status"):
-            return _json(await self._plane.service_status(key))
+            return _json((await self._plane.service_status(key)).to_json())
         if kind == ("v2", "live"):
             return _json({"live": True})
         if kind == ("v2", "ready"):

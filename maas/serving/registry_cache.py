@@ -1,7 +1,7 @@
 """A read-through cache over the registry for the request path, which keeps serving through storage
 outages.
 
-Version metadata never changes once published, so it (and its parsed signature) is cached for good;
+Version metadata never changes once published, so it (parsed once, its signature with it) is cached for good;
 which versions exist, where labels point and which API keys exist are re-read at most every ``ttl_s``
 seconds, so a promote, rollback or revocation reaches serving within that time without a redeploy.
 
@@ -32,6 +32,7 @@ from typing import Any, Callable, TypeVar
 
 from maas.auth import ApiKey, KeyStore
 from maas.errors import LabelNotFound, ModelNotFound, StorageUnavailable, VersionNotFound
+from maas.records import LabelEvent
 from maas.registry import Label, ModelVersion, Registry, resolve_version
 from maas.signature import Signature
 
@@ -68,7 +69,6 @@ class RegistryCache:
         self._stale_s = stale_s
         self._clock = clock
         self._metadata: dict[tuple[str, int], ModelVersion] = {}
-        self._signatures: dict[tuple[str, int], Signature] = {}
         self._short: dict[tuple, _Entry] = {}
         self._reading: dict[tuple, asyncio.Future] = {}  # misses being read: later ones wait for the same read
         self._generation: dict[tuple, int] = {}  # bumped when an entry is invalidated: older reads are dropped
@@ -85,7 +85,7 @@ class RegistryCache:
     async def models(self) -> list[str]:
         return await self._cached(("models",), self._registry.models)
 
-    async def label_history(self, model: str) -> list[dict]:
+    async def label_history(self, model: str) -> list[LabelEvent]:
         return await self._cached(("history", model), lambda: self._registry.label_history(model))
 
     async def versions(self, model: str) -> list[int]:
@@ -155,11 +155,8 @@ class RegistryCache:
         return self._metadata[key]
 
     async def signature(self, model: str, version: int) -> Signature:
-        """The version's signature, parsed once."""
-        key = (model, version)
-        if key not in self._signatures:
-            self._signatures[key] = (await self.get(model, version)).signature
-        return self._signatures[key]
+        """The version's signature (parsed with its metadata, once)."""
+        return (await self.get(model, version)).signature
 
     # ---- the cache -------------------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from maas.serving.status import RecentTraffic, VersionTraffic
+
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
@@ -102,14 +104,14 @@ class RecentRequests:
         window.answers.append(_Answer(now, info.version, info.label, status, latency_ms, info.replica))
         self._trim(window, now)
 
-    def summary(self, model: str, now: float | None = None) -> dict[str, Any]:
+    def summary(self, model: str, now: float | None = None) -> RecentTraffic:
         """Requests, server errors (5xx), client errors (4xx), error rate and latency percentiles, overall
         and per version (with the routes that reached it and the replicas that answered it)."""
         now = time.monotonic() if now is None else now
         window = self._models.get(model, _ModelWindow())
         self._trim(window, now)
         answers = list(window.answers)
-        out = {"window_s": self.window_s, **_figures(answers), "versions": {}}
+        versions: dict[str, VersionTraffic] = {}
         for version in sorted({a.version for a in answers if a.version is not None}):
             mine = [a for a in answers if a.version == version]
             labels: dict[str, int] = {}
@@ -118,8 +120,8 @@ class RecentRequests:
                 labels[a.label] = labels.get(a.label, 0) + 1
                 if a.replica:
                     replicas[a.replica] = replicas.get(a.replica, 0) + 1
-            out["versions"][str(version)] = {**_figures(mine), "labels": labels, "replicas": replicas}
-        return out
+            versions[str(version)] = VersionTraffic(**_figures(mine), labels=labels, replicas=replicas)
+        return RecentTraffic(window_s=self.window_s, **_figures(answers), versions=versions)
 
     def _trim(self, window: _ModelWindow, now: float) -> None:
         answers = window.answers

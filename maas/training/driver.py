@@ -12,6 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from maas.errors import ConfigError, ResourcesUnavailable
+from maas.records import (
+    CrossValidation,
+    DataRecord,
+    DataStatistics,
+    Preprocessing,
+    RayRun,
+    TrainingParameters,
+    TrainingRecord,
+    TuningRecord,
+    ValidationRecord,
+    VersionMetadata,
+)
 from maas.registry import ModelVersion, Registry
 from maas.storage import join_uri, resolve_uri
 from maas.templates import DataInfo, DataSplits, Template, get_template
@@ -50,8 +62,8 @@ class TrainOutcome:
     version: ModelVersion
     metrics: dict[str, Any]
     checkpoint_path: str
-    cross_validation: dict[str, Any] | None = field(default=None)
-    tuning: dict[str, Any] | None = field(default=None)
+    cross_validation: CrossValidation | None = field(default=None)
+    tuning: TuningRecord | None = field(default=None)
 
 
 def run_training(config: TrainConfig) -> TrainOutcome:
@@ -97,34 +109,35 @@ def run_training(config: TrainConfig) -> TrainOutcome:
         export_info = json.loads(Path(ckpt_dir, EXPORT_INFO_FILE).read_text())
         state = json.loads(Path(ckpt_dir, STATE_FILE).read_text())
         history = state["history"]
-        metadata = {
-            "template": template.name,
-            "task": template.task,
-            "classes": list(info.class_names),
-            "signature": export_info["signature"],
-            "metrics": export_info["evaluation"],
-            "cross_validation": cv,
-            "tuning": tuning,
-            "training": {**{k: v for k, v in last_report.items() if not k.startswith("test_")},
-                         "epoch_history": history,
-                         "validation": _validation_record(config, datasets, state.get("validation"))},
-            "params": {**{k: v for k, v in config.to_dict().items() if k in _RECORDED_PARAMS},
-                       "hyperparameters": template.hyperparameters(config.hyperparameters)},
-            "data": {"train": splits.train, "test": splits.test, "format": splits.format,
-                     "source": config.data or template.data_source, "train_rows": info.train_rows or None,
-                     "test_rows": info.test_rows or None, "fingerprint": data_fingerprint(splits)},
-            "preprocessing": {"feature_columns": list(info.feature_columns), "item_shape": list(info.item_shape),
-                              "training_split_stats": None if info.stats is None else asdict(info.stats)},
-            "ray": {
-                "job_id": ray.get_runtime_context().get_job_id(),
-                "submission_id": _submission_id(),
-                "run_name": config.run_name,  # with --tune: the Tune experiment's
-                "checkpoint": checkpoint.path,
-                "tensorboard": _tensorboard_uri(config, config.run_name or ""),
-                "worker_nodes": _worker_nodes(ckpt_dir),
-            },
-            "libraries": library_versions(),
-        }
+        metadata = VersionMetadata(
+            template=template.name,
+            task=template.task,
+            classes=list(info.class_names),
+            signature=export_info["signature"],
+            metrics=export_info["evaluation"],
+            cross_validation=cv,
+            tuning=tuning,
+            training=TrainingRecord(**{k: v for k, v in last_report.items() if not k.startswith("test_")},
+                                    epoch_history=history,
+                                    validation=_validation_record(config, datasets, state.get("validation"))),
+            params=TrainingParameters(**{k: v for k, v in config.to_dict().items() if k in _RECORDED_PARAMS},
+                                      hyperparameters=template.hyperparameters(config.hyperparameters)),
+            data=DataRecord(train=splits.train, test=splits.test, format=splits.format,
+                            source=config.data or template.data_source, train_rows=info.train_rows or None,
+                            test_rows=info.test_rows or None, fingerprint=data_fingerprint(splits)),
+            preprocessing=Preprocessing(
+                feature_columns=list(info.feature_columns), item_shape=list(info.item_shape),
+                training_split_stats=None if info.stats is None else DataStatistics(**asdict(info.stats))),
+            ray=RayRun(
+                job_id=ray.get_runtime_context().get_job_id(),
+                submission_id=_submission_id(),
+                run_name=config.run_name,  # with --tune: the Tune experiment's
+                checkpoint=checkpoint.path,
+                tensorboard=_tensorboard_uri(config, config.run_name or ""),
+                worker_nodes=_worker_nodes(ckpt_dir),
+            ),
+            libraries=library_versions(),
+        )
         version = Registry(config.registry).publish(config.model_name, str(Path(ckpt_dir, EXPORT_DIR)), metadata)
     return TrainOutcome(version=version, metrics=export_info["evaluation"], checkpoint_path=checkpoint.path,
                         cross_validation=cv, tuning=tuning)
@@ -149,14 +162,14 @@ def validation_split(train: Any, config: TrainConfig, template: Template) -> tup
 
 
 def _validation_record(config: TrainConfig, datasets: dict[str, Any],
-                       watched: dict[str, Any] | None) -> dict[str, Any] | None:
+                       watched: dict[str, Any] | None) -> ValidationRecord | None:
     """What the metadata says of the validation split: its size, the curve, the epoch kept."""
     if not config.validation_fraction or not watched:
         return None
     curve = watched["curve"]
-    return {"fraction": config.validation_fraction, "rows": datasets["validation"].count(),
-            "patience": config.early_stopping_patience, "curve": curve, "epoch_kept": watched["best_epoch"],
-            "epochs_run": len(curve), "stopped_early": len(curve) < (config.epochs or 0)}
+    return ValidationRecord(fraction=config.validation_fraction, rows=datasets["validation"].count(),
+                            patience=config.early_stopping_patience, curve=curve, epoch_kept=watched["best_epoch"],
+                            epochs_run=len(curve), stopped_early=len(curve) < (config.epochs or 0))
 
 
 def worker_request(config: TrainConfig) -> WorkerRequest:
@@ -240,7 +253,7 @@ def _tensorboard_uri(config: TrainConfig, run_name: str) -> str:
 
 
 def cross_validate(config: TrainConfig, template: Template, info: DataInfo, train: Any,
-                   workers: int) -> dict[str, Any]:
+                   workers: int) -> CrossValidation:
     """K-fold cross-validation of ``train``: fold k trains on the other K-1 parts (statistics from
     those parts only) and is evaluated on part k. Folds are independent Ray Train runs of
     ``workers`` workers each (a fixed size: folds compare like with like), launched as Ray tasks, as
@@ -271,7 +284,7 @@ def cross_validate(config: TrainConfig, template: Template, info: DataInfo, trai
     for ref in pending:
         results.update(_fold_result(ref))
     folds = [results[i] for i in range(k)]
-    return {"folds": k, "summary": summarize_folds(folds), "per_fold": folds}
+    return CrossValidation(folds=k, summary=summarize_folds(folds), per_fold=folds)
 
 
 def _fold_result(ref: Any) -> dict[int, dict[str, Any]]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from maas.errors import ConfigError
+from maas.records import SchedulerRecord, TrialRecord, TuningRecord
 from maas.storage import join_uri, resolve_uri
 from maas.templates import DataInfo, Template
 from maas.training.config import TrainConfig
@@ -33,25 +34,13 @@ _RESERVED = ("checkpoint_path", "config", "trial_id", "experiment_tag", "trainin
 
 
 @dataclass(frozen=True)
-class TrialRecord:
-    """One trial as the published version's metadata records it."""
-
-    trial_id: str
-    params: dict[str, float]
-    epochs: int  # epochs it trained
-    best_val_loss: float | None
-    stopped_by: str  # "completed", "early stopping", "ASHA" or "error"
-    test_metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
 class TuningOutcome:
     """The best trial, what to publish from it, and the record of the whole search."""
 
     config: TrainConfig  # the run's config with the best trial's learning rate and hyperparameters
     checkpoint: Any  # ray.train.Checkpoint of the best trial's last report (it holds the export)
     metrics: dict[str, Any]  # the best trial's last report
-    record: dict[str, Any]  # for the metadata: scheduler, space, trials, best trial
+    record: TuningRecord  # for the metadata: scheduler, space, trials, best trial
 
 
 def tune(config: TrainConfig, template: Template, info: DataInfo, datasets: dict[str, Any],
@@ -158,15 +147,15 @@ def _pick(run: TrainConfig, template: Template, grid: Any, storage_fs: Any) -> T
     checkpoint = Checkpoint(path=metrics["checkpoint_path"], filesystem=storage_fs)
     params = dict(best.params)
     config = replace(trial_config(run, params, run.run_name or ""), tune=True, resume=run.resume)
-    record = {
-        "scheduler": {"name": "ASHA", "metric": METRIC, "mode": "min", "time_attr": "epoch", "grace_period": 1,
-                      "reduction_factor": 2, "max_t": run.epochs},
-        "space": [hp.describe() for hp in template.tuning_space],
-        "trials": [t.__dict__ for t in trials],
-        "best_trial": best.trial_id,
-        "best_params": params,
-        "experiment": join_uri(run.storage_path, run.run_name or ""),
-    }
+    record = TuningRecord(
+        scheduler=SchedulerRecord(name="ASHA", metric=METRIC, mode="min", time_attr="epoch", grace_period=1,
+                                  reduction_factor=2, max_t=run.epochs),
+        space=[hp.describe() for hp in template.tuning_space],
+        trials=trials,
+        best_trial=best.trial_id,
+        best_params=params,
+        experiment=join_uri(run.storage_path, run.run_name or ""),
+    )
     logger.info("best trial %s of %d: %s", best.trial_id, len(trials), params)
     return TuningOutcome(config=config, checkpoint=checkpoint,
                          metrics={k: v for k, v in metrics.items() if k not in _RESERVED}, record=record)

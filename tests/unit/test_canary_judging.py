@@ -49,7 +49,7 @@ def test_timeouts_spent_waiting_do_not_count_but_the_canarys_own_slow_pass_does(
     stack.host.queued_s, stack.host.delay_s = 0.0, 0.2  # its own pass outlasts the deadline
     assert set(_route(stack, 6)) == {504}
     assert "canary" not in stack.registry.labels("digits")
-    assert stack.registry.label_history("digits")[-1]["reason"].startswith("auto-rollback: error rate")
+    assert stack.registry.label_history("digits")[-1].reason.startswith("auto-rollback: error rate")
 
 
 def test_a_corrupt_canary_is_retired_and_its_requests_answered_by_stable(make_stack) -> None:

@@ -103,11 +103,12 @@ def test_each_format_publishes_its_signature_answers_and_metadata(fmt: str, save
     answer = _published_answer(registry, "byom", version.version, **{names[0]: X})[names[1]]
     np.testing.assert_allclose(answer, keras_model(X).numpy(), rtol=1e-5)
     meta = registry.get("byom", version.version).metadata
-    assert meta["imported"] is True and meta["format"] == fmt and meta["source"] == str(saved[fmt])
-    assert meta["sha256"] == artifact_sha256(saved[fmt])
-    assert (meta["task"], meta["classes"]) == ("classification", ["a", "b", "c"])
-    assert {"tensorflow", "keras", "numpy", "pyarrow", "ray", "maas", "python"} <= set(meta["libraries"])
-    assert "metrics" not in meta and "template" not in meta and "training" not in meta
+    assert meta.imported is True and meta.format == fmt and meta.source == str(saved[fmt])
+    assert meta.sha256 == artifact_sha256(saved[fmt])
+    assert (meta.task, meta.classes) == ("classification", ["a", "b", "c"])
+    assert {"tensorflow", "keras", "numpy", "pyarrow", "ray", "maas", "python"} <= set(meta.libraries or ())
+    document = meta.to_json()
+    assert "metrics" not in document and "template" not in document and "training" not in document
     assert (tmp_path / "registry" / "byom" / str(version.version) / "saved_model.pb").is_file()
 
 
@@ -125,7 +126,7 @@ def test_publish_keras_exports_an_in_memory_model_even_one_never_built(tmp_path:
     np.testing.assert_allclose(_published_answer(registry, "seq", 1, inputs=x)["scores"], unbuilt(x).numpy(),
                                rtol=1e-5)
     meta = version.metadata
-    assert (meta["format"], meta["source"], meta["metrics"]) == ("keras_model", "notebook", {"accuracy": 0.5})
+    assert (meta.format, meta.source, meta.metrics and meta.metrics.to_json()) == ("keras_model", "notebook", {"accuracy": 0.5})
 
 
 def test_several_inputs_and_outputs_are_named_after_the_model(tmp_path: Path) -> None:
@@ -162,7 +163,7 @@ def test_another_signature_is_served_as_serving_default_and_a_missing_one_is_nam
     registry = Registry(str(tmp_path))
     version = import_model(registry, "sums", str(dynamic_saved_model), signature="sums")
     assert version.signature.outputs == (TensorSpec("total", "float32", (-1,)),)
-    assert version.metadata["source_signature"] == "sums"
+    assert version.metadata.source_signature == "sums"
     answer = _published_answer(registry, "sums", 1, x=np.ones((2, 3), np.float32))
     np.testing.assert_array_equal(answer["total"], [6.0, 6.0])
     with pytest.raises(InvalidInput, match=r"no signature 'nope'; it has \['serving_default', 'sums'\]"):

@@ -2,7 +2,8 @@
 
 Its paths are derived from the route tables (:data:`maas.serving.protocol.ROUTES`): each route's
 method, path parameters with the patterns the server applies, request body, answer and the errors it
-may give. The schemas of the bodies are here. ``tests/test_serving_openapi.py`` and the fuzzing tier
+may give. The schemas of the protocols' bodies are written here; the service's own (its status) come
+from the typed models that build those answers. ``tests/test_serving_openapi.py`` and the fuzzing tier
 (schemathesis) drive the live service with generated requests and check every answer against it.
 """
 
@@ -10,8 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 import maas
 from maas.serving.protocol.routes import Route, RouteTable
+from maas.serving.status import ServiceStatus
 
 _OPEN: list[dict[str, list[str]]] = []  # no API key needed
 _ERROR_RESPONSES = {401: "Unauthorized", 405: "MethodNotAllowed", 503: "Unavailable"}  # others: "Error"
@@ -66,7 +70,28 @@ def _paths(table: RouteTable) -> dict[str, Any]:
     return paths
 
 
+def _model_schemas(*models: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schemas of ``models`` and of the models they hold, named as the classes are, with
+    references into ``#/components/schemas`` (OpenAPI 3.1's schemas are JSON Schema 2020-12)."""
+    schemas: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=_ref("{model}")["$ref"])
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas
+
+
 def _schemas() -> dict[str, Any]:
+    written = _written_schemas()
+    typed = _model_schemas(ServiceStatus)
+    clashes = set(written) & set(typed)
+    if clashes:
+        raise AssertionError(f"OpenAPI schema names used twice: {sorted(clashes)}")
+    return written | typed
+
+
+def _written_schemas() -> dict[str, Any]:
+    """The protocols' bodies, whose shapes TF Serving and KServe define (no model of ours holds them)."""
     tensor_meta = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
         "name": {"type": "string"}, "datatype": {"type": "string"},
         "shape": {"type": "array", "items": {"type": "integer"}}}}
@@ -131,13 +156,6 @@ def _schemas() -> dict[str, Any]:
                 "type": "object", "required": ["name", "shape", "datatype"], "properties": {
                     "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
                     "datatype": {"type": "string"}, "parameters": parameters, "data": {"type": "array"}}}}}},
-        "ServiceStatus": {"type": "object", "required": ["models", "deployments"], "properties": {
-            "deployments": {"type": "object", "additionalProperties": {"type": "object"}},
-            "models": {"type": "object", "additionalProperties": {
-                "type": "object", "required": ["versions", "labels", "recent"], "properties": {
-                    "versions": {"type": "array", "items": {"type": "integer"}},
-                    "labels": {"type": "object"}, "last_label_change": {"type": ["object", "null"]},
-                    "recent": {"type": "object", "required": ["requests", "errors", "error_rate"]}}}}}},
     }
 
 

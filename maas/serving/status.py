@@ -1,0 +1,81 @@
+"""The service's status (``GET /maas/v1/status``, ``maas status``) as typed models: what the data plane
+answers, what the CLI formats, and the source of the OpenAPI document's ``ServiceStatus`` schema.
+
+Fields are declared in the order the answer has always listed them (the JSON keeps that order).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
+
+from maas.records import LabelEvent
+
+
+class _Status(BaseModel):
+    def to_json(self) -> dict[str, Any]:
+        """The JSON answer: the keys set (``null`` included), nothing more."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+class RequestFigures(_Status):
+    """Answers in the recent window: all, server errors (5xx), client errors (4xx), the error rate
+    and latency percentiles (``None`` without requests)."""
+
+    requests: int
+    errors: int
+    client_errors: int
+    error_rate: float
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+class VersionTraffic(RequestFigures):
+    """One version's recent answers, with the routes that reached it and the replicas that answered."""
+
+    labels: dict[str, int]  # route ("stable", "canary", a label, "none"): answers
+    replicas: dict[str, int]  # replica: answers
+
+
+class RecentTraffic(RequestFigures):
+    """A model's answers in the last ``window_s`` seconds, overall and per version."""
+
+    window_s: float
+    versions: dict[str, VersionTraffic]  # by version number, as text
+
+    @model_serializer(mode="wrap")
+    def _window_first(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``window_s`` leads the answer, before the overall figures, as it always has."""
+        out: dict[str, Any] = handler(self)
+        return {"window_s": out.pop("window_s"), **out} if "window_s" in out else out
+
+
+class LabelRoute(_Status):
+    """Where a label points, and its share of routed traffic."""
+
+    version: int
+    weight: float
+
+
+class ModelServiceStatus(_Status):
+    """One model: its versions, labels, last label change (automatic rollbacks say why), recent answers."""
+
+    versions: list[int]
+    labels: dict[str, LabelRoute]
+    last_label_change: LabelEvent | None
+    recent: RecentTraffic
+
+
+class DeploymentStatus(_Status):
+    """One Serve deployment: its status and how many replicas run."""
+
+    status: str
+    replicas: int
+
+
+class ServiceStatus(_Status):
+    """The models an API key may call, and the deployments' replica counts."""
+
+    models: dict[str, ModelServiceStatus]
+    deployments: dict[str, DeploymentStatus]

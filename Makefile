@@ -10,7 +10,7 @@ TF_VERSION := 2.21.0
 BENCH_PIN_bentoml := 'bentoml>=1.4,<1.5'
 BENCH_PIN_kserve := 'kserve>=0.15'
 
-.PHONY: demo test test-unit chaos fuzz install stop status clean bench bench-serving bench-training bench-big-bodies bench-venvs bench-batch
+.PHONY: demo check test test-unit chaos fuzz install stop status clean bench bench-serving bench-training bench-big-bodies bench-venvs bench-batch
 
 demo: $(STAMP)  ## train on 2 Ray Train workers, publish, deploy with Ray Serve, predict over HTTP
 	$(BIN)/maas demo
@@ -21,8 +21,12 @@ $(REDIS_SERVER):
 	@command -v redis-server >/dev/null || apt-get install -y -q redis-server >/dev/null || \
 		(apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null)
 
-test: $(STAMP) $(REDIS_SERVER)  ## the whole suite on a real local Ray cluster (pytest exit 5, "no tests", is not a failure)
+test: $(STAMP) $(REDIS_SERVER) check  ## the whole suite on a real local Ray cluster (pytest exit 5, "no tests", is not a failure)
 	@$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+check: $(STAMP)  ## ruff (the whole checkout) and mypy --strict (maas/), as configured in pyproject.toml
+	$(BIN)/ruff check .
+	$(BIN)/python -m mypy
 
 test-unit: $(STAMP)  ## the unit tier: protocol layer, data plane, keys, caches; no Ray, no cluster (seconds)
 	$(BIN)/python -m pytest tests/unit

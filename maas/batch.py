@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -51,6 +52,10 @@ from maas.storage import resolve_uri
 from maas.training.data import IMAGE_EXTENSIONS  # the image files training reads
 
 if TYPE_CHECKING:
+    import pyarrow.csv as pacsv
+    import ray.data
+    from ray.data import ReadTask
+
     from maas.registry import ModelVersion
     from maas.training.resources import NodeFree
 
@@ -246,11 +251,11 @@ def shape_text(item_shape: Sequence[int]) -> str:
 
 
 def _is_numeric(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+    return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t))
 
 
 def _is_list(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+    return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
 
 
 def _list_levels(t: pa.DataType) -> tuple[list[pa.DataType], pa.DataType]:
@@ -301,7 +306,7 @@ def plan_table_inputs(signature: Signature, recipe: Recipe, schema: pa.Schema) -
                 problems.append(f"no column '{name}'")
             elif not _is_numeric(types[name]):
                 problems.append(f"column '{name}' is {types[name]}, expected numbers")
-        plan = (ModelInput(spec.name, spec.dtype, spec.item_shape, columns, stacked=True),)
+        plan: tuple[ModelInput, ...] = (ModelInput(spec.name, spec.dtype, spec.item_shape, columns, stacked=True),)
         expected = "numeric columns " + ", ".join(columns)
     else:
         problems += [p for s in signature.inputs if (p := column_problem(s.name, types.get(s.name), s))]
@@ -430,14 +435,16 @@ def list_values(column: pa.ChunkedArray | pa.Array, item_shape: tuple[int, ...],
                 raise InvalidInput(f"{where}: column '{name}' holds {int(lengths[wrong[0]])} numbers where the "
                                    f"model takes {shape_text(item_shape)}")
         array = array.flatten()
-    return array.to_numpy(zero_copy_only=False).reshape(n, *item_shape)
+    values: np.ndarray = array.to_numpy(zero_copy_only=False)
+    return values.reshape(n, *item_shape)
 
 
 def _numbers(column: pa.ChunkedArray) -> np.ndarray:
     """A numeric column as float64, missing values as NaN (the model fills them, as in training)."""
     import pyarrow.compute as pc
 
-    return pc.cast(column, pa.float64()).to_numpy()
+    numbers: np.ndarray = pc.cast(column, pa.float64()).to_numpy()
+    return numbers
 
 
 def table_inputs(table: pa.Table, inputs: Sequence[ModelInput], ids: pa.ChunkedArray | None = None
@@ -529,7 +536,7 @@ def prepare(request: BatchRequest) -> BatchJob:
     fs, data = find_data(request.data)
     check_out(request.out, data)
     recipe = Recipe.from_metadata(version.metadata)
-    base = {"request": request, "model": request.model, "version": number, "metadata": version.metadata, "data": data}
+    base = partial(BatchJob, request=request, model=request.model, version=number, metadata=version.metadata, data=data)
     misfit = f"data {data.uri} does not fit {request.model} version {number}"
     if data.format != "images":
         return _prepare_table(fs, data, version, recipe, base, misfit)
@@ -537,7 +544,7 @@ def prepare(request: BatchRequest) -> BatchJob:
     with _prefixed(misfit):
         image = plan_image_input(version.signature, recipe, first)
         outputs = plan_outputs(version.signature, recipe, PATH_COLUMN)
-    return BatchJob(**base, inputs=(), image=image, outputs=outputs, rows=len(data.files))
+    return base(inputs=(), image=image, outputs=outputs, rows=len(data.files))
 
 
 @contextmanager
@@ -550,7 +557,7 @@ def _prefixed(prefix: str) -> Iterator[None]:
 
 
 def _prepare_table(fs: pafs.FileSystem, data: DataFiles, version: ModelVersion, recipe: Recipe,
-                   base: dict[str, Any], misfit: str) -> BatchJob:
+                   base: partial[BatchJob], misfit: str) -> BatchJob:
     if data.format == "parquet":
         footers = _parquet_footers(fs, data.files)
         schema = footers[0].schema.to_arrow_schema()
@@ -582,8 +589,8 @@ def _prepare_table(fs: pafs.FileSystem, data: DataFiles, version: ModelVersion, 
         raise InvalidInput(f"data {data.uri} has no rows")
     with _prefixed(misfit):
         outputs = plan_outputs(version.signature, recipe, ID_COLUMN if has_id else ROW_COLUMN)
-    return BatchJob(**base, inputs=inputs, image=None, outputs=outputs, units=tuple(units), read_columns=columns,
-                    csv_types=types, rows=rows)
+    return base(inputs=inputs, image=None, outputs=outputs, units=tuple(units), read_columns=columns,
+                csv_types=types, rows=rows)
 
 
 def check_out(out: str, data: DataFiles) -> None:
@@ -615,7 +622,8 @@ def _parquet_footers(fs: pafs.FileSystem, files: Sequence[str]) -> list[Any]:
         return list(pool.map(footer, files))
 
 
-def _csv_reader(fs: pafs.FileSystem, path: str, columns: Sequence[str] = (), types: Mapping[str, Any] | None = None):
+def _csv_reader(fs: pafs.FileSystem, path: str, columns: Sequence[str] = (),
+                types: Mapping[str, pa.DataType] | None = None) -> pacsv.CSVStreamingReader:
     import pyarrow.csv as pacsv
 
     convert = pacsv.ConvertOptions(include_columns=list(columns), column_types=dict(types or {}))
@@ -702,10 +710,10 @@ def _numbered(chunks: Iterator[pa.Table], start: int, number_rows: bool) -> Iter
         yield table
 
 
-def _table_dataset(job: BatchJob, concurrency: int):
+def _table_dataset(job: BatchJob, concurrency: int) -> ray.data.Dataset:
     """The table read as a Ray Data dataset: one read task per group of units."""
     import ray.data
-    from ray.data import Datasource, ReadTask
+    from ray.data import DataContext, Datasource, ReadTask
     from ray.data.block import BlockMetadata
 
     fs, _ = resolve_uri(job.data.uri)
@@ -721,25 +729,27 @@ def _table_dataset(job: BatchJob, concurrency: int):
             return None
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                           data_context: Any = None) -> list[Any]:
+                           data_context: DataContext | None = None) -> list[ReadTask]:
             tasks = []
             for group in group_units(units, parallelism):
                 known = [u.rows for u in group]
                 rows = None if None in known else sum(known)  # type: ignore[arg-type]
                 meta = BlockMetadata(num_rows=rows, size_bytes=None, exec_stats=None,
                                      input_files=tuple(dict.fromkeys(u.path for u in group)))
-                tasks.append(ReadTask(lambda group=group: read_table_units(
-                    fs, fmt, group, columns, csv_types, number_rows, chunk_rows), meta,
-                    per_task_row_limit=per_task_row_limit))
+                tasks.append(ReadTask(partial(read_table_units, fs, fmt, group, columns, csv_types, number_rows,
+                                              chunk_rows), meta, per_task_row_limit=per_task_row_limit))
             return tasks
 
     # As many blocks as read tasks: Ray Data would otherwise split their output into ~200 blocks,
     # tiny ones for a small data set, each paying for its own trip through the object store.
     tasks = max(1, min(len(units), 4 * concurrency))
-    return ray.data.read_datasource(NumberedTable(), num_cpus=0, concurrency=concurrency, override_num_blocks=tasks)
+    source = NumberedTable()  # type: ignore[no-untyped-call]  # Ray's Datasource.__init__ is unannotated
+    dataset: ray.data.Dataset = ray.data.read_datasource(source, num_cpus=0, concurrency=concurrency,
+                                                         override_num_blocks=tasks)
+    return dataset
 
 
-def _image_dataset(job: BatchJob, concurrency: int):
+def _image_dataset(job: BatchJob, concurrency: int) -> ray.data.Dataset:
     import ray.data
 
     assert job.image is not None
@@ -972,7 +982,7 @@ def run(job: BatchJob, *, nodes: Sequence[NodeFree] | None = None) -> BatchRepor
         rows = rows_written(out_fs, out_path)
         actors = _gathered(tally, rows, low)
     finally:
-        ray.kill(tally)
+        ray.kill(tally)  # type: ignore[arg-type]  # Ray types a new actor as ActorHandle | type[Tally]
     return BatchReport(job.model, job.version, job.data.uri, job.data.format, request.out, rows, wall,
                        job.batch_size, (low, high), request.use_gpu, tuple(actors))
 
@@ -1007,7 +1017,7 @@ def _gathered(tally: Any, rows: int, actors: int) -> list[ActorFigures]:
 
     deadline = time.monotonic() + _TALLY_WAIT_S
     while True:
-        figures = ray.get(tally.figures.remote())
+        figures: list[ActorFigures] = ray.get(tally.figures.remote())
         if sum(f.rows for f in figures) >= rows and len(figures) >= actors or time.monotonic() > deadline:
             return figures
         time.sleep(0.05)
@@ -1053,6 +1063,8 @@ def predict_dataset(model: str, data: str, out: str, *, version: int | None = No
                            concurrency=concurrency, batch_size=batch_size)
     job = prepare(request)
     if connect is None:
-        from maas.cluster import connect
+        from maas.cluster import connect as connect_cluster
+
+        connect = connect_cluster
     connect()
     return run(job)

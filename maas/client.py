@@ -162,8 +162,10 @@ def infer_result(reply: Reply) -> dict[str, np.ndarray]:
     return outputs
 
 
-def json_result(reply: Reply) -> Any:
-    return reply.raise_for_status().json()
+def json_result(reply: Reply) -> dict[str, Any]:
+    """The JSON object of a successful answer (every JSON answer of this service is an object)."""
+    doc: dict[str, Any] = reply.raise_for_status().json()
+    return doc
 
 
 # ---- retries ---------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def _ensure_api_key(registry: Registry) -> tuple[str, str]:
     keys = KeyStore(registry.uri)
     saved = settings.api_key()
     record = keys.get(key_id(saved) or "") if saved else None
-    if record is not None and record.active and record.allows(_MODEL) and record.signature_valid(keys.secret):
+    if saved and record is not None and record.active and record.allows(_MODEL) and record.signature_valid(keys.secret):
         return saved, f"API key {record.id} ({settings.API_KEY_ENV} or {settings.api_key_path()})"
     key, record = keys.create("local", ["*"])
     path = settings.save_api_key(key)

@@ -310,13 +310,13 @@ class GrpcClient(_Base):
 
     def model_ready(self, model: str, *, version: int | None = None) -> bool:
         request = v2_model_request("ModelReadyRequest", model, version)
-        return self.call("ModelReady", request, retry=NO_RETRY).message.ready
+        return bool(self.call("ModelReady", request, retry=NO_RETRY).message.ready)
 
     def live(self) -> bool:
-        return self.call("ServerLive", v2_server_request("ServerLiveRequest"), retry=NO_RETRY).message.live
+        return bool(self.call("ServerLive", v2_server_request("ServerLiveRequest"), retry=NO_RETRY).message.live)
 
     def ready(self) -> bool:
-        return self.call("ServerReady", v2_server_request("ServerReadyRequest"), retry=NO_RETRY).message.ready
+        return bool(self.call("ServerReady", v2_server_request("ServerReadyRequest"), retry=NO_RETRY).message.ready)
 
     def call(self, name: str, request: Any, *, retry: RetryPolicy | None = None) -> Answer:
         """One RPC by name (``Predict``, ``ModelInfer``...), retried as ``retry`` (default :attr:`retry`) says."""
@@ -380,14 +380,15 @@ class AsyncGrpcClient(_Base):
 
     async def model_ready(self, model: str, *, version: int | None = None) -> bool:
         request = v2_model_request("ModelReadyRequest", model, version)
-        return (await self.call("ModelReady", request, retry=NO_RETRY)).message.ready
+        return bool((await self.call("ModelReady", request, retry=NO_RETRY)).message.ready)
 
     async def live(self) -> bool:
-        return (await self.call("ServerLive", v2_server_request("ServerLiveRequest"), retry=NO_RETRY)).message.live
+        live = await self.call("ServerLive", v2_server_request("ServerLiveRequest"), retry=NO_RETRY)
+        return bool(live.message.live)
 
     async def ready(self) -> bool:
         request = v2_server_request("ServerReadyRequest")
-        return (await self.call("ServerReady", request, retry=NO_RETRY)).message.ready
+        return bool((await self.call("ServerReady", request, retry=NO_RETRY)).message.ready)
 
     async def call(self, name: str, request: Any, *, retry: RetryPolicy | None = None) -> Answer:
         policy = retry or self.retry

@@ -432,7 +432,8 @@ def _input_name(tensor: keras.KerasTensor) -> str:
     """The name of the input layer that makes ``tensor``: what the model calls that input, and the same
     in every process (an unnamed tensor's own name counts up per process, ``keras_tensor_12``)."""
     history = getattr(tensor, "_keras_history", None)
-    return getattr(getattr(history, "operation", None), "name", None) or tensor.name
+    name: str = getattr(getattr(history, "operation", None), "name", None) or tensor.name
+    return name
 
 
 def _build(model: keras.Model, inputs: keras.KerasTensor) -> None:
@@ -490,9 +491,11 @@ def prepare_saved_model(path: Path, export: Path, *, signature: str = DEFAULT_SI
     fn = loaded.signatures[signature]
     names = [s.name for s in inputs]
 
-    @tf.function(input_signature=[tf.TensorSpec((None, *s.item_shape), s.dtype, name=s.name) for s in inputs])
-    def serve(*args: Any) -> dict[str, Any]:
-        return fn(**dict(zip(names, args)))
+    @tf.function(  # type: ignore[untyped-decorator]  # TensorFlow has no type information
+        input_signature=[tf.TensorSpec((None, *s.item_shape), s.dtype, name=s.name) for s in inputs])
+    def serve(*args: tf.Tensor) -> dict[str, tf.Tensor]:
+        outputs: dict[str, tf.Tensor] = fn(**dict(zip(names, args)))
+        return outputs
 
     module = tf.Module()
     module.source = loaded  # tracked: its variables and functions are saved with the wrapper

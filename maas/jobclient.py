@@ -10,9 +10,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from maas import settings
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout, with an editable install
 # Settings that a job on this machine should see the same way as the shell that submitted it.
@@ -63,19 +66,20 @@ def submit(
     return JobOutcome(submission_id=submission_id, status=str(status.value), logs=client.get_job_logs(submission_id))
 
 
-def _submit_when_ready(client, *, ready_timeout_s: float = 60, **job) -> str:  # noqa: ANN001
+def _submit_when_ready(client: JobSubmissionClient, *, entrypoint: str, runtime_env: dict[str, object],
+                       ready_timeout_s: float = 60) -> str:
     """Submit; right after a cluster starts its job agent may not be up yet, so retry that case."""
     deadline = time.monotonic() + ready_timeout_s
     while True:
         try:
-            return client.submit_job(**job)
+            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
         except RuntimeError as exc:
             if "No available agent" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(1.0)
 
 
-async def _follow(client, submission_id: str, show: Callable[[str], bool] | None) -> None:  # noqa: ANN001
+async def _follow(client: JobSubmissionClient, submission_id: str, show: Callable[[str], bool] | None) -> None:
     async for chunk in client.tail_job_logs(submission_id):
         for line in chunk.splitlines(keepends=True):
             if show is None or show(line):

@@ -47,7 +47,8 @@ class CodecOffload:
 
     def __init__(self) -> None:
         node = ray.get_runtime_context().get_node_id()
-        self._actor = BodyCodec.options(
+        # mypy keeps a decorated class's own type; at run time BodyCodec is Ray's ActorClass.
+        self._actor = BodyCodec.options(  # type: ignore[attr-defined]
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
@@ -55,7 +56,7 @@ class CodecOffload:
 
     async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            result = await self._actor.run.remote(fn, *args)
+            result: T | _Refused = await self._actor.run.remote(fn, *args)
         except ray.exceptions.RayActorError:
             raise ServerBusy("The replica's codec process restarted; retry") from None
         if isinstance(result, _Refused):

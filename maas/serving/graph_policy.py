@@ -15,7 +15,12 @@ signature and is not judged: loading needs it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from tensorflow.core.framework.function_pb2 import FunctionDef
+    from tensorflow.core.framework.node_def_pb2 import NodeDef
+    from tensorflow.core.protobuf.saved_model_pb2 import SavedModel
 
 # Ops that touch the file system, the network or the Python interpreter, or write where a client
 # could read it back: none belongs in a model's forward pass.
@@ -92,7 +97,7 @@ def _node_name(tensor: str) -> str:
     return tensor.lstrip("^").split(":")[0]
 
 
-def _calls(node, functions: dict) -> Iterable[str]:  # noqa: ANN001 (a NodeDef)
+def _calls(node: NodeDef, functions: dict[str, FunctionDef]) -> Iterable[str]:
     """The library functions a node calls: as its op, or through function-valued attributes
     (``f``, ``then_branch``, ``body``, lists of functions...)."""
     if node.op in functions:
@@ -105,5 +110,5 @@ def _calls(node, functions: dict) -> Iterable[str]:  # noqa: ANN001 (a NodeDef)
                 yield f.name
 
 
-def _function_names(proto) -> set[str]:  # noqa: ANN001 (a SavedModel proto)
+def _function_names(proto: SavedModel) -> set[str]:
     return {f.signature.name for meta in proto.meta_graphs for f in meta.graph_def.library.function}

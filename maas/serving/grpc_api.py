@@ -39,6 +39,7 @@ from maas.serving.protocol import grpc_status, tfserving_grpc, v2_grpc
 from maas.serving.protocol.grpc_rpcs import BY_NAME, Unreadable, message_class
 from maas.serving.protocol.limits import RequestLimits
 from maas.serving.stats import RequestInfo
+from maas.signature import Signature
 
 logger = logging.getLogger("ray.serve")
 
@@ -118,7 +119,7 @@ class GrpcApi:
         target = self._allowed(tfserving_grpc.target(request.model_spec), call)
         limits = self._limits
 
-        async def decode(signature):  # noqa: ANN001, ANN202
+        async def decode(signature: Signature) -> tfserving_grpc.Predict:
             return tfserving_grpc.decode_predict(request, signature, limits)
 
         answered, decoded, outputs = await self._plane.infer(target.model, target.version, target.label, decode,
@@ -189,7 +190,7 @@ class GrpcApi:
         model, version = self._allowed_v2(request.model_name, request.model_version, call)
         limits = self._limits
 
-        async def decode(signature):  # noqa: ANN001, ANN202
+        async def decode(signature: Signature) -> v2_grpc.Infer:
             return v2_grpc.decode_infer(request, signature, limits)
 
         answered, decoded, outputs = await self._plane.infer(model, version, None, decode, lambda d: d.inputs,

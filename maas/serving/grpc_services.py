@@ -13,14 +13,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from maas.serving.protocol.grpc_rpcs import MODEL_SERVICE, PREDICTION_SERVICE, RPCS, V2_SERVICE, Unreadable, \
     message_class
 
 
-def _deserializer(path: str) -> Callable[[bytes], Any]:
-    def parse(data: bytes) -> Any:
+def _deserializer(path: str) -> Callable[[bytes], Message | Unreadable]:
+    def parse(data: bytes) -> Message | Unreadable:
         try:
             return message_class(path).FromString(data)
         except DecodeError:

@@ -28,6 +28,7 @@ from maas.serving.protocol import ROUTES, jsonbody, openapi, service, tfserving,
 from maas.serving.protocol.limits import RequestLimits
 from maas.serving.protocol.routes import Match
 from maas.serving.stats import RequestInfo
+from maas.signature import Signature
 
 logger = logging.getLogger("ray.serve")
 MODEL_VERSION_HEADER = "Model-Version"  # which version answered a prediction (routed requests included)
@@ -180,7 +181,7 @@ class HttpApi:
         """TensorFlow Serving ``:predict``."""
         limits = self._limits
 
-        async def decode(signature):  # noqa: ANN001, ANN202
+        async def decode(signature: Signature) -> tfserving.PredictRequest:
             return await self._run(len(body), tfserving.decode_predict, body, signature, limits)
 
         answered, decoded, outputs = await self._plane.infer(model, version, label, decode,
@@ -195,7 +196,7 @@ class HttpApi:
         limits = self._limits
         json_part, binary = v2.split_binary(body, header_length)
 
-        async def decode(signature):  # noqa: ANN001, ANN202
+        async def decode(signature: Signature) -> v2.InferRequest:
             return await self._run(len(json_part), v2.decode_infer, json_part, binary, signature, limits)
 
         answered, decoded, outputs = await self._plane.infer(model, version, None, decode, lambda d: d.inputs, info)
@@ -210,7 +211,8 @@ class HttpApi:
         """``fn(*args)`` inline when its input is small, else off the event loop."""
         if size <= self._limits.offload_bytes:
             return fn(*args)
-        return await self._offload(fn, *args)
+        result: T = await self._offload(fn, *args)
+        return result
 
     async def _read_body(self, request: HttpRequest, held: list[int]) -> bytes:
         limit = self._limits.max_request_bytes

@@ -20,14 +20,17 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from maas.serving.status import RecentTraffic, VersionTraffic
 
-LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
-BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+if TYPE_CHECKING:
+    from ray.util.metrics import Histogram
+
+LATENCY_BOUNDARIES_MS: list[float] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
+BATCH_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 
 @dataclass
@@ -65,7 +68,7 @@ class ServingMetrics:
         self.latency.observe(latency_ms, tags=tags)
 
 
-def batch_size_histogram():  # noqa: ANN201 (ray.util.metrics.Histogram)
+def batch_size_histogram() -> Histogram:
     """The model server's metric: instances per forward pass, by model and version."""
     from ray.util import metrics
 

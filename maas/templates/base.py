@@ -122,6 +122,10 @@ class DataInfo:
         )
 
 
+# A template's model builder: the data info and every hyperparameter of its search space -> an uncompiled model.
+Builder = Callable[[DataInfo, Hyperparameters], "keras.Model"]
+
+
 @dataclass(frozen=True)
 class Template:
     """A trainable use case.
@@ -143,7 +147,7 @@ class Template:
     input_dtype: str
     item_shape: tuple[int | None, ...]  # None: taken from the data
     output_name: str
-    builder: Callable[[DataInfo, Hyperparameters], "keras.Model"]
+    builder: Builder
     prepare_data: Callable[[str], DataSplits]
     class_names: tuple[str, ...] = ()  # the built-in data set's; () for regression or from the data
     feature_columns: tuple[str, ...] = ()
@@ -193,7 +197,7 @@ class Template:
             x = np.column_stack([np.asarray(batch[c], dtype=np.float64) for c in info.feature_columns])
         else:
             column = batch[self.input_name]
-            x = np.stack(column) if column.dtype == object else np.asarray(column)
+            x = np.stack(list(column)) if column.dtype == object else np.asarray(column)
         return x.reshape(-1, *info.item_shape).astype(self.input_dtype, copy=False)
 
     def labels(self, batch: dict[str, np.ndarray]) -> np.ndarray:

@@ -6,10 +6,16 @@ returns them (``load_digits().images``: 8x8 values in 0..16); scaling happens in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from maas.templates.base import DataInfo, DataSplits, HyperParameter, Hyperparameters, Template, dropout
 from maas.templates.sources import list_column, stage_tables
+
+if TYPE_CHECKING:
+    import keras
+    import pyarrow as pa
 
 _SEED = 20240607
 _TEST_FRACTION = 0.2
@@ -19,7 +25,7 @@ def _prepare_digits(data_dir: str) -> DataSplits:
     """A stratified, seeded 80/20 split of the digits as Parquet, staged once under ``data_dir``
     (a local folder or any ``pyarrow.fs`` URI: shared storage on a multi-node cluster)."""
 
-    def make():
+    def make() -> tuple[pa.Table, pa.Table]:
         import pyarrow as pa
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -36,7 +42,7 @@ def _prepare_digits(data_dir: str) -> DataSplits:
     return stage_tables(data_dir, "digits", make)
 
 
-def build_digits_cnn(info: DataInfo, hp: Hyperparameters):
+def build_digits_cnn(info: DataInfo, hp: Hyperparameters) -> keras.Model:
     import keras
     from keras import layers
 

@@ -10,6 +10,8 @@ of ``train/<class>/*.png|jpg`` and ``test/<class>/…``; the classes are the fol
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import gzip
 import pickle
 
@@ -17,6 +19,9 @@ import numpy as np
 
 from maas.templates.base import DataInfo, DataSplits, HyperParameter, Hyperparameters, Template, dropout
 from maas.templates.sources import ANIMAL_MNIST, package_file, stage_images
+
+if TYPE_CHECKING:
+    import keras
 
 IMAGE_SIZE = 128
 _SEED = 20240614
@@ -33,7 +38,7 @@ def read_animal_mnist() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _prepare_images(data_dir: str, per_class: tuple[int, int] = (100, 30)) -> DataSplits:
-    def make():
+    def make() -> dict[str, list[tuple[str, np.ndarray]]]:
         images, labels = read_animal_mnist()
         rng = np.random.default_rng(_SEED)
         out: dict[str, list[tuple[str, np.ndarray]]] = {"train": [], "test": []}
@@ -46,7 +51,7 @@ def _prepare_images(data_dir: str, per_class: tuple[int, int] = (100, 30)) -> Da
     return stage_images(data_dir, "image_cnn", make)
 
 
-def build_image_cnn(info: DataInfo, hp: Hyperparameters):
+def build_image_cnn(info: DataInfo, hp: Hyperparameters) -> keras.Model:
     import keras
     from keras import layers
 

@@ -3,29 +3,34 @@ and the regression head. Imported by model builders only (it imports Keras)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import keras
 import numpy as np
-from keras import layers, ops
+from keras import KerasTensor, layers, ops
 
 from maas.templates.base import DataInfo
 
+if TYPE_CHECKING:
+    import tensorflow as tf
 
-class FillMissing(layers.Layer):
+
+class FillMissing(layers.Layer):  # type: ignore[misc]  # Keras has no type information: Layer is Any
     """Replaces NaN with the training split's per-feature mean (the last axis)."""
 
-    def __init__(self, values: list[float], **kwargs) -> None:
+    def __init__(self, values: list[float], **kwargs: Any) -> None:  # Layer's own: name, dtype, trainable
         super().__init__(**kwargs)
         self.values = list(values)
 
-    def call(self, x):
+    def call(self, x: tf.Tensor) -> tf.Tensor:
         fill = ops.convert_to_tensor(np.asarray(self.values, dtype="float32"), dtype=x.dtype)
         return ops.where(ops.isnan(x), fill, x)
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "values": self.values}
 
 
-def clean_and_normalize(x, info: DataInfo):
+def clean_and_normalize(x: KerasTensor, info: DataInfo) -> KerasTensor:
     """Fill missing values and standardize with the training split's statistics (``info.stats``)."""
     if info.stats is None:
         raise ValueError("this template normalizes its inputs: the data info must carry training statistics")
@@ -35,7 +40,7 @@ def clean_and_normalize(x, info: DataInfo):
     return layers.Normalization(mean=mean, variance=std**2, name="normalize")(x)
 
 
-def head(x, info: DataInfo, task: str, name: str):
+def head(x: KerasTensor, info: DataInfo, task: str, name: str) -> KerasTensor:
     """Class probabilities for classification; for regression one number in the label's own units
     (the network predicts a standardized target, rescaled with the training split's label stats)."""
     if task == "classification":
@@ -46,5 +51,5 @@ def head(x, info: DataInfo, task: str, name: str):
     return layers.Rescaling(scale, offset=float(info.stats.label_mean), dtype="float32", name=name)(z)
 
 
-def model(inputs, outputs, name: str) -> keras.Model:
+def model(inputs: KerasTensor, outputs: KerasTensor, name: str) -> keras.Model:
     return keras.Model(inputs, outputs, name=name)

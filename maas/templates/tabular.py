@@ -11,16 +11,22 @@ and every feature is standardized with its statistics, inside the model.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from maas.templates.base import DataInfo, DataSplits, HyperParameter, Hyperparameters, Template, dropout
 from maas.templates.sources import list_column, stage_tables
 
+if TYPE_CHECKING:
+    import keras
+    import pyarrow as pa
+
 _SEED = 20240611
 
 
 def _prepare_tabular(data_dir: str) -> DataSplits:
-    def make():
+    def make() -> tuple[pa.Table, pa.Table]:
         import pyarrow as pa
         from sklearn.datasets import make_classification
         from sklearn.model_selection import train_test_split
@@ -36,7 +42,7 @@ def _prepare_tabular(data_dir: str) -> DataSplits:
     return stage_tables(data_dir, "tabular_mlp", make)
 
 
-def build_tabular_mlp(info: DataInfo, hp: Hyperparameters):
+def build_tabular_mlp(info: DataInfo, hp: Hyperparameters) -> keras.Model:
     import keras
     from keras import layers
 

@@ -51,7 +51,7 @@ def find_splits(uri: str, template: Template) -> DataSplits:
     for fmt in ("parquet", "csv"):
         names = (f"train.{fmt}", f"test.{fmt}")
         if all(kind(n) != pafs.FileType.NotFound for n in names):
-            return DataSplits(join_uri(uri, names[0]), join_uri(uri, names[1]), fmt)  # type: ignore[arg-type]
+            return DataSplits(join_uri(uri, names[0]), join_uri(uri, names[1]), fmt)
     raise ConfigError(f"--data {uri}: expected train.parquet and test.parquet (files or folders), "
                       f"or train.csv and test.csv, there")
 
@@ -134,7 +134,7 @@ def _describe_table(template: Template, splits: DataSplits) -> DataInfo:
 def _is_numeric(t: "pa.DataType") -> bool:
     import pyarrow as pa
 
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+    return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t))
 
 
 def _is_numeric_list(t: "pa.DataType") -> bool:
@@ -247,7 +247,10 @@ def read_split(info: DataInfo, split: str) -> "ray.data.Dataset":
     height, width, channels = info.item_shape
     images = ray.data.read_images(path, filesystem=fs, size=(height, width), mode="RGB" if channels == 3 else "L",
                                   include_paths=True, file_extensions=list(IMAGE_EXTENSIONS))
-    return images.map_batches(_label_from_folder, fn_kwargs={"classes": info.class_names}, batch_format="numpy")
+    # Ray types a batch function as taking any batch format, positionally only; this one takes the numpy
+    # format (batch_format) and its classes from fn_kwargs.
+    return images.map_batches(_label_from_folder,  # type: ignore[arg-type]
+                              fn_kwargs={"classes": info.class_names}, batch_format="numpy")
 
 
 def read_table(info: DataInfo, split: str) -> "pa.Table":
@@ -266,7 +269,8 @@ def feature_stats(template: Template, info: DataInfo, train: "ray.data.Dataset")
     """Per-feature mean and standard deviation (last axis, NaN ignored) of ``train``, and the
     label's for regression: one streaming Ray Data pass of partial sums, combined here."""
     parts = train.map_batches(
-        _partial_sums, fn_kwargs={"template": template, "info": info}, batch_format="numpy", batch_size=4096
+        _partial_sums,  # type: ignore[arg-type]  # a numpy batch, and the rest from fn_kwargs (see read_split)
+        fn_kwargs={"template": template, "info": info}, batch_format="numpy", batch_size=4096
     ).take_all()
     if not parts:
         raise ConfigError(f"data {info.splits.train}: the training split has no rows")

@@ -23,7 +23,7 @@ def export_saved_model(model: "keras.Model", template: Template, info: DataInfo,
     input_signature = [tf.TensorSpec(shape=(None, *spec.item_shape), dtype=spec.dtype, name=spec.name)]
     regression = template.task == "regression"
 
-    def serve(x):
+    def serve(x: tf.Tensor) -> dict[str, tf.Tensor]:
         out = model(x, training=False)
         return {template.output_name: tf.squeeze(out, -1) if regression else out}
 

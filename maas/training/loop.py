@@ -60,6 +60,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from maas.templates import DataInfo, get_template
 
     config = TrainConfig.from_dict(loop_config["train_config"])
+    epochs = config.epochs
+    assert epochs is not None, "the driver resolves the template's default epochs before it starts the workers"
     info = DataInfo.from_dict(loop_config["data_info"])
     template = get_template(config.template)
     classification = template.task == "classification"
@@ -99,27 +101,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             start_epoch, history = saved["epoch"], saved.get("history", list(range(1, saved["epoch"] + 1)))
             watch = EarlyStopping.restore(config.early_stopping_patience, saved.get("validation"), ckpt_dir)
             if watch.stopped:  # restarted after the run's last report (which holds the export): nothing to train
-                start_epoch = config.epochs
+                start_epoch = epochs
         if rank == 0:
             logger.info("[maas] resumed from checkpoint after epoch %d", start_epoch)
 
     in_spec = tf.TensorSpec((None, *info.item_shape), template.input_dtype)
     y_spec = tf.TensorSpec((None,), tf.int64 if classification else tf.float32)
 
-    def per_example_loss(y, out):
+    def per_example_loss(y: tf.Tensor, out: tf.Tensor) -> tf.Tensor:
         if classification:
             return keras.losses.sparse_categorical_crossentropy(y, out)
         scale = info.stats.label_std if info.stats and info.stats.label_std else 1.0
         return tf.square((tf.squeeze(out, -1) - y) / scale)  # MSE of the standardized target
 
-    def quality(y, out):  # summed over the batch: correct predictions, or absolute errors
+    def quality(y: tf.Tensor, out: tf.Tensor) -> tf.Tensor:  # summed over the batch: correct predictions, or absolute errors
         if classification:
             return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(out, axis=-1), y), tf.float32))
         return tf.reduce_sum(tf.abs(tf.squeeze(out, -1) - y))
 
-    @tf.function(input_signature=[in_spec, y_spec])
-    def train_step(x, y):
-        def replica_step(x, y):
+    @tf.function(input_signature=[in_spec, y_spec])  # type: ignore[untyped-decorator]  # TensorFlow is untyped
+    def train_step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def replica_step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             with tf.GradientTape() as tape:
                 out = tf.cast(model(x, training=True), tf.float32)
                 global_batch = tf.shape(x)[0] * world
@@ -156,7 +158,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         rows = max(rows, 1)
         return {"val_loss": loss_sum / rows, ("val_accuracy" if classification else "val_mae"): quality_sum / rows}
 
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
         loss_sum, quality_sum, seen, steps = 0.0, 0.0, 0, 0
         for batch in shard.iter_batches(batch_size=config.batch_size, batch_format="numpy"):
@@ -190,7 +192,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             # Rank 0's verdict for everyone: workers must agree on the epoch they stop after.
             stop = broadcast_from_rank_zero(watch.update(epoch + 1, metrics, model.get_weights()))
             metrics.update(best_epoch=watch.best_epoch, best_val_loss=watch.best_loss)
-        final = stop or epoch + 1 == config.epochs
+        final = stop or epoch + 1 == epochs
         with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as scratch:
             # Rank 0 reports the training state; every worker adds the fingerprint of its own
             # weights (Ray merges the workers' files into one checkpoint), so a checkpoint shows
@@ -209,7 +211,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                                         loop_config.get("majority_class")))
                 assert board is not None
                 board.write(epoch + 1, metrics)
-                logger.info(_progress_line(config.epochs, metrics, elapsed, train_metric, final))
+                logger.info(_progress_line(epochs, metrics, elapsed, train_metric, final))
                 if stop:
                     logger.info("[maas] early stopping after epoch %d: validation loss best at epoch %d, "
                                 "no better in the %d since; publishing epoch %d's weights", epoch + 1,

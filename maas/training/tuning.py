@@ -135,10 +135,10 @@ def _pick(run: TrainConfig, template: Template, grid: Any, storage_fs: Any) -> T
     trials, finished = [], []
     for result in grid:
         metrics = dict(result.metrics or {})
-        record = _record(run, result, metrics)
-        trials.append(record)
-        if record.stopped_by in ("completed", "early stopping") and metrics.get("checkpoint_path"):
-            finished.append((record, metrics))
+        trial = _record(run, result, metrics)
+        trials.append(trial)
+        if trial.stopped_by in ("completed", "early stopping") and metrics.get("checkpoint_path"):
+            finished.append((trial, metrics))
     if not finished:
         errors = [f"{t.trial_id}: {t.stopped_by}" for t in trials]
         raise RuntimeError(f"no trial of {run.run_name} finished ({', '.join(errors) or 'no trials'})")

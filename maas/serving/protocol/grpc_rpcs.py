@@ -13,6 +13,10 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
@@ -61,9 +65,10 @@ BY_NAME = {rpc.name: rpc for rpc in RPCS}
 
 
 @lru_cache(maxsize=None)
-def message_class(path: str) -> type:
+def message_class(path: str) -> type[Message]:
     module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+    cls: type[Message] = getattr(importlib.import_module(module), name)
+    return cls
 
 
 @dataclass(frozen=True)

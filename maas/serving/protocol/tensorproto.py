@@ -41,7 +41,8 @@ _BY_NUMPY = {name: dtype for dtype, (name, _) in _DTYPES.items()}
 def dtype_name(dtype: int) -> str:
     """``DT_FLOAT`` for ``types_pb2.DT_FLOAT`` (a number a client chose: unknown ones are named as such)."""
     try:
-        return types_pb2.DataType.Name(dtype)
+        name: str = types_pb2.DataType.Name(dtype)
+        return name
     except ValueError:
         return f"DataType {dtype}"
 
@@ -56,7 +57,8 @@ def dtype_of(dtype: int) -> np.dtype:
 
 def tf_dtype(spec: TensorSpec) -> int:
     """The ``DataType`` enum value of a signature's tensor."""
-    return types_pb2.DataType.Value(spec.tf_serving_dtype)
+    value: int = types_pb2.DataType.Value(spec.tf_serving_dtype)
+    return value
 
 
 def tensor_shape(shape: tuple[int, ...] | list[int]) -> tensor_shape_pb2.TensorShapeProto:

@@ -54,7 +54,7 @@ class PredictRequest:
 
     @property
     def batch_size(self) -> int:
-        return next(iter(self.inputs.values())).shape[0]
+        return int(next(iter(self.inputs.values())).shape[0])
 
 
 def decode_predict(body: bytes, signature: Signature, limits: RequestLimits) -> PredictRequest:

@@ -19,7 +19,7 @@ from maas.errors import InvalidInput, PayloadTooLarge
 from maas.names import parse_version, validate_label, validate_model_name
 from maas.serving.protocol import tensorproto
 from maas.serving.protocol.limits import RequestLimits
-from maas.signature import Signature
+from maas.signature import Signature, TensorSpec
 
 SIGNATURE = "serving_default"
 METADATA_FIELD = "signature_def"
@@ -99,7 +99,7 @@ def metadata_response(model: str, version: int,
     """The ``signature_def`` of ``version``, packed as TF Serving packs it (a ``SignatureDefMap`` in an
     ``Any``)."""
 
-    def info(spec, graph_name: str) -> meta_graph_pb2.TensorInfo:  # noqa: ANN001 (TensorSpec)
+    def info(spec: TensorSpec, graph_name: str) -> meta_graph_pb2.TensorInfo:
         return meta_graph_pb2.TensorInfo(name=graph_name, dtype=tensorproto.tf_dtype(spec),
                                          tensor_shape=tensorproto.tensor_shape(spec.shape))
 

@@ -67,7 +67,7 @@ class InferRequest:
 
     @property
     def batch_size(self) -> int:
-        return next(iter(self.inputs.values())).shape[0]
+        return int(next(iter(self.inputs.values())).shape[0])
 
 
 def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes | None]:

@@ -119,9 +119,10 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     digits = digits_parquet(work / "digits", args.mlp_rows, files=8)
     images = animal_folder(work / "animals", args.images)
     mlp_info = DataInfo(DataSplits("", ""), item_shape=(64,), class_names=tuple(str(k) for k in range(10)),
-                        stats=FeatureStats(mean=tuple(digits.mean(0).tolist()), std=tuple(np.maximum(digits.std(0), 1e-6)),
-                                           count=len(digits)))
-    cnn_info = DataInfo(DataSplits("", ""), item_shape=(128, 128, 3), class_names=tuple(f"animal_{k}" for k in range(10)))
+                        stats=FeatureStats(mean=tuple(digits.mean(0).tolist()),
+                                           std=tuple(np.maximum(digits.std(0), 1e-6)), count=len(digits)))
+    cnn_info = DataInfo(DataSplits("", ""), item_shape=(128, 128, 3),
+                        class_names=tuple(f"animal_{k}" for k in range(10)))
     paths = {"mlp": _publish(registry, "tabular_mlp", mlp_info, work / "export", "bench-batch-mlp", "parquet"),
              "cnn": _publish(registry, "image_cnn", cnn_info, work / "export", "bench-batch-cnn", "images")}
     # What the job feeds the models: digits rows, and silhouettes decoded to RGB and resized as the reader does.
@@ -146,7 +147,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             report = job(model, data, work / f"out-{key}", registry.uri, batch)
             top = cores * single[key]
             runs.append({"model": key, "template": "tabular_mlp" if key == "mlp" else "image_cnn",
-                         "data": "digits, Parquet (list column)" if key == "mlp" else "Animal-MNIST PNG folder, 28x28 -> 128x128x3",
+                         "data": "digits, Parquet (list column)" if key == "mlp"
+                                 else "Animal-MNIST PNG folder, 28x28 -> 128x128x3",
                          "rows": report["rows"], "batch_size": batch, "wall_s": report["wall_s"],
                          "rows_per_s": report["rows_per_s"], "scoring_s": report["scoring_s"],
                          "scoring_rows_per_s": report["scoring_rows_per_s"],
@@ -172,7 +174,8 @@ def markdown(results: dict) -> str:
     for r in results["runs"]:
         lines.append(f"| {r['model']} ({r['template']}) | {r['data']} | {r['rows']:,} | {r['batch_size']} | "
                      f"{r['single_process_rows_per_s']:,.0f} | {r['ceiling_rows_per_s']:,.0f} | "
-                     f"{r['scoring_rows_per_s']:,.0f} | {r['ratio']:.0%} | {r['rows_per_s']:,.0f} ({r['wall_s']:.1f}) | "
+                     f"{r['scoring_rows_per_s']:,.0f} | {r['ratio']:.0%} | "
+                     f"{r['rows_per_s']:,.0f} ({r['wall_s']:.1f}) | "
                      f"{r['end_to_end_ratio']:.0%} |")
     lines += ["", "Per actor, rows/s while scoring (conversion and model call, per batch):", ""]
     for r in results["runs"]:

@@ -57,7 +57,7 @@ def big_body(mb: float) -> tuple[bytes, int]:
     return body, n
 
 
-def _post_big(url: str, body: bytes, key: str, until: float, results: "multiprocessing.Queue") -> None:
+def _post_big(url: str, body: bytes, key: str, until: float, results: multiprocessing.Queue) -> None:
     """One big client: posts ``body`` back to back until ``until``; reports (status, seconds) of each."""
     host = url.removeprefix("http://")
     outcomes = []

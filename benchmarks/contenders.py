@@ -218,7 +218,8 @@ class Maas(Contender):
         from maas import deploy
 
         spec = self._config["applications"][0]["deployments"][0]["autoscaling_config"]
-        wanted = min(spec["max_replicas"], max(spec["min_replicas"], -(-concurrency // spec["target_ongoing_requests"])))
+        wanted = min(spec["max_replicas"],
+                     max(spec["min_replicas"], -(-concurrency // spec["target_ongoing_requests"])))
         started = time.monotonic()
         while len(deploy.running_replicas()) < wanted:
             if time.monotonic() - started > 90:

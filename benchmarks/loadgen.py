@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Awaitable, Callable
 
 import numpy as np
 
@@ -86,7 +86,7 @@ async def _run_http(request: Request, concurrency: int, max_requests: int, max_s
                 async with session.post(request.url, data=request.body, headers=request.headers) as resp:
                     body = await resp.read()
                     return None if resp.status == 200 else f"HTTP {resp.status}: {body[:200]!r}"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 return f"{type(exc).__name__}: {exc}"
 
         return await _measure([post], concurrency, max_requests, max_seconds, warmup, latencies, errors)

@@ -35,7 +35,8 @@ def serving_targets(results: dict) -> list[Target]:
                               f"{ratio:.2f}x ({ours['requests_per_s']:.0f} vs {fastapi['requests_per_s']:.0f} req/s)",
                               ratio >= 1.5))
         targets.append(Target("... with p99 no worse than FastAPI's",
-                              f"{ours['p99_ms']:.1f} vs {fastapi['p99_ms']:.1f} ms", ours["p99_ms"] <= fastapi["p99_ms"]))
+                              f"{ours['p99_ms']:.1f} vs {fastapi['p99_ms']:.1f} ms",
+                              ours["p99_ms"] <= fastapi["p99_ms"]))
     else:
         targets.append(Target("MLP, JSON, 1 instance, 32 clients: >= 1.5x FastAPI throughput", "not measured", None))
     if ours and bento:
@@ -49,14 +50,16 @@ def serving_targets(results: dict) -> list[Target]:
     if binary and cnn_json:
         ratio = binary["requests_per_s"] / cnn_json["requests_per_s"]
         targets.append(Target("CNN, binary tensors, 32 clients: >= 10x FastAPI's JSON throughput",
-                              f"{ratio:.1f}x ({binary['requests_per_s']:.0f} vs {cnn_json['requests_per_s']:.0f} req/s)",
+                              f"{ratio:.1f}x ({binary['requests_per_s']:.0f} vs "
+                              f"{cnn_json['requests_per_s']:.0f} req/s)",
                               ratio >= 10))
     ceiling = results.get("in_process", {}).get("cnn", {})
     ceiling32 = ceiling.get("32") or ceiling.get(32)
     if binary and ceiling32:
         share = binary["instances_per_s"] / ceiling32
         targets.append(Target("CNN, binary tensors, 32 clients: >= 60% of the in-process ceiling at batch 32",
-                              f"{share:.0%} ({binary['instances_per_s']:.0f} of {ceiling32:.0f} images/s)", share >= 0.6))
+                              f"{share:.0%} ({binary['instances_per_s']:.0f} of {ceiling32:.0f} images/s)",
+                              share >= 0.6))
     targets.append(_ratio_target("CNN image over gRPC, 32 clients: >= 1.2x the REST binary tensor throughput",
                                  _row(rows, "maas", "cnn:grpc1", 32), binary, 1.2))
     targets.append(_ratio_target("MLP, 1 instance over gRPC, 32 clients: >= REST JSON throughput",
@@ -90,7 +93,8 @@ def serving_markdown(results: dict) -> str:
     m = results["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, GPUs: {', '.join(m['gpus']) or 'none'}; "
              f"Ray {m['ray']}, TensorFlow {m['tensorflow']}, Python {m['python']}. Closed loop, at most "
-             f"{results['settings']['max_requests']} requests or {results['settings']['max_seconds']:g} s per cell.", ""]
+             f"{results['settings']['max_requests']} requests or {results['settings']['max_seconds']:g} s "
+             "per cell.", ""]
     rows = results["serving"]
     contenders = list(dict.fromkeys(r["contender"] for r in rows))
     scenarios = list(dict.fromkeys(f"{r['model']}:{r['payload']}" for r in rows))
@@ -143,12 +147,12 @@ def serving_plots(results: dict, out: Path) -> list[Path]:
                                  ("p50_ms", "p50 latency (ms)", "latency_p50"),
                                  ("p99_ms", "p99 latency (ms)", "latency_p99")):
         fig, axes = plt.subplots(1, len(scenarios), figsize=(4 * len(scenarios), 3.4), squeeze=False)
-        for ax, scenario in zip(axes[0], scenarios):
+        for ax, scenario in zip(axes[0], scenarios, strict=True):
             for contender in contenders:
                 points = [(r["concurrency"], r[metric]) for r in rows
                           if r["contender"] == contender and f"{r['model']}:{r['payload']}" == scenario]
                 if points:
-                    ax.plot(*zip(*points), marker="o", label=contender, color=colors[contender])
+                    ax.plot(*zip(*points, strict=True), marker="o", label=contender, color=colors[contender])
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_title(scenario)
@@ -175,7 +179,8 @@ def training_markdown(results: dict) -> str:
              f"{results['target_accuracy']:.2f} | final accuracy |", "|---|---|---|---|---|"]
     for r in results["runs"]:
         reached = "-" if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.1f}"
-        lines.append(f"| {r['trainer']} | {r['workers']} | {r['samples_per_s']:.0f} | {reached} | {r['accuracy']:.3f} |")
+        lines.append(f"| {r['trainer']} | {r['workers']} | {r['samples_per_s']:.0f} | {reached} | "
+                     f"{r['accuracy']:.3f} |")
     by = {(r["trainer"], r["workers"]): r for r in results["runs"]}
     keras1, ray1, ray2 = by.get(("keras fit", 1)), by.get(("ray train", 1)), by.get(("ray train", 2))
     targets = []

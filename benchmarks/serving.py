@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> dict:
                     print(f"{name:8} {model_key}:{payload:7} c={concurrency:<4} {result.requests_per_s:>8.1f} req/s "
                           f"p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  errors {result.errors}",
                           flush=True)
-        except Exception as exc:  # one contender failing to start must not lose the others' figures
+        except Exception as exc:  # noqa: BLE001 (one contender failing to start must not lose the others' figures)
             results["skipped"][name] = f"{type(exc).__name__}: {exc}"
             logger.error("%s failed: %s", name, exc)
         finally:

@@ -16,17 +16,21 @@ import logging
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from benchmarks import report
 from benchmarks.machine import describe_machine
 
+if TYPE_CHECKING:
+    from maas.training.config import TrainConfig
+
 RESULTS = Path(__file__).resolve().parent / "results"
 logger = logging.getLogger("benchmarks")
 
 
-def keras_fit(config, target: float) -> dict:  # noqa: ANN001 (a TrainConfig)
+def keras_fit(config: TrainConfig, target: float) -> dict:
     import keras
 
     from maas.templates import get_template
@@ -44,10 +48,10 @@ def keras_fit(config, target: float) -> dict:  # noqa: ANN001 (a TrainConfig)
     epoch_s: list[float] = []
 
     class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):  # noqa: ANN001
+        def on_epoch_begin(self, epoch, logs=None):
             self.t = time.perf_counter()
 
-        def on_epoch_end(self, epoch, logs=None):  # noqa: ANN001
+        def on_epoch_end(self, epoch, logs=None):
             epoch_s.append(time.perf_counter() - self.t)
 
     model.fit(x, y, batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=0, callbacks=[Timer()])
@@ -57,7 +61,7 @@ def keras_fit(config, target: float) -> dict:  # noqa: ANN001 (a TrainConfig)
             "seconds": round(seconds, 1), "seconds_to_target": seconds if accuracy >= target else None}
 
 
-def ray_train(config, target: float) -> dict:  # noqa: ANN001
+def ray_train(config: TrainConfig, target: float) -> dict:
     from maas.training.driver import run_training
 
     started = time.perf_counter()

@@ -32,9 +32,9 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Mapping
 
 import pyarrow.fs as pafs
 
@@ -94,7 +94,7 @@ class ApiKey:
     def allows(self, model: str) -> bool:
         return ALL_MODELS in self.models or model in self.models
 
-    def signed(self, secret: bytes) -> "ApiKey":
+    def signed(self, secret: bytes) -> ApiKey:
         return replace(self, hmac=self._mac(secret))
 
     def signature_valid(self, secret: bytes) -> bool:
@@ -109,7 +109,7 @@ class ApiKey:
         return json.dumps({**asdict(self), "models": list(self.models)}, indent=2).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> "ApiKey":
+    def from_json(cls, raw: bytes) -> ApiKey:
         doc = json.loads(raw)
         return cls(**{**doc, "models": tuple(doc["models"])})
 
@@ -217,4 +217,4 @@ def authorize(record: ApiKey | None, key: str, model: str | None, *, secret: byt
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")

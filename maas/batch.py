@@ -283,7 +283,7 @@ def column_problem(name: str, t: pa.DataType | None, spec: TensorSpec) -> str | 
     levels, leaf = _list_levels(t)
     if not levels or not _is_numeric(leaf) or len(levels) > max(len(spec.item_shape), 1):
         return f"column '{name}' is {t}, expected a list of {expected}"
-    for level, length in zip(levels, level_lengths(spec.item_shape, len(levels))):
+    for level, length in zip(levels, level_lengths(spec.item_shape, len(levels)), strict=True):
         if pa.types.is_fixed_size_list(level) and level.list_size != length:
             return f"column '{name}' holds {level.list_size} numbers per row, expected {expected}"
     return None
@@ -381,7 +381,8 @@ def row_offsets(counts: Sequence[int]) -> list[int]:
 def parquet_units(path: str, start_row: int, row_group_rows: Sequence[int]) -> list[ReadUnit]:
     """One unit per non-empty row group of one Parquet file whose first row is ``start_row``."""
     starts = row_offsets(row_group_rows)
-    return [ReadUnit(path, start_row + s, n, (g,)) for g, (s, n) in enumerate(zip(starts, row_group_rows)) if n]
+    return [ReadUnit(path, start_row + s, n, (g,))
+            for g, (s, n) in enumerate(zip(starts, row_group_rows, strict=True)) if n]
 
 
 def group_units(units: Sequence[ReadUnit], tasks: int) -> list[list[ReadUnit]]:
@@ -394,7 +395,7 @@ def group_units(units: Sequence[ReadUnit], tasks: int) -> list[list[ReadUnit]]:
     weights = np.array([u.rows if u.rows is not None else average for u in units], dtype=np.float64)
     edges = np.cumsum(weights) / max(weights.sum(), 1e-9) * max(1, min(tasks, len(units)))
     groups: dict[int, list[ReadUnit]] = {}
-    for unit, edge in zip(units, edges):
+    for unit, edge in zip(units, edges, strict=True):
         groups.setdefault(min(math.ceil(edge - 1e-9) - 1, len(units) - 1), []).append(unit)
     return [groups[k] for k in sorted(groups)]
 
@@ -568,20 +569,21 @@ def _prepare_table(fs: pafs.FileSystem, data: DataFiles, version: ModelVersion, 
     has_id = ID_COLUMN in schema.names
     columns = tuple(dict.fromkeys([c for spec in inputs for c in spec.columns] + ([ID_COLUMN] if has_id else [])))
     if data.format == "parquet":
-        for path, footer in zip(data.files[1:], footers[1:]):  # every file has what the first has
+        for path, footer in zip(data.files[1:], footers[1:], strict=True):  # every file has what the first has
             other = footer.schema.to_arrow_schema()
             differs = [c for c in columns if c not in other.names or other.field(c).type != schema.field(c).type]
             if differs:
                 raise InvalidInput(f"file {path} has other columns or types than {data.files[0]}: {differs}")
         counts = [f.num_rows for f in footers]
-        units = [u for path, start, footer in zip(data.files, row_offsets(counts), footers)
-                 for u in parquet_units(path, start, [footer.row_group(g).num_rows for g in range(footer.num_row_groups)])]
+        units = [u for path, start, footer in zip(data.files, row_offsets(counts), footers, strict=True)
+                 for u in parquet_units(path, start,
+                                        [footer.row_group(g).num_rows for g in range(footer.num_row_groups)])]
         rows: int | None = sum(counts)
         types: tuple[tuple[str, pa.DataType], ...] = ()
     else:
         counts = [] if has_id else [_csv_rows(fs, p, columns[0]) for p in data.files[:-1]]
         starts = row_offsets([*counts, 0]) if not has_id else [0] * len(data.files)
-        units = [ReadUnit(path, start, None) for path, start in zip(data.files, starts)]
+        units = [ReadUnit(path, start, None) for path, start in zip(data.files, starts, strict=True)]
         types = _csv_types(columns, inputs)
         empty = not any(counts) and not any(_csv_has_rows(fs, p) for p in data.files[len(counts):])
         rows = 0 if empty else None
@@ -655,10 +657,7 @@ def _csv_rows(fs: pafs.FileSystem, path: str, column: str) -> int:
 
 
 def _csv_has_rows(fs: pafs.FileSystem, path: str) -> bool:
-    for batch in _csv_reader(fs, path):
-        if len(batch):
-            return True
-    return False
+    return any(len(batch) for batch in _csv_reader(fs, path))
 
 
 def _first_image(fs: pafs.FileSystem, data: DataFiles) -> tuple[str, int, int]:
@@ -1018,7 +1017,7 @@ def _gathered(tally: Any, rows: int, actors: int) -> list[ActorFigures]:
     deadline = time.monotonic() + _TALLY_WAIT_S
     while True:
         figures: list[ActorFigures] = ray.get(tally.figures.remote())
-        if sum(f.rows for f in figures) >= rows and len(figures) >= actors or time.monotonic() > deadline:
+        if (sum(f.rows for f in figures) >= rows and len(figures) >= actors) or time.monotonic() > deadline:
             return figures
         time.sleep(0.05)
 

@@ -27,8 +27,9 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -63,7 +64,7 @@ class Reply:
     def json(self) -> Any:
         return json.loads(self.body)
 
-    def raise_for_status(self) -> "Reply":
+    def raise_for_status(self) -> Reply:
         if self.status >= 400:
             try:
                 message = json.loads(self.body).get("error", "")
@@ -197,7 +198,7 @@ class RetryPolicy:
             return min(float(retry_after.strip()) * random.uniform(1.0, 1.5), self.max_backoff_s)
         return random.uniform(0, min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s))
 
-    def retries_answer(self, reply: "Reply") -> bool:
+    def retries_answer(self, reply: Reply) -> bool:
         return reply.status in self.statuses and "retry-after" in reply.headers
 
 
@@ -264,7 +265,8 @@ class Client(_Base):
         self._local = threading.local()
 
     # TF Serving REST API
-    def predict(self, model: str, instances: Any, *, version: int | None = None, label: str | None = None) -> np.ndarray:
+    def predict(self, model: str, instances: Any, *, version: int | None = None,
+                label: str | None = None) -> np.ndarray:
         """Row-format ``:predict``; the ``predictions`` as an array."""
         return predict_result(self.send(predict_call(model, instances, version, label)))
 
@@ -272,7 +274,8 @@ class Client(_Base):
         return json_result(self.send(Call("GET", tf_model_path(model, version, label))))
 
     def metadata(self, model: str, *, version: int | None = None, label: str | None = None) -> dict[str, Any]:
-        return json_result(self.send(Call("GET", _path("tfserving", "metadata", model=model, version=version, label=label))))
+        path = _path("tfserving", "metadata", model=model, version=version, label=label)
+        return json_result(self.send(Call("GET", path)))
 
     # KServe V2
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, version: int | None = None, binary: bool = False,
@@ -337,7 +340,7 @@ class Client(_Base):
             conn.close()
             self._local.conn = None
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -367,7 +370,8 @@ class AsyncClient(_Base):
         return json_result(await self.send(Call("GET", tf_model_path(model, version, label))))
 
     async def metadata(self, model: str, *, version: int | None = None, label: str | None = None) -> dict[str, Any]:
-        return json_result(await self.send(Call("GET", _path("tfserving", "metadata", model=model, version=version, label=label))))
+        path = _path("tfserving", "metadata", model=model, version=version, label=label)
+        return json_result(await self.send(Call("GET", path)))
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, version: int | None = None,
                     binary: bool = False, outputs: list[str] | None = None,
@@ -430,7 +434,7 @@ class AsyncClient(_Base):
             await self._session.close()
             self._session = None
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

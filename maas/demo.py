@@ -12,8 +12,8 @@ import time
 import numpy as np
 
 from maas import cluster, deploy, jobclient, settings
-from maas.cli_support import fail
 from maas.auth import KeyStore, key_id
+from maas.cli_support import fail
 from maas.client import Client
 from maas.registry import Registry
 from maas.templates import get_template

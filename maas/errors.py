@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class MaasError(Exception):
     """Base class of every error this project raises on purpose."""
 
     http_status: int = 500
-    http_headers: dict[str, str] = {}  # extra response headers (for example WWW-Authenticate)
+    http_headers: ClassVar[dict[str, str]] = {}  # extra response headers (for example WWW-Authenticate)
 
 
 class InvalidInput(MaasError):
@@ -38,7 +40,7 @@ class Unauthorized(MaasError):
     """No API key, or one that is unknown or revoked."""
 
     http_status = 401
-    http_headers = {"WWW-Authenticate": 'Bearer realm="maas"'}
+    http_headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="maas"'}
 
 
 class Forbidden(MaasError):
@@ -57,7 +59,7 @@ class ServerBusy(MaasError):
     """A replica already holds as many pending predictions as it may: the client should retry."""
 
     http_status = 503
-    http_headers = {"Retry-After": "1"}
+    http_headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
 
 
 class BodyBudgetFull(ServerBusy):
@@ -68,7 +70,7 @@ class StorageUnavailable(MaasError):
     """The registry's storage cannot be reached, and nothing known is fresh enough to answer with."""
 
     http_status = 503
-    http_headers = {"Retry-After": "2"}
+    http_headers: ClassVar[dict[str, str]] = {"Retry-After": "2"}
 
 
 class ModelUnavailable(MaasError):

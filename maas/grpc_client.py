@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import grpc
 import numpy as np
@@ -113,7 +114,7 @@ def cast_inputs(inputs: Mapping[str, Any], definition: Any) -> dict[str, np.ndar
         info = definition.inputs.get(name)
         if info is not None and array.dtype.kind in "biuf":
             dtype = dtype_of(info.dtype)
-            if dtype.kind == "f" and array.dtype.kind in "iuf":
+            if dtype.kind == "f" and array.dtype.kind in "iuf":  # noqa: SIM114 (two cases: widening, fitting)
                 array = array.astype(dtype)
             elif dtype.kind in "iu" and array.dtype.kind in "iu" and (array.size == 0 or (
                     np.iinfo(dtype).min <= array.min() and array.max() <= np.iinfo(dtype).max)):
@@ -194,7 +195,7 @@ def infer_outputs(answer: Answer) -> dict[str, np.ndarray]:
     from maas.signature import numpy_dtype
 
     outputs = {}
-    for tensor, raw in zip(answer.message.outputs, answer.message.raw_output_contents):
+    for tensor, raw in zip(answer.message.outputs, answer.message.raw_output_contents, strict=False):
         if tensor.datatype == "BYTES":
             items, offset = [], 0
             while offset < len(raw):
@@ -339,7 +340,7 @@ class GrpcClient(_Base):
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "GrpcClient":
+    def __enter__(self) -> GrpcClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -415,7 +416,7 @@ class AsyncGrpcClient(_Base):
             await self._channel.close()
             self._channel = None
 
-    async def __aenter__(self) -> "AsyncGrpcClient":
+    async def __aenter__(self) -> AsyncGrpcClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -340,7 +340,7 @@ def fix_input_shapes(inputs: list[TensorSpec], input_shape: InputShape | None) -
             if len(given) != len(spec.item_shape):
                 raise InvalidInput(f"input '{spec.name}' has {len(spec.item_shape)} dimensions after the batch "
                                    f"(shape {list(spec.shape)}); the input shape given has {len(given)}: {list(given)}")
-            for i, (known, size) in enumerate(zip(spec.item_shape, given), start=1):
+            for i, (known, size) in enumerate(zip(spec.item_shape, given, strict=True), start=1):
                 if known not in (-1, size):
                     raise InvalidInput(f"input '{spec.name}' has size {known} in dimension {i} (shape "
                                        f"{list(spec.shape)}); the input shape given says {size}")
@@ -408,7 +408,8 @@ def export_keras(model: keras.Model, path: Path, *, input_shape: InputShape | No
         raise
     except Exception as exc:  # noqa: BLE001 (whatever the model's own code raises while traced)
         raise InvalidInput(f"Keras model {model.name!r} cannot be called on inputs "
-                           f"{[list(s.shape) for s in inputs]}: {type(exc).__name__}: {_first_line(str(exc))}") from None
+                           f"{[list(s.shape) for s in inputs]}: {type(exc).__name__}: "
+                           f"{_first_line(str(exc))}") from None
     archive.write_out(str(path), verbose=False)
 
 
@@ -464,7 +465,7 @@ def _named_outputs(out: Any, names: list[str]) -> dict[str, Any]:
             names = [f"output_{i}" for i in range(len(out))]
         if len(set(names)) != len(names):
             raise InvalidInput(f"the model's outputs share a name: {names}")
-        return dict(zip(names, out))
+        return dict(zip(names, out, strict=True))
     return {names[0] if len(names) == 1 else "output_0": out}
 
 
@@ -494,7 +495,7 @@ def prepare_saved_model(path: Path, export: Path, *, signature: str = DEFAULT_SI
     @tf.function(  # type: ignore[untyped-decorator]  # TensorFlow has no type information
         input_signature=[tf.TensorSpec((None, *s.item_shape), s.dtype, name=s.name) for s in inputs])
     def serve(*args: tf.Tensor) -> dict[str, tf.Tensor]:
-        outputs: dict[str, tf.Tensor] = fn(**dict(zip(names, args)))
+        outputs: dict[str, tf.Tensor] = fn(**dict(zip(names, args, strict=True)))
         return outputs
 
     module = tf.Module()

@@ -211,7 +211,7 @@ def to_batch(value: Any, spec: TensorSpec, *, where: str) -> np.ndarray:
         raise InvalidInput(f"{where}: expected a list for input '{spec.name}', received a single number")
     expected = spec.item_shape
     got = array.shape[1:]
-    if len(got) != len(expected) or any(e != -1 and e != g for e, g in zip(expected, got)):
+    if len(got) != len(expected) or any(e != -1 and e != g for e, g in zip(expected, got, strict=True)):
         raise InvalidInput(
             f"{where}: input '{spec.name}' expects instances of shape {list(expected)}, "
             f"received shape {list(got)}"
@@ -234,7 +234,7 @@ def check_shape(shape: list[int], spec: TensorSpec, *, where: str, max_instances
     where the signature says -1), at least one instance and at most ``max_instances``."""
     if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
         raise InvalidInput(f"{where}: a shape is at most {MAX_DIMS} non-negative sizes. Received: {shape[:8]}")
-    if len(shape) != len(spec.shape) or any(e != -1 and e != g for e, g in zip(spec.shape, shape)):
+    if len(shape) != len(spec.shape) or any(e != -1 and e != g for e, g in zip(spec.shape, shape, strict=True)):
         raise InvalidInput(f"{where}: input '{spec.name}' expects shape {list(spec.shape)}, received {shape}")
     if shape[0] == 0:
         raise InvalidInput(f"{where}: input '{spec.name}' has no instances (batch size 0)")

@@ -30,7 +30,7 @@ class SavedModel(kserve.Model):
         self.ready = True
         return True
 
-    def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:  # noqa: ANN001
+    def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
         x = payload.inputs[0].as_numpy().astype(self._dtype, copy=False)
         out = next(iter(self._fn(**{self._input: self._tf.constant(x)}).values())).numpy()
         result = InferOutput(name="output", shape=list(out.shape), datatype="FP32")

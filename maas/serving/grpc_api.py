@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import grpc
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2

@@ -10,13 +10,20 @@ request, so the Serve controller and proxies that load this module never import 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from maas.serving.protocol.grpc_rpcs import MODEL_SERVICE, PREDICTION_SERVICE, RPCS, V2_SERVICE, Unreadable, \
-    message_class
+from maas.serving.protocol.grpc_rpcs import (
+    MODEL_SERVICE,
+    PREDICTION_SERVICE,
+    RPCS,
+    V2_SERVICE,
+    Unreadable,
+    message_class,
+)
 
 
 def _deserializer(path: str) -> Callable[[bytes], Message | Unreadable]:

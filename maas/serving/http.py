@@ -15,8 +15,9 @@ import dataclasses
 import logging
 import re
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -241,7 +242,7 @@ class HttpApi:
         timeout = self._limits.body_timeout_s
         try:
             return await asyncio.wait_for(read(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BodyTimeout(f"The request body did not arrive within {timeout:g}s (body_timeout_s)") from None
 
 

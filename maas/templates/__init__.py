@@ -27,4 +27,4 @@ def get_template(name: str) -> Template:
         raise InvalidInput(f"Unknown template {name!r}; choose one of {sorted(TEMPLATES)}") from None
 
 
-__all__ = ["DataInfo", "DataSplits", "FeatureStats", "TEMPLATES", "Template", "get_template"]
+__all__ = ["TEMPLATES", "DataInfo", "DataSplits", "FeatureStats", "Template", "get_template"]

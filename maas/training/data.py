@@ -56,7 +56,7 @@ def find_splits(uri: str, template: Template) -> DataSplits:
                       f"or train.csv and test.csv, there")
 
 
-def check_data(config: "TrainConfig") -> DataInfo:
+def check_data(config: TrainConfig) -> DataInfo:
     """Find ``config``'s data set (``--data``, or the template's built-in one) and check it against
     the template's schema, without Ray: what a job does before it connects."""
     from maas.storage import uri_exists
@@ -82,7 +82,7 @@ def describe_data(template: Template, splits: DataSplits, *, with_stats: bool = 
     return add_training_stats(template, info) if with_stats else info
 
 
-def add_training_stats(template: Template, info: DataInfo, train: "ray.data.Dataset | None" = None) -> DataInfo:
+def add_training_stats(template: Template, info: DataInfo, train: ray.data.Dataset | None = None) -> DataInfo:
     """``info`` with the training split's statistics, for templates that normalize or regress.
 
     ``train`` is the training split when the caller has it already (read, or cached in the object
@@ -131,13 +131,13 @@ def _describe_table(template: Template, splits: DataSplits) -> DataInfo:
                     feature_columns=feature_columns, train_rows=len(labels), test_rows=len(test_labels))
 
 
-def _is_numeric(t: "pa.DataType") -> bool:
+def _is_numeric(t: pa.DataType) -> bool:
     import pyarrow as pa
 
     return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t))
 
 
-def _is_numeric_list(t: "pa.DataType") -> bool:
+def _is_numeric_list(t: pa.DataType) -> bool:
     import pyarrow as pa
 
     while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
@@ -147,7 +147,7 @@ def _is_numeric_list(t: "pa.DataType") -> bool:
     return False
 
 
-def _check_schema(template: Template, schema: "pa.Schema") -> tuple[tuple[str, ...], list[str]]:
+def _check_schema(template: Template, schema: pa.Schema) -> tuple[tuple[str, ...], list[str]]:
     """(the feature columns, the problems) of ``schema`` for ``template``."""
     import pyarrow as pa
 
@@ -211,7 +211,7 @@ def _item_shape(template: Template, train: Any, feature_columns: tuple[str, ...]
         length = int(np.asarray(first[0].as_py(), dtype=np.float64).size)
     known = int(np.prod([d for d in template.item_shape if d is not None]))
     unknown = sum(d is None for d in template.item_shape)
-    if unknown == 0 and known != length or unknown and length % known:
+    if (unknown == 0 and known != length) or (unknown and length % known):
         raise ConfigError(f"data: column '{template.input_name}' holds {length} numbers per row; the "
                           f"{template.name} template expects {_expected(template)}")
     return tuple(length // known if d is None else d for d in template.item_shape)
@@ -234,7 +234,7 @@ def _image_classes(splits: DataSplits, template: Template) -> tuple[str, ...]:
     return tuple(train)
 
 
-def read_split(info: DataInfo, split: str) -> "ray.data.Dataset":
+def read_split(info: DataInfo, split: str) -> ray.data.Dataset:
     """A Ray Data dataset of one split (streamed; nothing is read until a consumer pulls)."""
     import ray.data
 
@@ -253,7 +253,7 @@ def read_split(info: DataInfo, split: str) -> "ray.data.Dataset":
                               fn_kwargs={"classes": info.class_names}, batch_format="numpy")
 
 
-def read_table(info: DataInfo, split: str) -> "pa.Table":
+def read_table(info: DataInfo, split: str) -> pa.Table:
     """One split of a Parquet or CSV data set read whole with pyarrow, by the same reader that
     checked its schema (for data small enough to go to the object store in one piece)."""
     return _dataset(getattr(info.splits, split), info.splits.format).to_table()
@@ -265,7 +265,7 @@ def _label_from_folder(batch: dict[str, np.ndarray], classes: tuple[str, ...]) -
     return {"image": batch["image"], LABEL_COLUMN: labels}
 
 
-def feature_stats(template: Template, info: DataInfo, train: "ray.data.Dataset") -> FeatureStats:
+def feature_stats(template: Template, info: DataInfo, train: ray.data.Dataset) -> FeatureStats:
     """Per-feature mean and standard deviation (last axis, NaN ignored) of ``train``, and the
     label's for regression: one streaming Ray Data pass of partial sums, combined here."""
     parts = train.map_batches(

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import keras
 
 
-def export_saved_model(model: "keras.Model", template: Template, info: DataInfo, path: str) -> Signature:
+def export_saved_model(model: keras.Model, template: Template, info: DataInfo, path: str) -> Signature:
     """Write ``model`` to ``path`` and return the signature read back from the written SavedModel.
 
     Regression models answer one number per example (shape ``[-1]``), not ``[-1, 1]``."""

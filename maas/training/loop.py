@@ -114,7 +114,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         scale = info.stats.label_std if info.stats and info.stats.label_std else 1.0
         return tf.square((tf.squeeze(out, -1) - y) / scale)  # MSE of the standardized target
 
-    def quality(y: tf.Tensor, out: tf.Tensor) -> tf.Tensor:  # summed over the batch: correct predictions, or absolute errors
+    # summed over the batch: correct predictions, or absolute errors
+    def quality(y: tf.Tensor, out: tf.Tensor) -> tf.Tensor:
         if classification:
             return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(out, axis=-1), y), tf.float32))
         return tf.reduce_sum(tf.abs(tf.squeeze(out, -1) - y))
@@ -128,7 +129,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 loss = tf.nn.compute_average_loss(per_example_loss(y, out), global_batch_size=global_batch)
                 scaled = optimizer.scale_loss(loss) if config.mixed_precision else loss
             grads = tape.gradient(scaled, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return loss, quality(y, out)
 
         loss, total = strategy.run(replica_step, args=(x, y))
@@ -253,7 +254,7 @@ class EarlyStopping:
             np.savez(os.path.join(ckpt_dir, self.BEST_WEIGHTS_FILE), *self.best_weights)
 
     @classmethod
-    def restore(cls, patience: int, saved: dict[str, Any] | None, ckpt_dir: str) -> "EarlyStopping":
+    def restore(cls, patience: int, saved: dict[str, Any] | None, ckpt_dir: str) -> EarlyStopping:
         watch = cls(patience)
         if saved:
             watch.best_loss, watch.best_epoch, watch.curve = saved["best_loss"], saved["best_epoch"], saved["curve"]
@@ -267,7 +268,8 @@ class EarlyStopping:
 
 def _progress_line(epochs: int, metrics: dict[str, Any], elapsed: float, train_metric: str, final: bool) -> str:
     line = (f"[maas] epoch {metrics['epoch']}/{epochs} loss={metrics['loss']:.4f} "
-            f"{train_metric}={metrics[train_metric]:.4f} {metrics['samples_per_second']:.0f} samples/s ({elapsed:.1f}s)")
+            f"{train_metric}={metrics[train_metric]:.4f} {metrics['samples_per_second']:.0f} samples/s "
+            f"({elapsed:.1f}s)")
     if "val_loss" in metrics:
         line += f" val_loss={metrics['val_loss']:.4f} (best epoch {metrics['best_epoch']})"
     if final:

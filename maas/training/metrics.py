@@ -3,7 +3,8 @@ must beat (the training split's majority class; for regression, its mean)."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,10 +45,10 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
         "precision_macro": float(macro_p),
         "recall_macro": float(macro_r),
         "f1_macro": float(macro_f1),
-        "num_examples": int(len(y_true)),
+        "num_examples": len(y_true),
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
+            for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True)
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
@@ -63,7 +64,7 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]
         "mse": float(np.mean(residual**2)),
         "mae": float(np.mean(np.abs(residual))),
         "r2": 1.0 - float(np.sum(residual**2)) / total if total > 0 else 0.0,
-        "num_examples": int(len(y_true)),
+        "num_examples": len(y_true),
     }
 
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pytest
 
 from maas.auth import KeyStore
+from maas.errors import ModelUnavailable
 from maas.registry import Registry
 from maas.serving.canary import CanaryMonitor, CanaryPolicy
-from maas.errors import ModelUnavailable
 from maas.serving.dataplane import DataPlane, LoadState, PassTicket
 from maas.serving.http import HttpApi, HttpRequest, HttpResponse, in_thread
 from maas.serving.protocol.limits import RequestLimits
@@ -114,7 +115,8 @@ class Stack:
         return publish(self.registry, self.root.parent, model, signature, **metadata)
 
     def call(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-             *, chunks: Iterable[bytes] | None = None, delay_s: float = 0.0, key: str | None = "default") -> HttpResponse:
+             *, chunks: Iterable[bytes] | None = None, delay_s: float = 0.0,
+             key: str | None = "default") -> HttpResponse:
         """One request through the HTTP layer (the body sent as ``chunks``, ``delay_s`` apart)."""
         return self.run(self.acall(method, path, body, headers, chunks=chunks, delay_s=delay_s, key=key))
 
@@ -166,7 +168,7 @@ def make_stack(tmp_path: Path) -> Callable[..., Stack]:
                           request_timeout_s=request_timeout_s)
         offloaded: list[str] = []
 
-        async def recording(fn, *args):  # noqa: ANN001, ANN202
+        async def recording(fn, *args):
             offloaded.append(fn.__name__)
             return await in_thread(fn, *args)
 

@@ -79,7 +79,7 @@ def test_a_request_is_checked_once_and_holds_absolute_paths(tmp_path: Path, monk
     request = BatchRequest(model="m", data="in.parquet", out="s3://bucket/out", registry="reg")
     assert request.data == str(tmp_path / "in.parquet") and request.registry == str(tmp_path / "reg")
     assert request.out == "s3://bucket/out"
-    with pytest.raises(ConfigError, match="batch size must be at least 1. Received: 0"):
+    with pytest.raises(ConfigError, match=r"batch size must be at least 1\. Received: 0"):
         BatchRequest(model="m", data="d", out="o", batch_size=0)
     with pytest.raises(ConfigError, match="not both"):
         BatchRequest(model="m", data="d", out="o", version=1, label="stable")
@@ -270,7 +270,8 @@ def test_outputs_become_plain_parquet_columns_with_the_top_class_and_its_name() 
     plan = OutputPlan("row", ("probabilities",), "probabilities", ("no", "yes"))
     table = output_table(pa.array([4, 5, 6]), {"probabilities": probabilities}, plan)
     assert table.column_names == ["row", "probabilities", "class", "class_name"]
-    assert table.column("class").to_pylist() == [1, 0, 1] and table.column("class_name").to_pylist() == ["yes", "no", "yes"]
+    assert table.column("class").to_pylist() == [1, 0, 1]
+    assert table.column("class_name").to_pylist() == ["yes", "no", "yes"]
     assert table.schema.field("probabilities").type == pa.list_(pa.float32(), 2)
     cube = tensor_array(np.arange(24, dtype=np.float32).reshape(2, 3, 4))
     assert cube.type == pa.list_(pa.list_(pa.float32(), 4), 3) and cube[1][2].as_py() == [20, 21, 22, 23]
@@ -297,7 +298,8 @@ def test_a_missing_column_an_empty_set_and_a_used_out_folder_fail_before_anythin
     with pytest.raises(InvalidInput, match="already holds files: give a new or empty folder"):
         _job(tmp_path, good)
     with pytest.raises(InvalidInput, match="is inside --data"):
-        prepare(BatchRequest(model="m", data=str(tmp_path), out=str(tmp_path / "scores"), registry=str(tmp_path / "registry")))
+        prepare(BatchRequest(model="m", data=str(tmp_path), out=str(tmp_path / "scores"),
+                             registry=str(tmp_path / "registry")))
     with pytest.raises(InvalidInput, match="does not exist"):
         _job(tmp_path, tmp_path / "nowhere")
 
@@ -314,7 +316,7 @@ def test_an_image_folder_of_the_wrong_size_fails_before_anything_runs(tmp_path: 
     assert job.rows == 1 and job.image is not None and job.image.resize and job.outputs.id_column == "path"
     (folder / "ant").mkdir()
     (folder / "ant" / "0.png").write_text("not a png")  # the first in name order
-    with pytest.raises(InvalidInput, match="image ant/0.png cannot be read"):
+    with pytest.raises(InvalidInput, match=r"image ant/0\.png cannot be read"):
         _job(tmp_path, folder, IMAGES)
 
 
@@ -348,7 +350,7 @@ def test_the_pool_takes_the_free_cpus_or_fails_in_one_line() -> None:
         pool_size((4, 4), nodes, use_gpu=False)
     assert str(caught.value) == ("--concurrency 4: 4 actors of 1 CPU do not fit now, 3 do: 3.5 of 6 CPU free "
                                  "(largest node 2); use --concurrency 1-4 to start with what fits")
-    with pytest.raises(InvalidInput, match="no scoring actor of 1 GPU fits now: .*the cluster has 0 GPU"):
+    with pytest.raises(InvalidInput, match=r"no scoring actor of 1 GPU fits now: .*the cluster has 0 GPU"):
         pool_size(None, nodes, use_gpu=True)
 
 

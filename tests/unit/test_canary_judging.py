@@ -15,7 +15,7 @@ BODY = json.dumps({"instances": [np.zeros((8, 8)).tolist()]}).encode()
 POLICY = CanaryPolicy(window_s=60, min_requests=5, max_error_rate=0.2)
 
 
-def _canary_stack(make_stack, **kwargs):  # noqa: ANN001, ANN202
+def _canary_stack(make_stack, **kwargs):
     stack = make_stack(canary=POLICY, **kwargs)
     stack.publish()  # version 2
     stack.registry.promote("digits", 1)
@@ -23,7 +23,7 @@ def _canary_stack(make_stack, **kwargs):  # noqa: ANN001, ANN202
     return stack
 
 
-def _route(stack, n: int) -> list[int]:  # noqa: ANN001
+def _route(stack, n: int) -> list[int]:
     return [stack.call("POST", "/v1/models/digits:predict", BODY).status for _ in range(n)]
 
 
@@ -77,7 +77,7 @@ def test_a_rollback_that_cannot_be_written_is_tried_again(make_stack, monkeypatc
     calls = []
     real = stack.cache.retire_canary
 
-    async def flaky(model, version, reason):  # noqa: ANN001, ANN202
+    async def flaky(model, version, reason):
         calls.append(version)
         if len(calls) == 1:
             raise OSError("storage down")

@@ -9,7 +9,7 @@ import json
 import threading
 import time
 from collections import Counter
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -40,7 +40,7 @@ def server() -> Iterator[tuple[str, Script]]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             action = script.next()
             if action == "drop":
                 self.close_connection = True

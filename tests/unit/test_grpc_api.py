@@ -177,7 +177,7 @@ def test_classify_regress_and_multi_inference_are_unimplemented(stack) -> None:
 class _Strings:
     """A model host whose output 'label' is a string tensor (an object array of bytes, as TF gives it)."""
 
-    async def predict(self, model, version, inputs, ticket):  # noqa: ANN001, ANN201
+    async def predict(self, model, version, inputs, ticket):
         n = len(next(iter(inputs.values())))
         return {"label": np.array([b"cat", b"\xff\xfe"] * n, dtype=object)[:n]}
 
@@ -312,7 +312,7 @@ def test_busy_and_slow_replicas_and_a_bug_map_to_their_codes(stack, caplog) -> N
             return 1
 
         @property
-        def model_spec(self):  # noqa: ANN201
+        def model_spec(self):
             raise TypeError("a bug")
 
     answer = _call(stack, "Predict", Broken())

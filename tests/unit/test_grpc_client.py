@@ -27,7 +27,7 @@ class Scripted(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.calls = 0
         self.metadata: list[dict] = []
 
-    def Predict(self, request, context):  # noqa: N802, ANN001, ANN201 (gRPC's names)
+    def Predict(self, request, context):  # noqa: N802 (gRPC's names)
         self.calls += 1
         self.metadata.append(dict(context.invocation_metadata()))
         outcome = self.script.pop(0) if self.script else "ok"
@@ -60,7 +60,7 @@ def serve():
         server.stop(None)
 
 
-def _predict(target: str, **kwargs) -> tuple[np.ndarray, GrpcClient]:  # noqa: ANN003
+def _predict(target: str, **kwargs) -> tuple[np.ndarray, GrpcClient]:
     client = GrpcClient(target, api_key="maas_k", timeout_s=5, retry=kwargs.pop("retry", FAST))
     try:
         return client.predict("m", {"x": np.arange(4, dtype=np.float32)}), client

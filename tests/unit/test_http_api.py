@@ -104,14 +104,15 @@ def test_a_body_that_trickles_gets_408_and_a_client_header_cannot_lift_the_deadl
 def test_bodies_held_at_once_are_bounded_per_replica(make_stack) -> None:
     stack = make_stack(max_buffered_bytes=10_000, limits=RequestLimits(body_timeout_s=2))
 
-    async def scenario():  # noqa: ANN202
+    async def scenario():
         slow = asyncio.ensure_future(stack.acall("POST", PREDICT, chunks=[b" " * 6000, b" " * 10], delay_s=0.2))
         await asyncio.sleep(0.3)  # the first chunk is held
         second = await stack.acall("POST", PREDICT, chunks=[b" " * 6000])
         return await slow, second
 
     slow, second = stack.run(scenario())
-    assert second.status == 503 and second.headers["Retry-After"] == "1" and "max_buffered_bytes" in second.json()["error"]
+    assert second.status == 503 and second.headers["Retry-After"] == "1"
+    assert "max_buffered_bytes" in second.json()["error"]
     assert slow.status == 400  # its own body (not JSON) read in full
     assert stack.api._budget.held == 0  # everything given back
 
@@ -157,7 +158,7 @@ def test_ten_thousand_random_key_ids_cost_no_storage_read_and_evict_nothing(stac
     assert stack.call("GET", "/v2/models/digits").status == 200  # the valid key, read once
     assert len(reads) == 1 and len(listings) == 1
 
-    async def flood():  # noqa: ANN202
+    async def flood():
         rng = np.random.default_rng(0)
         return [await stack.acall("GET", "/v2/models/digits", key=f"maas_{rng.bytes(6).hex()}_{'y' * 43}")
                 for _ in range(10_000)]
@@ -249,7 +250,7 @@ def test_a_version_published_a_moment_ago_is_found_without_waiting_for_the_refre
 class _Strings:
     """A model host whose output 'label' is a string tensor (object array of bytes, as TF gives it)."""
 
-    async def predict(self, model, version, inputs, ticket):  # noqa: ANN001, ANN201
+    async def predict(self, model, version, inputs, ticket):
         n = len(next(iter(inputs.values())))
         return {"label": np.array([b"cat", b"\xff\xfe"] * n, dtype=object)[:n]}
 
@@ -257,7 +258,8 @@ class _Strings:
 def test_string_outputs_are_text_or_b64_in_tf_serving_and_bytes_in_v2(stack) -> None:
     from maas.signature import Signature, TensorSpec
 
-    signature = Signature(inputs=(TensorSpec("x", "float32", (-1, 2)),), outputs=(TensorSpec("label", "string", (-1,)),))
+    signature = Signature(inputs=(TensorSpec("x", "float32", (-1, 2)),),
+                          outputs=(TensorSpec("label", "string", (-1,)),))
     stack.publish("labeller", signature)
     stack.plane._host = _Strings()
     reply = stack.call("POST", "/v1/models/labeller:predict", b'{"instances": [[1, 2], [3, 4]]}')
@@ -285,7 +287,7 @@ def test_a_random_key_id_does_not_make_valid_keys_wait_for_the_storage(stack, mo
     monkeypatch.setattr(stack.keys, "ids", lambda: time.sleep(1.0) or listing())
     stack.clock.now += 1.5  # the listing may be read again (once a second), still within registry_refresh_s
 
-    async def both():  # noqa: ANN202
+    async def both():
         stranger = asyncio.ensure_future(stack.acall("GET", "/v2/models/digits", key=f"maas_{'e' * 12}_{'z' * 43}"))
         await asyncio.sleep(0.01)
         started = time.monotonic()
@@ -352,7 +354,7 @@ def test_reads_in_flight_stay_bounded_while_the_storage_hangs(make_stack, monkey
     stack.root.rename(stack.root.with_name("away"))
     stack.clock.now += 5
 
-    async def many():  # noqa: ANN202
+    async def many():
         return await asyncio.gather(*(stack.acall("POST", f"/v1/models/m{i}:predict", _predict_body())
                                       for i in range(200)))
 

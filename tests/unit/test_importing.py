@@ -117,7 +117,7 @@ def test_publish_keras_exports_an_in_memory_model_even_one_never_built(tmp_path:
 
     registry = Registry(str(tmp_path / "registry"))
     unbuilt = keras.Sequential([keras.layers.Dense(2, name="scores")])
-    with pytest.raises(InvalidInput, match="declares no inputs .* --input-shape"):
+    with pytest.raises(InvalidInput, match=r"declares no inputs .* --input-shape"):
         registry.publish_keras("seq", unbuilt)
     version = registry.publish_keras("seq", unbuilt, input_shape=(4,), metrics={"accuracy": 0.5}, source="notebook")
     assert version.signature.inputs == (TensorSpec("inputs", "float32", (-1, 4)),)
@@ -126,7 +126,8 @@ def test_publish_keras_exports_an_in_memory_model_even_one_never_built(tmp_path:
     np.testing.assert_allclose(_published_answer(registry, "seq", 1, inputs=x)["scores"], unbuilt(x).numpy(),
                                rtol=1e-5)
     meta = version.metadata
-    assert (meta.format, meta.source, meta.metrics and meta.metrics.to_json()) == ("keras_model", "notebook", {"accuracy": 0.5})
+    assert (meta.format, meta.source, meta.metrics and meta.metrics.to_json()) == ("keras_model", "notebook",
+                                                                                  {"accuracy": 0.5})
 
 
 def test_several_inputs_and_outputs_are_named_after_the_model(tmp_path: Path) -> None:
@@ -149,7 +150,8 @@ def test_an_unknown_size_is_refused_naming_input_and_dimension_until_input_shape
         dynamic_saved_model: Path, tmp_path: Path) -> None:
     root = tmp_path / "registry"
     with pytest.raises(InvalidInput, match=r"^input 'x' has an unknown size in dimension 1 \(shape \[-1, -1\], "
-                                           r"dimension 0 is the batch\): give the size N it takes with --input-shape N \(or x=N"):
+                                           r"dimension 0 is the batch\): give the size N it takes with "
+                                           r"--input-shape N \(or x=N"):
         import_model(Registry(str(root)), "dyn", str(dynamic_saved_model))
     assert _left_in(root) == []
     version = import_model(Registry(str(root)), "dyn", str(dynamic_saved_model), input_shape={"x": (4,)})

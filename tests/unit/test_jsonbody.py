@@ -55,7 +55,7 @@ v2_shaped = st.fixed_dictionaries({"inputs": st.lists(st.fixed_dictionaries({
 }), max_size=3), "outputs": json_values, "parameters": json_values, "id": json_values})
 
 
-def _body(value) -> bytes:  # noqa: ANN001
+def _body(value) -> bytes:
     return json.dumps(value, allow_nan=True).encode()
 
 

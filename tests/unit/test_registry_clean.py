@@ -9,8 +9,7 @@ import pytest
 from pyarrow.fs import FileInfo, FileType
 
 from maas.errors import ConfigError
-from maas.registry import (CleanReport, Leftover, format_age, format_bytes, is_leftover, newest_mtime,
-                           parse_age)
+from maas.registry import CleanReport, Leftover, format_age, format_bytes, is_leftover, newest_mtime, parse_age
 
 
 @pytest.mark.parametrize("text, seconds", [("3600", 3600.0), ("0", 0.0), ("90s", 90.0), ("30m", 1800.0),
@@ -49,7 +48,7 @@ def test_a_leftover_is_judged_by_its_newest_write_on_the_storages_clock() -> Non
 
 def test_a_folder_is_as_young_as_the_newest_thing_in_it() -> None:
     def at(seconds: float | None, kind: FileType = FileType.File) -> FileInfo:
-        mtime = None if seconds is None else dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
+        mtime = None if seconds is None else dt.datetime.fromtimestamp(seconds, dt.UTC)
         return FileInfo("x", kind, mtime=mtime)
 
     assert newest_mtime([at(None, FileType.Directory), at(10.0), at(30.0), at(20.0)]) == 30.0

@@ -128,7 +128,7 @@ def test_instances_over_the_limit_are_413_in_both_formats() -> None:
 
 def test_an_answer_over_max_response_bytes_is_413() -> None:
     outputs = {"probabilities": np.full((4, 10), 0.123456, dtype=np.float32)}
-    with pytest.raises(PayloadTooLarge, match="the limit is 100 .max_response_bytes."):
+    with pytest.raises(PayloadTooLarge, match=r"the limit is 100 .max_response_bytes."):
         tfserving.encode_predict(outputs, True, RequestLimits(max_response_bytes=100))
 
 

@@ -50,7 +50,7 @@ def test_num_workers_is_a_count_or_a_range(text: str | int, expected: tuple[int,
     assert parse_num_workers(text) == expected
 
 
-@pytest.mark.parametrize("text", ["x", "1-", "-1", "1.5", "1-2-3", "١"])
+@pytest.mark.parametrize("text", ["x", "1-", "-1", "1.5", "1-2-3", "١"])  # noqa: RUF001 (an Arabic-Indic one)
 def test_num_workers_that_is_neither_fails_in_one_line(text: str) -> None:
     with pytest.raises(ConfigError, match=r"^num_workers must be N or MIN-MAX \(for example 2 or 1-2\)\. Received: "):
         parse_num_workers(text)

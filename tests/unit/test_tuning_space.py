@@ -14,7 +14,7 @@ from maas.training.tuning import trial_config
 def test_every_template_tunes_the_learning_rate_and_its_own_settings_around_its_defaults(name: str) -> None:
     template = TEMPLATES[name]
     space = {hp.name: hp for hp in template.tuning_space}
-    assert list(space)[0] == "learning_rate" and len(space) >= 3
+    assert next(iter(space)) == "learning_rate" and len(space) >= 3
     assert space["learning_rate"].default == template.default_learning_rate
     for hp in space.values():  # every default lies in its own space (a run that does not tune is one point of it)
         assert hp.check(hp.default) == hp.default

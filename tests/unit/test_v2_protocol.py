@@ -176,7 +176,7 @@ def test_instances_over_the_limit_are_413_before_any_is_converted() -> None:
 def test_an_answer_over_max_response_bytes_is_413() -> None:
     request = decode(_body(_pixels(IMAGES.tolist())), DIGITS)
     big = np.zeros((2, 100_000), dtype=np.float32)
-    with pytest.raises(PayloadTooLarge, match="at least 400000 bytes; the limit is 1000 .max_response_bytes."):
+    with pytest.raises(PayloadTooLarge, match=r"at least 400000 bytes; the limit is 1000 .max_response_bytes."):
         encode("digits", 1, request, {"probabilities": big}, RequestLimits(max_response_bytes=1000))
     binary = decode(_body(_pixels(IMAGES.tolist()), parameters={"binary_data_output": True}), DIGITS)
     with pytest.raises(PayloadTooLarge, match="at least 800000 bytes"):

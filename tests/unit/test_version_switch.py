@@ -15,16 +15,16 @@ from maas.errors import ModelUnavailable
 BODY = json.dumps({"instances": [np.zeros((8, 8)).tolist()]}).encode()
 
 
-def _answers(stack, n: int = 1, path: str = "/v1/models/digits:predict") -> list[tuple[int, str]]:  # noqa: ANN001
+def _answers(stack, n: int = 1, path: str = "/v1/models/digits:predict") -> list[tuple[int, str]]:
     replies = [stack.call("POST", path, BODY) for _ in range(n)]
     return [(r.status, r.headers.get("Model-Version")) for r in replies]
 
 
-def _sees_labels(stack) -> None:  # noqa: ANN001
+def _sees_labels(stack) -> None:
     stack.clock.now += 5  # past the registry cache's TTL: the replica reads the new labels
 
 
-def _wait(stack, seconds: float) -> None:  # noqa: ANN001
+def _wait(stack, seconds: float) -> None:
     stack.run(asyncio.sleep(seconds))
 
 

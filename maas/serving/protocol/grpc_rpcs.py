@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ RPCS: tuple[Rpc, ...] = (
 BY_NAME = {rpc.name: rpc for rpc in RPCS}
 
 
-@lru_cache(maxsize=None)
+@cache
 def message_class(path: str) -> type[Message]:
     module, _, name = path.rpartition(".")
     cls: type[Message] = getattr(importlib.import_module(module), name)

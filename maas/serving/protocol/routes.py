@@ -10,8 +10,9 @@ so a fuzzer that generates schema-valid paths generates names the server accepts
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from maas import names
 from maas.errors import InvalidInput
@@ -100,7 +101,7 @@ class RouteTable:
         self.routes = tuple(routes)
         self._compiled = [(_regex(r.template), r) for r in self.routes]
 
-    def __add__(self, other: "RouteTable") -> "RouteTable":
+    def __add__(self, other: RouteTable) -> RouteTable:
         return RouteTable(self.routes + other.routes)
 
     def lookup(self, method: str, path: str) -> Lookup:

@@ -82,7 +82,7 @@ def encode_predict(model: str, version: int, request: Predict, outputs: dict[str
         raise PayloadTooLarge(f"The answer would be {size} bytes; the limit is {limits.max_response_bytes} bytes "
                               "(max_response_bytes): ask for fewer instances or outputs")
     response = predict_pb2.PredictResponse(model_spec=_spec(model, version, SIGNATURE))
-    for name, value in zip(request.outputs, chosen):
+    for name, value in zip(request.outputs, chosen, strict=True):
         response.outputs[name].CopyFrom(tensorproto.from_numpy(value))
     return response
 

@@ -21,7 +21,6 @@ from maas.serving.protocol.limits import RequestLimits
 from maas.serving.protocol.v2 import EXTENSIONS, PLATFORM
 from maas.signature import Signature, TensorSpec, check_finite, check_in_range, check_shape, v2_tensor
 
-
 # V2 datatype -> the InferTensorContents field its values travel in (FP16 travels only as raw bytes)
 _CONTENTS = {
     "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",

@@ -64,7 +64,7 @@ def run_demo(*, num_workers: int = 2, epochs: int | None = None, samples: int = 
               f"(p={probs[i, predicted[i]]:.3f})  {mark}")
     accuracy = float((predicted == y_test).mean())
     print(f"\nHTTP accuracy on {len(y_test)} held-out digits: {accuracy:.4f}  "
-          f"(registry metadata says {metrics['accuracy']:.4f})")
+          f"(registry metadata says {metrics.accuracy:.4f})")
     print(f"Done in {time.perf_counter() - started:.0f}s. The service is still running:")
     print(f"  Dashboard:  {state.dashboard_url}")
     print(f"  Try it:     .venv/bin/maas predict digits --instances '{_example_instance(x_test[0])}'")

@@ -24,9 +24,10 @@ $(REDIS_SERVER):
 test: $(STAMP) $(REDIS_SERVER) check  ## the whole suite on a real local Ray cluster (pytest exit 5, "no tests", is not a failure)
 	@$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
-check: $(STAMP)  ## ruff (the whole checkout) and mypy --strict (maas/), as configured in pyproject.toml
+check: $(STAMP)  ## ruff (the whole checkout), mypy --strict (maas/), commit subjects of at most 72 characters
 	$(BIN)/ruff check .
 	$(BIN)/python -m mypy
+	.ci/check-history
 
 test-unit: $(STAMP)  ## the unit tier: protocol layer, data plane, keys, caches; no Ray, no cluster (seconds)
 	$(BIN)/python -m pytest tests/unit

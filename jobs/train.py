@@ -6,7 +6,7 @@
     ray job submit --working-dir . -- python -m jobs.train --template digits --tune --trials 8
 
 --num-workers MIN-MAX starts with as many workers as fit now (at least MIN, at most MAX). Workers
-that do not fit are waited for --wait-for-resources seconds (30), then the job fails with one line:
+that do not fit are waited for --wait-for-resources seconds, then the job fails with one line:
 what it asked for, what is free, and what holds the rest.
 
 Connects to the running Ray cluster (RAY_ADDRESS, or the one `maas cluster up` started); with none

@@ -51,12 +51,6 @@ from maas.training.resources import (
 
 logger = logging.getLogger(__name__)
 
-# The training settings recorded in a version's metadata (paths and names are recorded elsewhere).
-_RECORDED_PARAMS = ("num_workers", "min_workers", "use_gpu", "cpus_per_worker", "placement_strategy", "epochs",
-                    "batch_size", "learning_rate", "seed", "mixed_precision", "cv_folds", "max_failures",
-                    "validation_fraction", "early_stopping_patience", "trials", "max_concurrent")
-
-
 @dataclass(frozen=True)
 class TrainOutcome:
     version: ModelVersion
@@ -120,8 +114,7 @@ def run_training(config: TrainConfig) -> TrainOutcome:
             training=TrainingRecord(**{k: v for k, v in last_report.items() if not k.startswith("test_")},
                                     epoch_history=history,
                                     validation=_validation_record(config, datasets, state.get("validation"))),
-            params=TrainingParameters(**{k: v for k, v in config.to_dict().items() if k in _RECORDED_PARAMS},
-                                      hyperparameters=template.hyperparameters(config.hyperparameters)),
+            params=TrainingParameters(**config.recorded_params()),
             data=DataRecord(train=splits.train, test=splits.test, format=splits.format,
                             source=config.data or template.data_source, train_rows=info.train_rows or None,
                             test_rows=info.test_rows or None, fingerprint=data_fingerprint(splits)),
@@ -300,7 +293,7 @@ def _fold_result(ref: Any) -> dict[int, dict[str, Any]]:
 
 def _fit_fold(config: TrainConfig, info: DataInfo, datasets: dict[str, Any], run_name: str,
               fold: int, workers: int) -> dict[int, dict[str, Any]]:
-    result = _fit(replace(config, validation_fraction=0.0, early_stopping_patience=0), info, datasets, run_name,
+    result = _fit(config.replace(validation_fraction=0.0, early_stopping_patience=0), info, datasets, run_name,
                   None, workers)  # a fold trains every epoch: folds compare like with like
     with result.checkpoint.as_directory() as ckpt_dir:
         evaluation = json.loads(Path(ckpt_dir, EXPORT_INFO_FILE).read_text())["evaluation"]

@@ -16,7 +16,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from maas.errors import ConfigError
@@ -124,8 +124,8 @@ def trial_config(run: TrainConfig, params: dict[str, float], run_name: str) -> T
     (A trial restarted by ``--resume`` gets the same name, and Ray Train resumes it from its checkpoint.)"""
     settings = {k: float(v) for k, v in params.items()}
     learning_rate = settings.pop("learning_rate", run.learning_rate)
-    return replace(run, learning_rate=learning_rate, hyperparameters=settings, tune=False, resume=False,
-                   run_name=run_name)
+    return run.replace(learning_rate=learning_rate, hyperparameters=settings, tune=False, resume=False,
+                       run_name=run_name)
 
 
 def _pick(run: TrainConfig, template: Template, grid: Any, storage_fs: Any) -> TuningOutcome:
@@ -146,7 +146,7 @@ def _pick(run: TrainConfig, template: Template, grid: Any, storage_fs: Any) -> T
                         else float("inf"))
     checkpoint = Checkpoint(path=metrics["checkpoint_path"], filesystem=storage_fs)
     params = dict(best.params)
-    config = replace(trial_config(run, params, run.run_name or ""), tune=True, resume=run.resume)
+    config = trial_config(run, params, run.run_name or "").replace(tune=True, resume=run.resume)
     record = TuningRecord(
         scheduler=SchedulerRecord(name="ASHA", metric=METRIC, mode="min", time_attr="epoch", grace_period=1,
                                   reduction_factor=2, max_t=run.epochs),

@@ -10,7 +10,7 @@ TF_VERSION := 2.21.0
 BENCH_PIN_bentoml := 'bentoml>=1.4,<1.5'
 BENCH_PIN_kserve := 'kserve>=0.15'
 
-.PHONY: demo check test test-unit chaos fuzz install stop status clean bench bench-serving bench-training bench-big-bodies bench-venvs bench-batch
+.PHONY: demo check test test-unit slow chaos test-all fuzz install stop status clean bench bench-serving bench-training bench-big-bodies bench-venvs bench-batch
 
 demo: $(STAMP)  ## train on 2 Ray Train workers, publish, deploy with Ray Serve, predict over HTTP
 	$(BIN)/maas demo
@@ -21,23 +21,36 @@ $(REDIS_SERVER):
 	@command -v redis-server >/dev/null || apt-get install -y -q redis-server >/dev/null || \
 		(apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null)
 
-test: $(STAMP) $(REDIS_SERVER) check  ## the whole suite on a real local Ray cluster (pytest exit 5, "no tests", is not a failure)
-	@$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+# One pytest run over the tests its arguments select; pytest's exit code 5 ("no tests collected") is
+# not a failure: a selection can be empty.
+pytest_run = ($(BIN)/python -m pytest $(1); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc)
+
+# The test tiers (README, "Tests"): tests/unit (no Ray, no server) and tests/cluster (the shared real
+# local Ray cluster, other real servers); the markers slow, chaos and exclusive pick what `test` leaves
+# out. The exclusive test stops every Ray process on the machine: it runs in a pytest process of its own.
+test: $(STAMP) $(REDIS_SERVER) check  ## unit + cluster tiers on a real local Ray cluster, not slow, not chaos (about 15 min)
+	@$(call pytest_run,-m exclusive) && $(call pytest_run,)
 
 check: $(STAMP)  ## ruff (the whole checkout), mypy --strict (maas/), commit subjects of at most 72 characters
 	$(BIN)/ruff check .
 	$(BIN)/python -m mypy
 	.ci/check-history
 
-test-unit: $(STAMP)  ## the unit tier: protocol layer, data plane, keys, caches; no Ray, no cluster (seconds)
+test-unit: $(STAMP)  ## the unit tier: protocol layer, data plane, keys, caches, CLI; no Ray, no server (minutes)
 	$(BIN)/python -m pytest tests/unit
 
-chaos: $(STAMP) $(REDIS_SERVER)  ## the slow tier: faults under load (tests marked chaos), on the same real local cluster
+slow: $(STAMP)  ## the slow tier: long end-to-end runs (tests marked slow), on the same real local cluster
+	@$(call pytest_run,-m slow)
+
+chaos: $(STAMP) $(REDIS_SERVER)  ## faults under load (tests marked chaos), on the same real local cluster
 	$(BIN)/python -m pytest -m chaos
+
+test-all: $(STAMP) $(REDIS_SERVER) check  ## every tier but fuzz, one pytest run after another: test, slow, chaos
+	@$(call pytest_run,-m exclusive) && $(call pytest_run,) && $(call pytest_run,-m slow) && $(call pytest_run,-m chaos)
 
 FUZZ_REQUESTS ?= 10000
 fuzz: $(STAMP)  ## schemathesis against the live service's /openapi.json: FUZZ_REQUESTS generated requests
-	MAAS_FUZZ_REQUESTS=$(FUZZ_REQUESTS) $(BIN)/python -m pytest tests/test_fuzz.py -s
+	MAAS_FUZZ_REQUESTS=$(FUZZ_REQUESTS) $(BIN)/python -m pytest tests/cluster/test_fuzz.py -s
 
 bench: bench-venvs  ## the training, serving and big-body benchmarks (quiet machine, no other Ray cluster): benchmarks/results/
 	$(BIN)/python -m benchmarks.training

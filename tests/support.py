@@ -3,14 +3,22 @@ name tests can rely on, as each tier has its own)."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from fixtures.ray_cluster import TestCluster
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: `ray job submit --working-dir` uploads it
 SERVICE_MAX_BODY = 1 << 20  # the digits service's max_request_bytes, small enough to test 413 cheaply
 SERVICE_BODY_TIMEOUT_S = 5.0  # and its body_timeout_s, short enough to test 408 in seconds
 
@@ -19,6 +27,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def ray_job_submit(ray_cluster: TestCluster, *entrypoint: str) -> subprocess.CompletedProcess[str]:
+    """``ray job submit --working-dir <checkout> -- <entrypoint>`` to the shared cluster, as a user runs it."""
+    env = dict(os.environ, RAY_AUTH_MODE="token")
+    cmd = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", ray_cluster.dashboard_url,
+           "--working-dir", str(ROOT), "--", *entrypoint]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 @contextmanager

@@ -3,8 +3,9 @@
 Its paths are derived from the route tables (:data:`maas.serving.protocol.ROUTES`): each route's
 method, path parameters with the patterns the server applies, request body, answer and the errors it
 may give. The schemas of the protocols' bodies are written here; the service's own (its status) come
-from the typed models that build those answers. ``tests/test_serving_openapi.py`` and the fuzzing tier
-(schemathesis) drive the live service with generated requests and check every answer against it.
+from the typed models that build those answers. ``tests/cluster/test_serving_openapi.py`` and the
+fuzzing tier (schemathesis) drive the live service with generated requests and check every answer
+against it.
 """
 
 from __future__ import annotations

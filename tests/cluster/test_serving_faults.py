@@ -168,7 +168,8 @@ class Relay:
                     pass
 
 
-@pytest.fixture(params=[pytest.param("local", marks=pytest.mark.chaos), "s3"])  # local disk: `make chaos`
+# local disk: `make chaos`; S3: `make slow` (a deploy of its own and the load: about a minute)
+@pytest.fixture(params=[pytest.param("local", marks=pytest.mark.chaos), pytest.param("s3", marks=pytest.mark.slow)])
 def outage(request, ray_cluster, trained_digits, tmp_path_factory):  # noqa: ANN001, ANN201
     """A registry holding the session's digits version, served by the Serve config with a short
     refresh, and the means to make its storage unreachable and reachable again."""

@@ -64,6 +64,7 @@ def _slow_call(seconds: float) -> Call:
     return Call("POST", "/v1/models/slow:predict", json.dumps({"instances": [[seconds]]}).encode(), JSON)
 
 
+@pytest.mark.slow
 def test_replicas_scale_up_under_load_and_back_down_after_it(ray_cluster, models) -> None:
     root, client = models
     _deploy(ray_cluster, root, {
@@ -132,6 +133,7 @@ def _two_new_replicas_alone(ray_cluster, old: set[str]) -> set[str]:
     return _replica_ids(ray_cluster)
 
 
+@pytest.mark.slow
 def test_a_connection_idle_across_a_redeploy_that_replaced_every_replica_is_answered(ray_cluster, models) -> None:
     """A keep-alive connection opened before a redeploy, idle while HAProxy reloads, is served by the
     HAProxy process of before the reload for one more request, with the replica list it had (both

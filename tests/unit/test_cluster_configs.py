@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 from maas.kuberay import IMAGE_HAPROXY_DIR  # noqa: E402  (in the project image; cluster/Dockerfile makes it 0700)
 

@@ -16,7 +16,7 @@ from maas.templates import TEMPLATES, DataInfo, DataSplits, FeatureStats, get_te
 from maas.training.config import TrainConfig
 from maas.training.data import check_data, held_out
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---- real data sets, found inside their wheels -----------------------------------------------------
@@ -233,6 +233,7 @@ def service(ray_cluster, trained_templates, new_api_key):
     return Client(ray_cluster.serve_url, api_key=new_api_key(registry))
 
 
+@pytest.mark.slow
 @pytest.mark.cluster
 @pytest.mark.parametrize("name", sorted(set(TEMPLATES) - {"digits"}))
 def test_template_trains_on_two_workers_publishes_and_answers_http(trained_templates, service, name: str) -> None:
@@ -264,6 +265,7 @@ def test_template_trains_on_two_workers_publishes_and_answers_http(trained_templ
     np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.cluster
 def test_wine_csv_learns_well_above_the_majority_class(trained_templates) -> None:
     runs, outcomes = trained_templates
@@ -274,6 +276,7 @@ def test_wine_csv_learns_well_above_the_majority_class(trained_templates) -> Non
     assert stats["count"] == 124  # the training split only (70% of 178), never the test rows
 
 
+@pytest.mark.slow
 @pytest.mark.cluster
 def test_cross_validation_reports_mean_and_std_per_metric(trained_templates) -> None:
     runs, outcomes = trained_templates
@@ -286,6 +289,7 @@ def test_cross_validation_reports_mean_and_std_per_metric(trained_templates) -> 
     assert outcomes["maintenance_regression"].metrics["r2"] > 0.3  # torque is predictable from speed
 
 
+@pytest.mark.slow
 @pytest.mark.cluster
 def test_tensorboard_event_files_land_in_the_run_storage(trained_templates) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

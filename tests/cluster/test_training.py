@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from maas.registry import Registry
 from maas.training.loop import REPLICA_FINGERPRINT_PREFIX, STATE_FILE
 
 pytestmark = pytest.mark.cluster
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_two_workers_publish_a_version_with_held_out_metrics(trained_digits) -> None:
@@ -63,6 +64,7 @@ def test_resuming_an_unknown_run_fails_in_one_line(ray_cluster) -> None:
         f"error: --resume no-such-run: no run of that name under {ray_cluster.home / 'runs'}"]
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_before_the_epoch_limit_and_publishes_the_best_epoch(ray_cluster) -> None:
     """``ray job submit`` of 2 workers with a validation split carved from the training split and a
     learning rate high enough that the validation loss soon stops improving: the run stops early and
@@ -89,6 +91,7 @@ def test_early_stopping_stops_before_the_epoch_limit_and_publishes_the_best_epoc
     assert metadata["metrics"]["accuracy"] > 0.8  # the best epoch's weights, scored on the test split
 
 
+@pytest.mark.slow
 def test_a_tuning_run_stops_weak_trials_and_publishes_its_best_trial(ray_cluster) -> None:
     """``ray job submit`` of a 4-trial Ray Tune search, one at a time (so that ASHA sees the trials in
     one order: with the seeded space, the second trial's learning rate is too small and is stopped at
@@ -223,15 +226,19 @@ def _registered_epoch(snapshot: Path) -> int | None:
     return int(latest["metrics"]["epoch"]) if latest else None
 
 
+@pytest.mark.slow
 def test_a_run_resumes_from_its_last_checkpoint(trained_digits) -> None:
-    """--resume the session's digits run (6 epochs) to 7: Ray Train hands its last checkpoint back and
-    only epoch 7 runs. Last in this file: it adds a checkpoint to that run, which the tests above read."""
+    """--resume a copy of the session's digits run (6 epochs) to 7: Ray Train hands its last checkpoint
+    back and only epoch 7 runs. A copy, so that the session's run keeps the checkpoints other tests read,
+    whichever runs first."""
     from maas.training.config import TrainConfig
     from maas.training.driver import run_training
 
     config, _ = trained_digits
+    run_name = f"{config.run_name}-copy"
+    shutil.copytree(Path(config.storage_path) / config.run_name, Path(config.storage_path) / run_name)
     resumed = run_training(TrainConfig(**{**config.to_dict(), "epochs": config.epochs + 1, "resume": True,
-                                          "model_name": "digits-resume"}))
+                                          "run_name": run_name, "model_name": "digits-resume"}))
     training = Registry(config.registry).get("digits-resume", resumed.version.version).metadata.to_json()["training"]
     assert training["epoch"] == config.epochs + 1 and training["resumed_from_epoch"] == config.epochs
     assert training["epoch_history"] == list(range(1, config.epochs + 2))

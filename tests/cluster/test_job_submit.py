@@ -7,11 +7,10 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from support import cpus_held
+from support import cpus_held, ray_job_submit
 
 from maas import jobclient
 from maas.registry import Registry
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
     from ray.job_submission import JobDetails
 
 pytestmark = pytest.mark.cluster
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_training_job_submitted_through_the_job_client(ray_cluster) -> None:
@@ -44,13 +42,6 @@ def test_training_job_submitted_through_the_job_client(ray_cluster) -> None:
     assert version.metadata.to_json()["training"]["num_workers"] == 2
 
 
-def _ray_job_submit(ray_cluster, *entrypoint: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, RAY_AUTH_MODE="token")
-    cmd = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", ray_cluster.dashboard_url,
-           "--working-dir", str(ROOT), "--", *entrypoint]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-
-
 def _job_info(ray_cluster, submission_id: str) -> JobDetails:
     from ray.job_submission import JobSubmissionClient
 
@@ -61,14 +52,14 @@ def _job_info(ray_cluster, submission_id: str) -> JobDetails:
 
 
 def test_ray_job_submit_cli_runs_the_module_with_token_auth(ray_cluster) -> None:
-    proc = _ray_job_submit(ray_cluster, "python", "-m", "jobs.train", "--help")
+    proc = ray_job_submit(ray_cluster, "python", "-m", "jobs.train", "--help")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "usage: python -m jobs.train" in proc.stdout
     assert "--num-workers" in proc.stdout
 
 
 def test_bad_job_option_fails_with_one_clear_line(ray_cluster) -> None:
-    proc = _ray_job_submit(ray_cluster, "python", "-m", "jobs.train", "--epochs", "0")
+    proc = ray_job_submit(ray_cluster, "python", "-m", "jobs.train", "--epochs", "0")
     assert proc.returncode != 0
     assert "error: epochs must be at least 1. Received: 0" in proc.stdout + proc.stderr
 
@@ -87,10 +78,11 @@ def test_job_client_without_token_is_refused(ray_cluster) -> None:
 # machine where `make demo` left a Serve replica holding 0.5 CPU.
 
 
+@pytest.mark.slow
 def test_a_job_whose_workers_cannot_fit_fails_within_a_minute_in_one_line(ray_cluster) -> None:
     with cpus_held(leave=1.5):
         started = time.monotonic()
-        proc = _ray_job_submit(ray_cluster, "python", "-m", "jobs.train", "--template", "digits",
+        proc = ray_job_submit(ray_cluster, "python", "-m", "jobs.train", "--template", "digits",
                                "--num-workers", "2")
         elapsed = time.monotonic() - started
     output = proc.stdout + proc.stderr
@@ -110,6 +102,7 @@ def test_a_job_whose_workers_cannot_fit_fails_within_a_minute_in_one_line(ray_cl
     assert "Use --num-workers 1-2 to start with what fits" in line, line
 
 
+@pytest.mark.slow
 def test_a_range_of_workers_starts_with_what_fits_and_publishes(ray_cluster) -> None:
     with cpus_held(leave=1.5):
         outcome = jobclient.submit(

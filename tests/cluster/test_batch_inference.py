@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_job_submit import _ray_job_submit
+from support import ray_job_submit
 
 from maas.batch import predict_dataset
 from maas.client import Client
@@ -23,7 +23,7 @@ from maas.registry import Registry
 from maas.storage import resolve_uri, write_parquet_atomic
 
 pytestmark = pytest.mark.cluster
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = [0, 1, 57, 123, 200, 359]  # rows of the digits test split compared with the service's answers
 
 
@@ -51,6 +51,7 @@ def _job_json(output: str) -> dict:
     return json.loads(next(line for line in output.splitlines() if line.startswith('{"model"')))
 
 
+@pytest.mark.slow
 def test_a_submitted_job_scores_digits_from_s3_to_s3_on_actors_across_nodes_as_serving_does(
         ray_cluster, s3_server, digits) -> None:
     app, test_split, client = digits
@@ -58,7 +59,7 @@ def test_a_submitted_job_scores_digits_from_s3_to_s3_on_actors_across_nodes_as_s
     source = pq.read_table(test_split)
     write_parquet_atomic(source.slice(200), f"{bucket}/digits/part-1.parquet")  # name order, not write order
     write_parquet_atomic(source.slice(0, 200), f"{bucket}/digits/part-0.parquet")
-    proc = _ray_job_submit(ray_cluster, "python", "-m", "jobs.predict", "--model", "digits", "--version",
+    proc = ray_job_submit(ray_cluster, "python", "-m", "jobs.predict", "--model", "digits", "--version",
                            str(app.version), "--data", f"{bucket}/digits", "--out", f"{bucket}/scores",
                            "--registry", app.registry_uri, "--concurrency", "2", "--batch-size", "40", "--json")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -167,6 +168,7 @@ def test_bad_input_fails_in_one_line_with_exit_code_2(ray_cluster, digits, tmp_p
         assert proc.stderr.strip().splitlines() == [message]
 
 
+@pytest.mark.slow
 def test_a_bad_row_found_by_an_actor_fails_the_job_in_one_line(ray_cluster, digits, tmp_path: Path) -> None:
     app, _, _ = digits
     rows = [[1.0] * 64] * 30 + [[1.0] * 63] + [[1.0] * 64] * 9  # a list column: lengths only known per row

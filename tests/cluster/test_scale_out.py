@@ -65,6 +65,7 @@ def test_the_shared_cluster_has_a_head_and_two_worker_nodes(ray_cluster) -> None
     assert all(n["Resources"].get("CPU") == 2 for n in nodes)
 
 
+@pytest.mark.slow
 def test_training_workers_on_two_nodes_share_data_checkpoints_and_registry_on_s3(spread_run) -> None:
     config, outcome = spread_run
     meta = outcome.version.metadata.to_json()
@@ -96,6 +97,7 @@ def test_training_workers_on_two_nodes_share_data_checkpoints_and_registry_on_s3
     assert prints[0] == prints[1]
 
 
+@pytest.mark.slow
 def test_serve_replicas_on_two_nodes_answer_through_the_ingress(ray_cluster, spread_run, new_api_key) -> None:
     config, outcome = spread_run
     serve_config = deploy.load_serve_config(registry=config.registry, port=ray_cluster.serve_port,

@@ -1,7 +1,10 @@
 """`maas cluster up|down|status` on the default ports, idempotent, leaving nothing behind.
 
-Runs first (file name) and only when no Ray cluster runs on this machine: `ray stop --force` stops
-every Ray process here, so it must never run beside another cluster (yours, or this run's shared one).
+`maas cluster down` runs `ray stop --force`, which stops every Ray process on this machine, so this
+test must never run beside another cluster (yours, or a pytest run's shared one). It is marked
+``exclusive``: left out of an ordinary pytest run, and run by `make test` in a pytest process of its
+own. Wherever it runs, it first checks that no Ray cluster runs here (when it starts, not when it is
+collected) and skips if one does.
 """
 
 from __future__ import annotations
@@ -21,11 +24,9 @@ import pytest
 from maas.cluster import REDIS_PORT, _processes, local_state
 
 MAAS = str(Path(sys.executable).with_name("maas"))
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(
-    local_state().running, reason="a Ray cluster already runs on this machine; not stopping it"
-)
+pytestmark = pytest.mark.exclusive
 
 
 def _maas(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -129,6 +130,9 @@ def _up_deploy_and_answer(env: dict[str, str], *flags: str) -> None:
 
 
 def test_cluster_up_down_is_idempotent_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    if local_state().running:
+        pytest.skip("a Ray cluster already runs on this machine; not stopping it "
+                    "(run `pytest -m exclusive` on its own)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_DASHBOARD"))}
     env["MAAS_HOME"] = str(tmp_path)
     try:

@@ -118,7 +118,7 @@ class Storage:
     down = False
 
     def get(self, model: str, version: int):  # noqa: ANN201
-        return types.SimpleNamespace(metadata={})
+        return types.SimpleNamespace(metadata=types.SimpleNamespace(allowed_ops=None))  # the record's one field read
 
     def local_path(self, model: str, version: int) -> str:
         if self.down:

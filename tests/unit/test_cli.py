@@ -26,9 +26,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     "verb",
-    [[], ["cluster"], ["cluster", "up"], ["cluster", "down"], ["cluster", "status"], ["cluster", "env"], ["train"], ["models"],
-     ["models", "list"], ["models", "show"], ["models", "promote"], ["models", "rollback"], ["models", "label"],
-     ["models", "unlabel"], ["deploy"], ["undeploy"], ["predict"], ["demo"]],
+    [[], ["cluster"], ["cluster", "up"], ["cluster", "down"], ["cluster", "status"], ["cluster", "env"], ["train"],
+     ["models"], ["models", "list"], ["models", "show"], ["models", "promote"], ["models", "rollback"],
+     ["models", "label"], ["models", "unlabel"], ["deploy"], ["undeploy"], ["predict"], ["demo"]],
 )
 def test_every_verb_has_help(verb: list[str]) -> None:
     proc = run(MAAS, *verb, "--help")

@@ -92,7 +92,8 @@ def test_every_node_gets_the_project_the_token_and_the_shared_storage(cluster_co
         for name, value in node_env(IMAGE_HAPROXY_DIR, head=head).items():  # the same settings as `maas cluster up`
             assert f"{name}={shlex.quote(value)}" in start, (key, name)  # as a shell reads it
     assert f"install -d -m 700 {IMAGE_HAPROXY_DIR}" in head_start
-    assert all(". ~/.maas_env" in " ".join(cluster_config[k]) for k in ("head_start_ray_commands", "worker_start_ray_commands"))
+    assert all(". ~/.maas_env" in " ".join(cluster_config[k])
+               for k in ("head_start_ray_commands", "worker_start_ray_commands"))
 
 
 # ---- KubeRay manifests ------------------------------------------------------------------------
@@ -131,7 +132,8 @@ def _manifest(name: str) -> dict:
 @pytest.mark.parametrize("name", sorted(MANIFESTS))
 def test_kuberay_manifest_matches_its_crd_schema(name: str) -> None:
     doc = _manifest(name)
-    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in crd_validator(MANIFESTS[name]).iter_errors(doc)]
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in crd_validator(MANIFESTS[name]).iter_errors(doc)]
     assert not errors, errors
     assert doc["apiVersion"] == "ray.io/v1"
 

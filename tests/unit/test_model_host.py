@@ -20,7 +20,7 @@ LOOP = asyncio.new_event_loop()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _close_the_loop():  # noqa: ANN202
+def _close_the_loop():
     yield
     for task in asyncio.all_tasks(LOOP):  # the batcher's own task waits for the next request
         task.cancel()
@@ -48,7 +48,7 @@ class Recorder:
 
 
 @pytest.fixture
-def host(monkeypatch):  # noqa: ANN001, ANN201
+def host(monkeypatch):
     import ray.serve.batching as batching
 
     from maas.serving.host import BatchConfig, ModelHost
@@ -67,14 +67,14 @@ def host(monkeypatch):  # noqa: ANN001, ANN201
     return made, loaded
 
 
-def _predict(host, x: np.ndarray):  # noqa: ANN001, ANN202
+def _predict(host, x: np.ndarray):
     return host.predict("m", 1, {"x": x}, PassTicket())
 
 
 def test_a_batch_holds_at_most_max_batch_size_instances(host) -> None:
     made, loaded = host
 
-    async def scenario():  # noqa: ANN202
+    async def scenario():
         small = [_predict(made, np.full((20, 2), i, np.float32)) for i in range(8)]
         return await asyncio.gather(*small, _predict(made, np.ones((100, 2), np.float32)))
 
@@ -88,7 +88,7 @@ def test_a_batch_holds_at_most_max_batch_size_instances(host) -> None:
 def test_requests_of_other_instance_shapes_never_share_a_pass(host) -> None:
     made, _ = host
 
-    async def scenario():  # noqa: ANN202
+    async def scenario():
         return await asyncio.gather(_predict(made, np.ones((1, 3), np.float32)),
                                     _predict(made, np.ones((1, 5), np.float32)))
 
@@ -99,7 +99,7 @@ def test_requests_of_other_instance_shapes_never_share_a_pass(host) -> None:
 def test_one_requests_bad_input_fails_that_request_only(host) -> None:
     made, _ = host
 
-    async def scenario():  # noqa: ANN202
+    async def scenario():
         return await asyncio.gather(_predict(made, np.ones((2, 2), np.float32)),
                                     _predict(made, -np.ones((1, 2), np.float32)),
                                     _predict(made, np.ones((3, 2), np.float32)), return_exceptions=True)
@@ -117,7 +117,7 @@ class Storage:
 
     down = False
 
-    def get(self, model: str, version: int):  # noqa: ANN201
+    def get(self, model: str, version: int):
         return types.SimpleNamespace(metadata=types.SimpleNamespace(allowed_ops=None))  # the record's one field read
 
     def local_path(self, model: str, version: int) -> str:
@@ -127,7 +127,7 @@ class Storage:
 
 
 @pytest.fixture
-def cached_host(monkeypatch):  # noqa: ANN001, ANN201
+def cached_host(monkeypatch):
     """A ModelHost with Serve's real multiplexed LRU cache of ``max_models=1``; loads take
     ``seconds[version]`` (0.05 by default) and fail for the versions in ``broken``."""
     import ray.serve.multiplex as multiplex
@@ -146,7 +146,7 @@ def cached_host(monkeypatch):  # noqa: ANN001, ANN201
     seconds: dict[int, float] = {}
     broken: set[int] = set()
 
-    def load_saved_model(model, version, path, *, warm_batch_size=1, allowed_ops=frozenset()):  # noqa: ANN001, ANN202
+    def load_saved_model(model, version, path, *, warm_batch_size=1, allowed_ops=frozenset()):
         loads.append(version)
         time.sleep(seconds.get(version, 0.05))
         if version in broken:
@@ -163,19 +163,19 @@ class _NoMetrics:
     def __init__(self, *args: object, **kwargs: object) -> None:
         pass
 
-    def __getattr__(self, name: str):  # noqa: ANN204
+    def __getattr__(self, name: str):
         return lambda *args, **kwargs: None
 
 
-def _run(work):  # noqa: ANN001, ANN202
+def _run(work):
     return LOOP.run_until_complete(work)
 
 
-async def _start_load(h, version: int) -> None:  # noqa: ANN001
+async def _start_load(h, version: int) -> None:
     h.start_load("m", version)  # on the loop, as the data plane calls it
 
 
-async def _until(done, timeout_s: float = 5.0) -> None:  # noqa: ANN001
+async def _until(done, timeout_s: float = 5.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not done():
         assert time.monotonic() < deadline, "not within the time allowed"

@@ -54,6 +54,7 @@ def _publish(registry, template_name: str, info, work: Path, name: str, data_for
     with the metadata a training run records; return the version's local path."""
     import keras
 
+    from maas.serving.artifact_cache import ArtifactCache
     from maas.templates import get_template
     from maas.training.export import export_saved_model
 
@@ -65,7 +66,7 @@ def _publish(registry, template_name: str, info, work: Path, name: str, data_for
         "signature": signature.to_dict(), "data": {"format": data_format},
         "preprocessing": {"feature_columns": list(info.feature_columns), "item_shape": list(info.item_shape)},
         "purpose": "benchmark"})
-    return registry.local_path(name, version.version)
+    return ArtifactCache(registry).local_path(name, version.version)
 
 
 def digits_parquet(folder: Path, rows: int, files: int) -> np.ndarray:

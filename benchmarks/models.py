@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from maas.registry import Registry
+from maas.serving.artifact_cache import ArtifactCache
 from maas.signature import Signature
 from maas.templates import DataInfo, DataSplits, FeatureStats, get_template
 
@@ -58,7 +59,7 @@ def publish(model: BenchModel, registry: Registry, work: Path) -> Path:
     from maas.training.export import export_saved_model
 
     if model.name in registry.models():
-        return Path(registry.local_path(model.name, registry.latest(model.name)))
+        return Path(ArtifactCache(registry).local_path(model.name, registry.latest(model.name)))
     template = get_template(model.template)
     channels = model.item_shape[-1]
     info = DataInfo(
@@ -72,4 +73,4 @@ def publish(model: BenchModel, registry: Registry, work: Path) -> Path:
     signature: Signature = export_saved_model(built, template, info, str(staging))
     version = registry.publish(model.name, str(staging), {"signature": signature.to_dict(), "template": model.template,
                                                           "purpose": "benchmark"})
-    return Path(registry.local_path(model.name, version.version))
+    return Path(ArtifactCache(registry).local_path(model.name, version.version))

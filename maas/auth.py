@@ -25,7 +25,6 @@ Clients send the key as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import hmac
 import json
@@ -40,7 +39,7 @@ import pyarrow.fs as pafs
 
 from maas.errors import ConfigError, Forbidden, InvalidInput, Unauthorized
 from maas.names import validate_model_name
-from maas.storage import resolve_uri, write_bytes_atomic
+from maas.storage import resolve_uri, utc_now, write_atomic
 
 KEYS_DIR = ".keys"
 ALL_MODELS = "*"
@@ -160,8 +159,8 @@ class KeyStore:
                 validate_model_name(model)
         key_id_ = secrets.token_hex(6)
         key = f"maas_{key_id_}_{secrets.token_urlsafe(32)}"
-        record = ApiKey(id=key_id_, name=name, models=scopes, sha256=digest(key), created_at=_now()).signed(self.secret)
-        write_bytes_atomic(self._fs, self._path(key_id_), record.to_json())
+        record = ApiKey(id=key_id_, name=name, models=scopes, sha256=digest(key), created_at=utc_now()).signed(self.secret)
+        write_atomic(self._fs, self._path(key_id_), record.to_json())
         return key, record
 
     def ids(self) -> frozenset[str]:
@@ -190,8 +189,8 @@ class KeyStore:
             raise InvalidInput(f"No API key with id {key_id_[:40]!r} (see `maas keys list`)")
         if not record.active:
             return record
-        revoked = replace(record, revoked_at=_now()).signed(self.secret)
-        write_bytes_atomic(self._fs, self._path(key_id_), revoked.to_json())
+        revoked = replace(record, revoked_at=utc_now()).signed(self.secret)
+        write_atomic(self._fs, self._path(key_id_), revoked.to_json())
         return revoked
 
     def _path(self, key_id_: str) -> str:
@@ -214,7 +213,3 @@ def authorize(record: ApiKey | None, key: str, model: str | None, *, secret: byt
     if model is not None and not record.allows(model):
         raise Forbidden(f"API key {record.id} ({record.name}) may not call model '{model}'")
     return record
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")

@@ -811,12 +811,13 @@ def _load(job: BatchJob, threads: int | None) -> Any:
     that is not already one of ours is a :class:`ModelUnavailable` naming it."""
     from maas.errors import ModelUnavailable
     from maas.registry import Registry
+    from maas.serving.artifact_cache import ArtifactCache
     from maas.serving.runtime import load_saved_model
 
     if threads:
         limit_threads(threads)
     try:
-        path = Registry(job.request.registry).local_path(job.model, job.version)
+        path = ArtifactCache(Registry(job.request.registry)).local_path(job.model, job.version)
         return load_saved_model(job.model, job.version, path, warm_batch_size=job.batch_size,
                                 allowed_ops=frozenset(job.metadata.allowed_ops or ()))
     except MaasError:

@@ -391,7 +391,7 @@ def _models_delete(args: argparse.Namespace) -> int:
 
 
 def _models_gc(args: argparse.Namespace) -> int:
-    from maas.registry import format_bytes
+    from maas.formatting import format_bytes
 
     reg = _registry(args)
     plan = reg.gc_plan(args.model, keep=args.keep)
@@ -445,10 +445,11 @@ def _versions_text(versions: tuple[int, ...], why: str) -> str:
 
 
 def _registry_clean(args: argparse.Namespace) -> int:
-    from maas.registry import parse_age
+    from maas.formatting import parse_age
+    from maas.registry_clean import clean
 
     older_than_s = parse_age(args.older_than)  # here, not as an argparse type: one error line, exit 2
-    for line in _registry(args).clean(older_than_s=older_than_s, dry_run=args.dry_run).lines():
+    for line in clean(_registry(args), older_than_s=older_than_s, dry_run=args.dry_run).lines():
         print(line)
     return 0
 

@@ -33,6 +33,7 @@ from maas import settings
 from maas.auth import KeyStore, service_secret
 from maas.errors import ClientClosed
 from maas.registry import Registry
+from maas.serving.artifact_cache import ArtifactCache
 from maas.serving.canary import CanaryMonitor, CanaryPolicy
 from maas.serving.codec import CodecOffload
 from maas.serving.dataplane import DataPlane
@@ -109,7 +110,7 @@ class ModelServer:
         context = serve.get_replica_context()
         registry = Registry(args.registry_uri())
         secret = service_secret(args.key_secret_file) if args.auth else None
-        self._host = ModelHost(registry, max_models=args.max_models_per_replica)
+        self._host = ModelHost(registry, ArtifactCache(registry), max_models=args.max_models_per_replica)
         metrics = ServingMetrics()
         recent = RecentRequests(window_s=args.canary.window_s)
         app_name = context.replica_id.deployment_id.app_name

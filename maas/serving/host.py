@@ -25,6 +25,7 @@ from ray import serve
 
 from maas.errors import InferenceError, MaasError, ModelUnavailable, ServerBusy, StorageUnavailable
 from maas.registry import Registry
+from maas.serving.artifact_cache import ArtifactCache
 from maas.serving.dataplane import LoadState, PassTicket
 from maas.serving.runtime import LoadedModel, load_saved_model
 from maas.serving.stats import batch_size_histogram
@@ -86,8 +87,9 @@ class ModelHost:
     """Holds up to ``max_models`` loaded versions (LRU, Serve's ``@serve.multiplexed`` cache) and runs
     dynamically batched predictions on them. Created inside a Serve replica."""
 
-    def __init__(self, registry: Registry, *, max_models: int) -> None:
+    def __init__(self, registry: Registry, artifacts: ArtifactCache, *, max_models: int) -> None:
         self._registry = registry
+        self._artifacts = artifacts
         self.config = DEFAULT_BATCHING
         self._pending = 0
         self._batch_size = batch_size_histogram()
@@ -266,7 +268,7 @@ class ModelHost:
         try:
             # In a thread: fetching the artifact (S3, GCS) and loading it must not block the loop.
             metadata = (await asyncio.to_thread(self._registry.get, model, version)).metadata
-            path = await asyncio.to_thread(self._registry.local_path, model, version)
+            path = await asyncio.to_thread(self._artifacts.local_path, model, version)
         except OSError as exc:  # the storage, not the version: a retry may succeed
             raise StorageUnavailable(f"{model} version {version} could not be fetched from the registry's "
                                      f"storage ({type(exc).__name__}); retry later") from None

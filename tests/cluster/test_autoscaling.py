@@ -17,6 +17,7 @@ import pytest
 from maas import deploy
 from maas.client import JSON, NO_RETRY, Call, Client, Reply
 from maas.registry import Registry
+from maas.serving.artifact_cache import ArtifactCache
 
 pytestmark = pytest.mark.cluster
 
@@ -175,7 +176,7 @@ def test_replicas_holding_one_version_each_answer_every_version_spread_over_repl
     registry = Registry(root)
     expected = {}
     for version in (1, 2):  # computed here, from each version's own artifact: they differ
-        fn = tf.saved_model.load(registry.local_path("tiny", version)).signatures["serving_default"]
+        fn = tf.saved_model.load(ArtifactCache(registry).local_path("tiny", version)).signatures["serving_default"]
         expected[version] = next(iter(fn(pixels=tf.constant(x)).values())).numpy()
     assert not np.allclose(expected[1], expected[2], rtol=1e-3)
     for _ in range(10):

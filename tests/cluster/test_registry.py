@@ -14,6 +14,8 @@ from pyarrow.fs import FileSelector, FileType, LocalFileSystem
 
 from maas.errors import InvalidInput, LabelNotFound, ModelNotFound, RegistryConflict, VersionNotFound
 from maas.registry import Registry
+from maas.registry_clean import clean
+from maas.serving.artifact_cache import ArtifactCache
 from maas.signature import Signature, TensorSpec
 from maas.storage import join_uri, resolve_uri
 
@@ -203,9 +205,9 @@ def test_remote_versions_are_downloaded_once_and_load_in_tensorflow(
     root = join_uri(s3_server.new_bucket(), "registry")
     reg = Registry(root)
     reg.publish("m", str(tiny_saved_model), _meta())
-    local = Path(reg.local_path("m", 1))
+    local = Path(ArtifactCache(reg).local_path("m", 1))
     assert local.is_relative_to(maas_home / "cache") and (local / "metadata.json").is_file()
-    assert reg.local_path("m", 1) == str(local)
+    assert ArtifactCache(reg).local_path("m", 1) == str(local)
     fn = tf.saved_model.load(str(local)).signatures["serving_default"]
     assert fn(pixels=tf.zeros((2, 8, 8)))["probabilities"].shape == (2, 10)
 
@@ -237,14 +239,14 @@ def test_a_live_writers_lock_times_out_and_a_dead_ones_goes_stale(
 ) -> None:
     import os
 
-    import maas.registry
+    import maas.storage
 
     reg = Registry(str(tmp_path))
     reg.publish("m", str(tiny_saved_model), _meta())
     lock = tmp_path / "m" / ".locks" / "labels" / "another-writer"
     lock.parent.mkdir(parents=True)
     lock.write_text("held")
-    monkeypatch.setattr(maas.registry, "_LOCK_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(maas.storage, "LOCK_TIMEOUT_S", 0.5)
     with pytest.raises(RegistryConflict, match="labels stayed locked by another writer"):
         reg.promote("m", 1)
     assert "stable" not in reg.labels("m")
@@ -275,21 +277,21 @@ def test_lock_staleness_is_judged_by_the_storages_clock_not_this_machines(
 ) -> None:
     """6c14451 compared this machine's clock with the lock's modification time: an hour ahead, every
     live lock looked stale (two writers at once); behind, a dead holder's lock blocked label changes."""
-    import maas.registry
+    import maas.storage
 
     reg = Registry(root)
     reg.publish("m", str(tiny_saved_model), _meta())
     lock = join_uri(root, "m", ".locks", "labels", "another-writer")
-    monkeypatch.setattr(maas.registry, "_LOCK_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(maas.registry, "_LOCK_STALE_S", 2.0)
+    monkeypatch.setattr(maas.storage, "LOCK_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(maas.storage, "LOCK_STALE_S", 2.0)
     real = time.time
     for skew in (3600.0, -3600.0):
         _write(lock, b"held")  # a live holder's lock, dated now by the storage
-        monkeypatch.setattr(maas.registry.time, "time", lambda skew=skew: real() + skew)
+        monkeypatch.setattr(maas.storage.time, "time", lambda skew=skew: real() + skew)
         with pytest.raises(RegistryConflict, match="stayed locked"):
             reg.promote("m", 1)
-    monkeypatch.setattr(maas.registry.time, "time", real)
-    time.sleep(2.5)  # by the storage's clock, the holder has been gone longer than _LOCK_STALE_S
+    monkeypatch.setattr(maas.storage.time, "time", real)
+    time.sleep(2.5)  # by the storage's clock, the holder has been gone longer than LOCK_STALE_S
     assert reg.promote("m", 1).version == 1
 
 
@@ -298,7 +300,7 @@ def test_a_lock_dated_in_the_future_does_not_block_label_changes(
 ) -> None:
     import os
 
-    import maas.registry
+    import maas.storage
 
     reg = Registry(str(tmp_path))
     reg.publish("m", str(tiny_saved_model), _meta())
@@ -307,7 +309,7 @@ def test_a_lock_dated_in_the_future_does_not_block_label_changes(
     lock.write_text("held")
     tomorrow = time.time() + 86_400  # written by a machine whose clock is a day ahead (or forged)
     os.utime(lock, (tomorrow, tomorrow))
-    monkeypatch.setattr(maas.registry, "_LOCK_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(maas.storage, "LOCK_TIMEOUT_S", 0.5)
     assert reg.promote("m", 1).version == 1  # 6c14451: blocked for as long as the date is ahead
 
 
@@ -325,7 +327,7 @@ def test_delete_removes_a_version_for_good_and_never_reuses_its_number(root: str
     assert reg.publish("digits", str(tiny_saved_model), _meta()).version == 4  # 3 stays taken
     fs, path = resolve_uri(root)
     assert fs.get_file_info(f"{path}/digits/3").type == FileType.NotFound  # no files left behind
-    assert reg.clean(older_than_s=0, dry_run=True).leftovers == ()
+    assert clean(reg, older_than_s=0, dry_run=True).leftovers == ()
 
 
 def test_a_labelled_version_is_refused_unless_forced_and_force_moves_no_label(

@@ -22,8 +22,10 @@ from pathlib import Path
 import pytest
 from pyarrow.fs import FileSelector, FileSystem, FileType, LocalFileSystem
 
-import maas.registry
+import maas.storage
 from maas.registry import Registry
+from maas.registry_clean import clean
+from maas.serving.artifact_cache import ArtifactCache
 from maas.signature import Signature, TensorSpec
 from maas.storage import join_uri, resolve_uri
 
@@ -33,7 +35,8 @@ SIG = Signature(inputs=(TensorSpec("pixels", "float32", (-1, 8, 8)),),
 # The publisher: the library's own publish, in a process of its own that the test kills.
 PUBLISH = ("import json, sys; from maas.registry import Registry; "
            "print(Registry(sys.argv[1]).publish(sys.argv[2], sys.argv[3], json.loads(sys.argv[4])).version)")
-DOWNLOAD = "import sys; from maas.registry import Registry; print(Registry(sys.argv[1]).local_path('m', 1))"
+DOWNLOAD = ("import sys; from maas.registry import Registry; from maas.serving.artifact_cache import ArtifactCache; "
+            "print(ArtifactCache(Registry(sys.argv[1])).local_path('m', 1))")
 # Big enough that the copy lasts long enough to be killed halfway: about 0.2 s on a local disk (many
 # small files), a few seconds to the S3 test server (each object a request).
 BIG = {"local": (2000, 8 << 10, 8 << 20), "s3": (80, 64 << 10, 4 << 20)}  # files, bytes each, variables bytes
@@ -280,7 +283,7 @@ def test_a_publisher_stalled_while_clean_takes_its_folder_fails_and_never_publis
         halfway = _publisher_halfway(root, big, "big", set())
         halfway.proc.send_signal(signal.SIGSTOP)
         time.sleep(0.05 if local else 0.5)  # its writes in flight land, older than the clean's clock probe
-        report = reg.clean(older_than_s=0)
+        report = clean(reg, older_than_s=0)
         halfway.proc.send_signal(signal.SIGCONT)
         _, err = halfway.proc.communicate(timeout=60)
         kind = "staging folder" if local else "partial version"
@@ -290,9 +293,9 @@ def test_a_publisher_stalled_while_clean_takes_its_folder_fails_and_never_publis
         print("\nthe stalled publisher, woken up: " + err.strip().splitlines()[-1])
         assert reg.versions("m") == halfway.published  # nothing from the publisher that was cut short
         if not local:  # what it wrote after waking up is a partial version again, for the next clean
-            assert [item.kind for item in reg.clean(older_than_s=0).leftovers] == ["partial version"]
+            assert [item.kind for item in clean(reg, older_than_s=0).leftovers] == ["partial version"]
     assert not reader.problems, reader.problems[:5]
-    assert reg.clean(older_than_s=0).leftovers == ()
+    assert clean(reg, older_than_s=0).leftovers == ()
     if local:
         assert list((Path(base) / ".staging").iterdir()) == []
 
@@ -304,7 +307,7 @@ def test_a_downloader_killed_mid_copy_leaves_only_a_temp_folder_that_clean_remov
     reg = Registry(root)
     src = _fake_saved_model(tmp_path / "model", "v1", files=40, file_bytes=64 << 10, variables_bytes=1 << 20)
     reg.publish("m", str(src), _meta("v1"))
-    cache = reg._cache_dir() / "m"
+    cache = ArtifactCache(reg).folder / "m"
     for _ in range(3):
         proc = subprocess.Popen([sys.executable, "-c", DOWNLOAD, root], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
@@ -326,7 +329,7 @@ def test_a_downloader_killed_mid_copy_leaves_only_a_temp_folder_that_clean_remov
     assert 0 < len(left) < len(_files(src)) + 1 and not (cache / "1").exists()
     print(f"\nkilled downloader left {temp.name} with {len(left)} of {len(_files(src)) + 1} files")
 
-    local = Path(reg.local_path("m", 1))  # the next load downloads it whole, beside the leftover
+    local = Path(ArtifactCache(reg).local_path("m", 1))  # the next load downloads it whole, beside the leftover
     assert _files(local) == _published_files(src)
     lines = _clean(root, "--older-than", "0")
     assert re.fullmatch(r"removed 1 partial download \(.+\)", lines[0]) and len(lines) == 2, lines
@@ -356,14 +359,14 @@ def test_clean_takes_only_old_leftovers_and_keeps_every_number_taken(
     _write(fs, f"{base}/.staging/0123abcd.json", b"{}")
     _write(fs, f"{base}/m/.locks/labels/dead-holder", b"held")
 
-    assert reg.clean().leftovers == ()  # all of it is younger than the default hour
-    dry = reg.clean(older_than_s=0, dry_run=True)
+    assert clean(reg).leftovers == ()  # all of it is younger than the default hour
+    dry = clean(reg, older_than_s=0, dry_run=True)
     assert sorted(item.kind for item in dry.leftovers) == ["partial version", "staging file"]  # the lock: < 2 min
     assert fs.get_file_info(f"{base}/m/2/saved_model.pb").type == FileType.File
 
-    monkeypatch.setattr(maas.registry, "_LOCK_STALE_S", 1.0)
+    monkeypatch.setattr(maas.storage, "LOCK_STALE_S", 1.0)
     time.sleep(1.1)  # S3 dates objects to the second
-    report = reg.clean(older_than_s=0)
+    report = clean(reg, older_than_s=0)
     assert sorted((item.kind, item.bytes) for item in report.leftovers) == [
         ("lock claim", 4), ("partial version", 14), ("staging file", 2)]
     assert fs.get_file_info(f"{base}/m/2").type == FileType.NotFound
@@ -371,7 +374,7 @@ def test_clean_takes_only_old_leftovers_and_keeps_every_number_taken(
     assert reg.versions("m") == [1] and reg.labels("m")["stable"].version == 1
     assert _stored_files(fs, f"{base}/m/1") == _published_files(src)
     assert reg.publish("m", str(src), _meta("v")).version == 3  # 2 stays taken though its folder is gone
-    assert reg.clean(older_than_s=0).leftovers == ()
+    assert clean(reg, older_than_s=0).leftovers == ()
 
 
 def test_clean_refuses_a_bad_age_or_a_missing_registry_in_one_line(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 from maas import deploy
 from maas.client import JSON, Call, Client, HTTPError
 from maas.registry import Registry
+from maas.serving.artifact_cache import ArtifactCache
 from maas.signature import Signature
 from traffic import Traffic
 
@@ -125,7 +126,7 @@ def test_a_failing_canary_is_rolled_back_automatically_without_failed_requests(r
     client, registry, key, _ = rollout
     signature = registry.get(MODEL, 1).metadata.signature
     broken = registry.publish(MODEL, str(tiny_saved_model), {"signature": signature}).version
-    (Path(registry.local_path(MODEL, broken)) / "saved_model.pb").write_bytes(b"not a graph")
+    (Path(ArtifactCache(registry).local_path(MODEL, broken)) / "saved_model.pb").write_bytes(b"not a graph")
     registry.set_label(MODEL, "canary", broken, weight=0.5)
     with _load(client, key) as load:
         deadline = time.monotonic() + 120

@@ -26,6 +26,7 @@ from maas import deploy
 from maas.auth import KeyStore
 from maas.client import NO_RETRY, Client
 from maas.registry import Registry
+from maas.serving.artifact_cache import ArtifactCache
 from maas.storage import join_uri
 from traffic import Traffic
 
@@ -175,7 +176,7 @@ def outage(request, ray_cluster, trained_digits, tmp_path_factory):  # noqa: ANN
     refresh, and the means to make its storage unreachable and reachable again."""
     config, outcome = trained_digits
     source = Registry(config.registry)
-    artifact = source.local_path("digits", outcome.version.version)
+    artifact = ArtifactCache(source).local_path("digits", outcome.version.version)
     metadata = source.get("digits", outcome.version.version).metadata.to_json()
     if request.param == "local":
         root = tmp_path_factory.mktemp("outage") / "registry"

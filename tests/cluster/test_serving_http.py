@@ -14,6 +14,7 @@ import pytest
 
 from maas.client import JSON, Call, Client, HTTPError
 from maas.registry import Registry
+from maas.serving.artifact_cache import ArtifactCache
 from maas.templates import get_template
 from maas.training.data import builtin_held_out
 from support import SERVICE_MAX_BODY as MAX_BODY
@@ -47,7 +48,7 @@ def test_http_predictions_match_the_saved_model_in_process(service, held_out) ->
     client, registry, version = service
     x, y = held_out
     http = client.predict("digits", x)
-    fn = tf.saved_model.load(registry.local_path("digits", version)).signatures["serving_default"]
+    fn = tf.saved_model.load(ArtifactCache(registry).local_path("digits", version)).signatures["serving_default"]
     local = fn(pixels=tf.constant(x))["probabilities"].numpy()
     np.testing.assert_allclose(http, local, rtol=1e-5, atol=1e-6)
     assert (http.argmax(1) == y).mean() >= 0.9
@@ -152,7 +153,7 @@ def test_a_corrupt_version_fails_alone_with_a_clear_error(service, tiny_saved_mo
     signature = Signature(inputs=(TensorSpec("pixels", "float32", (-1, 8, 8)),),
                           outputs=(TensorSpec("probabilities", "float32", (-1, 10)),))
     broken = registry.publish("broken", str(tiny_saved_model), {"signature": signature.to_dict()})
-    (Path(registry.local_path("broken", broken.version)) / "saved_model.pb").write_bytes(b"not a graph")
+    (Path(ArtifactCache(registry).local_path("broken", broken.version)) / "saved_model.pb").write_bytes(b"not a graph")
     status, body = _raw(client, "/v1/models/broken:predict",
                         body=json.dumps({"instances": [[[0] * 8] * 8]}).encode())
     assert status == 503  # the version cannot answer; a 500 would mean a bug of the service

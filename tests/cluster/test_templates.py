@@ -12,6 +12,7 @@ import pytest
 
 from maas.errors import ConfigError
 from maas.registry import Registry
+from maas.serving.artifact_cache import ArtifactCache
 from maas.templates import TEMPLATES, DataInfo, DataSplits, FeatureStats, get_template
 from maas.training.config import TrainConfig
 from maas.training.data import check_data, held_out
@@ -259,7 +260,7 @@ def test_template_trains_on_two_workers_publishes_and_answers_http(trained_templ
                                "feature_columns": meta["preprocessing"]["feature_columns"]})
     x, _ = held_out(template, info)
     x = x[:2]
-    expected = tf.saved_model.load(Registry(config.registry).local_path(config.model_name, version.version)).signatures["serving_default"](
+    expected = tf.saved_model.load(ArtifactCache(Registry(config.registry)).local_path(config.model_name, version.version)).signatures["serving_default"](
         **{template.input_name: tf.constant(x)})[template.output_name].numpy()
     answer = service.predict(config.model_name, x, version=version.version)
     np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-4)

@@ -24,6 +24,7 @@ from maas.importing import (
     read_metrics,
 )
 from maas.registry import Registry
+from maas.serving.artifact_cache import ArtifactCache
 from maas.signature import Signature, TensorSpec
 
 MAAS = str(Path(sys.executable).with_name("maas"))
@@ -81,7 +82,7 @@ def _published_answer(registry: Registry, name: str, version: int, **inputs: np.
     """What the published SavedModel answers, loaded as serving loads it."""
     import tensorflow as tf
 
-    fn = tf.saved_model.load(registry.local_path(name, version)).signatures["serving_default"]
+    fn = tf.saved_model.load(ArtifactCache(registry).local_path(name, version)).signatures["serving_default"]
     return {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
 
 

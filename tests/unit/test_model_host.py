@@ -57,7 +57,7 @@ def host(monkeypatch):
     monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests",
                         lambda self: None)
     loaded = Recorder()
-    made = ModelHost(registry=None, max_models=2)  # type: ignore[arg-type]
+    made = ModelHost(registry=None, artifacts=None, max_models=2)  # type: ignore[arg-type]
 
     async def load(key: str) -> Recorder:
         return loaded
@@ -113,7 +113,8 @@ def test_one_requests_bad_input_fails_that_request_only(host) -> None:
 
 
 class Storage:
-    """What the host reads of the registry; ``down`` makes fetching fail as an unreachable store does."""
+    """What the host reads of the registry and its artifact cache; ``down`` makes fetching fail as an
+    unreachable store does."""
 
     down = False
 
@@ -155,7 +156,7 @@ def cached_host(monkeypatch):
 
     monkeypatch.setattr(host_module, "load_saved_model", load_saved_model)
     storage = Storage()
-    made = host_module.ModelHost(storage, max_models=1)  # type: ignore[arg-type]
+    made = host_module.ModelHost(storage, storage, max_models=1)  # type: ignore[arg-type]
     return types.SimpleNamespace(host=made, loads=loads, seconds=seconds, broken=broken, storage=storage)
 
 

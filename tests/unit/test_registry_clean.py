@@ -9,7 +9,8 @@ import pytest
 from pyarrow.fs import FileInfo, FileType
 
 from maas.errors import ConfigError
-from maas.registry import CleanReport, Leftover, format_age, format_bytes, is_leftover, newest_mtime, parse_age
+from maas.formatting import format_age, format_bytes, parse_age
+from maas.registry_clean import CleanReport, Leftover, is_leftover, newest_mtime
 
 
 @pytest.mark.parametrize("text, seconds", [("3600", 3600.0), ("0", 0.0), ("90s", 90.0), ("30m", 1800.0),

@@ -70,7 +70,6 @@ _HANDLERS = {  # each RPC of grpc_rpcs.RPCS: the GrpcApi method that answers it
     "ModelReady": "_model_ready", "ModelMetadata": "_model_metadata", "ModelInfer": "_model_infer",
 }
 assert set(_HANDLERS) == set(BY_NAME), "every RPC has its handler"
-METHODS = tuple(_HANDLERS)  # the RPCs answered; the Serve deployment has one method of each name
 
 
 class GrpcApi:
@@ -83,7 +82,7 @@ class GrpcApi:
         self._clock = clock
 
     async def handle(self, method: str, request: Any, metadata: Mapping[str, str]) -> GrpcAnswer:
-        """Answer one RPC (``method`` is one of :data:`METHODS`); never raises."""
+        """Answer one RPC (``method`` is the name of one of :data:`grpc_rpcs.RPCS`); never raises."""
         spec = BY_NAME[method]
         call = _Call(metadata, RequestInfo(protocol=spec.protocol))
         started = self._clock()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -156,7 +156,6 @@ class Template:
     default_epochs: int = 10
     default_batch_size: int = 32
     default_learning_rate: float = 1e-3
-    tags: tuple[str, ...] = field(default=())
     # The builder's own settings (width, depth, dropout...): what ``--tune`` searches with the learning rate.
     search_space: tuple[HyperParameter, ...] = ()
 
@@ -184,10 +183,6 @@ class Template:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
-    @property
-    def label_column(self) -> str:
-        return LABEL_COLUMN
-
     def input_spec(self, info: DataInfo) -> TensorSpec:
         return TensorSpec(name=self.input_name, dtype=self.input_dtype, shape=(-1, *info.item_shape))
 
@@ -203,14 +198,3 @@ class Template:
     def labels(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         y = np.asarray(batch[LABEL_COLUMN])
         return y.astype(np.int64 if self.task == "classification" else np.float32, copy=False)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "task": self.task,
-            "description": self.description,
-            "input": {"name": self.input_name, "dtype": self.input_dtype,
-                      "shape": [-1, *(-1 if d is None else d for d in self.item_shape)]},
-            "classes": list(self.class_names),
-            "data": self.data_source,
-        }

@@ -52,10 +52,6 @@ class PredictRequest:
     inputs: dict[str, np.ndarray]
     row_format: bool  # "instances" (answer "predictions") vs "inputs" (answer "outputs")
 
-    @property
-    def batch_size(self) -> int:
-        return int(next(iter(self.inputs.values())).shape[0])
-
 
 def decode_predict(body: bytes, signature: Signature, limits: RequestLimits) -> PredictRequest:
     """Decode and validate a ``:predict`` body against ``signature``."""

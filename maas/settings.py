@@ -42,7 +42,7 @@ def serve_url() -> str:
 
 
 def grpc_target() -> str:
-    """``host:port`` of the service's gRPC ingress (TF Serving's and KServe V2's services)."""
+    """``host:port`` where Serve's ingress takes the service's gRPC (TF Serving's and KServe V2's services)."""
     return os.environ.get("MAAS_GRPC_TARGET") or f"{SERVE_HOST}:{GRPC_PORT}"
 
 

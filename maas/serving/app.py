@@ -41,7 +41,7 @@ from maas.serving.host import BatchConfig, ModelHost
 from maas.serving.http import HttpApi, HttpRequest
 from maas.serving.protocol.grpc_status import metadata_dict
 from maas.serving.protocol.limits import RequestLimits
-from maas.serving.registry_cache import RegistryCache
+from maas.serving.storage_cache import StorageCache
 from maas.serving.stats import RecentRequests, ServingMetrics
 
 
@@ -114,8 +114,8 @@ class ModelServer:
         metrics = ServingMetrics()
         recent = RecentRequests(window_s=args.canary.window_s)
         app_name = context.replica_id.deployment_id.app_name
-        cache = RegistryCache(registry, ttl_s=args.registry_refresh_s, stale_s=args.stale_while_unreachable_s,
-                              keys=KeyStore(registry.uri, secret))
+        cache = StorageCache(registry, ttl_s=args.registry_refresh_s, stale_s=args.stale_while_unreachable_s,
+                             keys=KeyStore(registry.uri, secret))
         plane = DataPlane(
             cache, self._host, canary=CanaryMonitor(args.canary), key_secret=secret, recent=recent,
             request_timeout_s=args.request_timeout_s, replica=context.replica_id.unique_id,

@@ -11,8 +11,9 @@ outcomes that are the canary's own: its load or its model failing, or its own fo
 Overload answers (503), storage outages and client errors never count. When, over the last
 ``window_s`` seconds and at least ``min_requests`` requests, the canary's error rate exceeds
 ``max_error_rate`` or its p99 latency exceeds ``max_p99_latency_ms``, the monitor reports a breach
-once per canary label (a version labelled canary again is judged afresh); the data plane then removes the canary label in the registry (with the reason in the label
-history, where ``maas models show`` and ``maas status`` find it) and logs a warning. A routed request
+once per canary label (a version labelled canary again is judged afresh); the data plane then
+removes the canary label in the registry (with the reason in the label history, where ``maas models
+show`` and ``maas status`` find it) and logs a warning. A routed request
 that fails on the canary is answered by the default version, so a bad canary costs no failed requests.
 """
 
@@ -40,21 +41,22 @@ class CanaryPolicy(BaseModel):
 
 
 @dataclass(frozen=True)
-class Route:
-    """Where one request goes: a version, and whether it went there as the canary share."""
+class Destination:
+    """Where one routed request goes: a version, and whether it went there as the canary share (not a
+    URL route: those are :class:`maas.serving.protocol.routes.Route`)."""
 
     version: int
     canary: bool = False
 
 
-def choose(labels: dict[str, Label], default_version: int, draw: float | None = None) -> Route:
+def choose_destination(labels: dict[str, Label], default_version: int, draw: float | None = None) -> Destination:
     """The version a routed request goes to (``draw`` in [0, 1) decides the canary share)."""
     canary = labels.get("canary")
     if canary is None or canary.weight <= 0.0 or canary.version == default_version:
-        return Route(default_version)
+        return Destination(default_version)
     if (random.random() if draw is None else draw) < canary.weight:
-        return Route(canary.version, canary=True)
-    return Route(default_version)
+        return Destination(canary.version, canary=True)
+    return Destination(default_version)
 
 
 @dataclass

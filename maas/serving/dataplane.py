@@ -3,7 +3,7 @@
 It resolves a version or label, chooses between stable and canary for routed requests (and falls
 back to the default version when the canary fails), checks the request against the chosen version's
 signature (through the protocol's decoder), predicts within the request's deadline, authorizes API
-keys, and reports the service's status. It is a plain class: its registry view and its model host
+keys, and reports the service's status. It is a plain class: its storage view and its model host
 are injected, so every case here is a unit test with small fakes (``tests/unit/``); the Serve wiring
 (:mod:`maas.serving.app`) gives it the real ones.
 
@@ -32,7 +32,7 @@ from maas.auth import ApiKey, authorize, key_id
 from maas.errors import InferenceError, MaasError, ModelUnavailable, RequestTimeout, Unauthorized
 from maas.records import LabelEvent
 from maas.registry import Label
-from maas.serving.canary import CanaryMonitor, Route, choose
+from maas.serving.canary import CanaryMonitor, Destination, choose_destination
 from maas.serving.stats import RecentRequests, RequestInfo
 from maas.serving.status import LabelRoute, ModelServiceStatus, ServiceStatus
 from maas.signature import Signature
@@ -45,8 +45,9 @@ CANARY_FAULTS = (InferenceError, ModelUnavailable)  # failures that are the cana
 LoadState = Literal["absent", "loading", "ready", "failed"]  # a version on one replica
 
 
-class ModelRegistry(Protocol):
-    """What the data plane reads of the registry (:class:`maas.serving.registry_cache.RegistryCache`)."""
+class ServingStorage(Protocol):
+    """What the data plane reads of storage, the registry's models and the API keys' records
+    (:class:`maas.serving.storage_cache.StorageCache`)."""
 
     async def resolve(self, model: str, version: int | None, label: str | None) -> int: ...
     async def labels(self, model: str) -> dict[str, Label]: ...
@@ -80,12 +81,12 @@ class Predictor(Protocol):
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry, host: Predictor, *, canary: CanaryMonitor, key_secret: bytes | None,
+    def __init__(self, storage: ServingStorage, host: Predictor, *, canary: CanaryMonitor, key_secret: bytes | None,
                  recent: RecentRequests, request_timeout_s: float, replica: str | None = None,
                  deployments: Callable[[], Awaitable[dict[str, Any]]] | None = None,
                  on_canary_fallback: Callable[[str, int], None] = lambda model, version: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._registry = registry
+        self._storage = storage
         self._host = host
         self._canary = canary
         self._key_secret = key_secret  # None: auth off
@@ -108,30 +109,30 @@ class DataPlane:
         if key is None:
             raise Unauthorized(MISSING_KEY)
         kid = key_id(key)
-        record = None if kid is None else await self._registry.api_key(kid)
+        record = None if kid is None else await self._storage.api_key(kid)
         return authorize(record, key, None, secret=self._key_secret)
 
     # ---- reading ---------------------------------------------------------------------------------
 
     async def ready(self) -> None:
         """Raises :class:`maas.errors.StorageUnavailable` when the registry's storage cannot be reached."""
-        await self._registry.check_reachable()
+        await self._storage.check_reachable()
 
     async def versions(self, model: str) -> list[int]:
-        return await self._registry.versions(model)
+        return await self._storage.versions(model)
 
     async def resolve(self, model: str, version: int | None, label: str | None) -> int:
-        return await self._registry.resolve(model, version, label)
+        return await self._storage.resolve(model, version, label)
 
     async def signature(self, model: str, version: int) -> Signature:
-        return await self._registry.signature(model, version)
+        return await self._storage.signature(model, version)
 
     # ---- predicting ------------------------------------------------------------------------------
 
     async def infer(self, model: str, version: int | None, label: str | None,
                     decode: Callable[[Signature], Awaitable[D]], inputs_of: Callable[[D], dict[str, np.ndarray]],
                     info: RequestInfo) -> tuple[int, D, dict[str, np.ndarray]]:
-        """Route, decode (check against the chosen version's signature) and predict within the request
+        """Choose the version, decode (check against its signature) and predict within the request
         timeout, whatever the client asks (Serve's ``x-request-timeout-seconds: 0`` turns Serve's own off).
 
         A request naming neither version nor label is routed: the canary's share goes to the canary.
@@ -140,7 +141,7 @@ class DataPlane:
         deadline = self._clock() + self._timeout_s
         what = f"{model} version {version or label or ''}".rstrip()
         try:
-            default = await self._within(self._registry.resolve(model, version, label), deadline, what)
+            default = await self._within(self._storage.resolve(model, version, label), deadline, what)
         except MaasError as exc:
             if exc.http_status == 404:  # a label removed: a label of that name later starts afresh
                 self._answering.pop((model, label or ""), None)
@@ -148,57 +149,57 @@ class DataPlane:
         if version is None:
             default = self._warm_first(model, label or "", default)
         routed = version is None and label is None
-        labels = await self._within(self._registry.labels(model), deadline, what) if routed else {}
-        target = choose(labels, default) if routed else Route(default)
-        if target.canary and self._host.load_state(model, target.version) in ("absent", "loading") \
+        labels = await self._within(self._storage.labels(model), deadline, what) if routed else {}
+        destination = choose_destination(labels, default) if routed else Destination(default)
+        if destination.canary and self._host.load_state(model, destination.version) in ("absent", "loading") \
                 and self._host.load_state(model, default) == "ready":
-            self._host.start_load(model, target.version)  # its share goes to it once it is warm
-            target = Route(default)
+            self._host.start_load(model, destination.version)  # its share goes to it once it is warm
+            destination = Destination(default)
         default_label = "stable" if "stable" in labels else "latest"
-        info.model, info.version, info.replica = model, target.version, self._replica
-        info.label = ("canary" if target.canary else default_label) if routed else (label or "none")
-        what = f"{model} version {target.version}"
-        signature = await self._within(self._registry.signature(model, target.version), deadline, what)
+        info.model, info.version, info.replica = model, destination.version, self._replica
+        info.label = ("canary" if destination.canary else default_label) if routed else (label or "none")
+        what = f"{model} version {destination.version}"
+        signature = await self._within(self._storage.signature(model, destination.version), deadline, what)
         decoded = await self._within(decode(signature), deadline, what)
         inputs = inputs_of(decoded)
-        if not target.canary:
-            return target.version, decoded, await self._predict(model, target.version, inputs, deadline)
+        if not destination.canary:
+            return destination.version, decoded, await self._predict(model, destination.version, inputs, deadline)
         canary_label = labels["canary"]
         ticket = PassTicket()
         started = self._clock()
         try:
-            outputs = await self._predict(model, target.version, inputs, deadline, ticket)
+            outputs = await self._predict(model, destination.version, inputs, deadline, ticket)
         except RequestTimeout:
             if self._own_slowness(ticket, started):
-                self._judge(model, target.version, canary_label, ok=False, latency_s=self._clock() - started)
+                self._judge(model, destination.version, canary_label, ok=False, latency_s=self._clock() - started)
             raise
         except CANARY_FAULTS as exc:
             latency_s = self._clock() - started
-            if await self._within(self._registry.signature(model, default), deadline, what) != signature:
-                self._judge(model, target.version, canary_label, ok=False, latency_s=latency_s)
+            if await self._within(self._storage.signature(model, default), deadline, what) != signature:
+                self._judge(model, destination.version, canary_label, ok=False, latency_s=latency_s)
                 raise
             logger.warning("canary %s version %d failed (%s); answered by version %d",
-                           model, target.version, type(exc).__name__, default)
-            self._on_canary_fallback(model, target.version)
+                           model, destination.version, type(exc).__name__, default)
+            self._on_canary_fallback(model, destination.version)
             info.version, info.label = default, default_label
             # If the default version fails on this input too, that is the input's fault: not judged.
             outputs = await self._predict(model, default, inputs, deadline)
-            self._judge(model, target.version, canary_label, ok=False, latency_s=latency_s)
+            self._judge(model, destination.version, canary_label, ok=False, latency_s=latency_s)
             return default, decoded, outputs
-        self._judge(model, target.version, canary_label, ok=True, latency_s=self._clock() - started)
-        return target.version, decoded, outputs
+        self._judge(model, destination.version, canary_label, ok=True, latency_s=self._clock() - started)
+        return destination.version, decoded, outputs
 
-    def _warm_first(self, model: str, route: str, wanted: int) -> int:
-        """The version to answer ``route`` (a label, or ``""`` for routed requests) with: ``wanted``,
-        unless it is not loaded here yet while the version this route answered with last is; then
-        that one, with ``wanted`` loading in the background. A ``wanted`` that failed to load keeps
-        the route on the version it had."""
-        previous = self._answering.get((model, route))
+    def _warm_first(self, model: str, asked: str, wanted: int) -> int:
+        """The version to answer requests that ask for ``asked`` (a label, or ``""`` for routed
+        requests) with: ``wanted``, unless it is not loaded here yet while the version these requests
+        were answered with last is; then that one, with ``wanted`` loading in the background. A
+        ``wanted`` that failed to load keeps them on the version they had."""
+        previous = self._answering.get((model, asked))
         if previous is not None and previous != wanted and self._host.load_state(model, wanted) != "ready" \
                 and self._host.load_state(model, previous) == "ready":
             self._host.start_load(model, wanted)
             return previous
-        self._answering[(model, route)] = wanted
+        self._answering[(model, asked)] = wanted
         return wanted
 
     async def _predict(self, model: str, version: int, inputs: dict[str, np.ndarray], deadline: float,
@@ -234,7 +235,7 @@ class DataPlane:
 
     async def _retire_canary(self, model: str, version: int, label: Label, reason: str) -> None:
         try:
-            retired = await self._registry.retire_canary(model, version, f"auto-rollback: {reason}")
+            retired = await self._storage.retire_canary(model, version, f"auto-rollback: {reason}")
         except Exception as exc:  # storage down: judge again on the next breach
             logger.warning("auto-rollback of %s canary version %d failed (%s); will retry", model, version,
                            type(exc).__name__)
@@ -254,13 +255,13 @@ class DataPlane:
 
         async def model(name: str) -> ModelServiceStatus:
             labels, history, versions = await asyncio.gather(
-                self._registry.labels(name), self._registry.label_history(name), self._registry.versions(name))
+                self._storage.labels(name), self._storage.label_history(name), self._storage.versions(name))
             return ModelServiceStatus(
                 versions=versions, labels={k: LabelRoute(version=v.version, weight=v.weight) for k, v in labels.items()},
                 last_label_change=history[-1] if history else None, recent=self._recent.summary(name))
 
         async def status() -> ServiceStatus:
-            names = [n for n in await self._registry.models() if key is None or key.allows(n)]
+            names = [n for n in await self._storage.models() if key is None or key.allows(n)]
             models = await asyncio.gather(*(model(n) for n in names))
             deployments = await self._deployments() if self._deployments is not None else {}
             return ServiceStatus(models=dict(zip(names, models)), deployments=deployments)  # validated here

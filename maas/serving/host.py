@@ -1,6 +1,6 @@
 """The models a serving replica holds: loaded versions (LRU), dynamic batching and the forward pass.
 
-It lives in the same process as the HTTP ingress: a request goes from HAProxy to a replica and is
+It lives in the same process as the HTTP and gRPC APIs: a request goes from HAProxy to a replica and is
 answered there, with no second hop between processes (that hop cost more than the model itself for
 small models; see the benchmarks in the README).
 

@@ -46,7 +46,7 @@ class RequestInfo:
 
 
 class ServingMetrics:
-    """The ingress's Ray metrics (created inside the replica's process)."""
+    """The ``ModelServer`` replica's Ray metrics (created inside the replica's process)."""
 
     def __init__(self) -> None:
         from ray.util import metrics
@@ -55,7 +55,7 @@ class ServingMetrics:
             "maas_requests_total", description="Answered requests by model, version, label, protocol and status code.",
             tag_keys=("model", "version", "label", "protocol", "code"))
         self.latency = metrics.Histogram(
-            "maas_request_latency_ms", description="Request latency in the ingress, in milliseconds.",
+            "maas_request_latency_ms", description="Request latency in the ModelServer replica, in milliseconds.",
             boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("model", "version", "label", "protocol"))
         self.canary_fallbacks = metrics.Counter(
             "maas_canary_fallbacks_total", description="Failed canary requests answered by the default version.",

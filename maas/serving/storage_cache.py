@@ -3,7 +3,7 @@ storage outages: the registry's models (versions, labels, metadata) and the API 
 under the registry's root). One cache holds both, so that they share one view of whether the storage
 is reachable, one pool of reader threads and one bound on their size.
 
-Version metadata never changes once published, so it (and its parsed signature) is cached for good;
+Version metadata never changes once published, so it (parsed once, its signature with it) is cached for good;
 which versions exist, where labels point and which API keys exist are re-read at most every ``ttl_s``
 seconds, so a promote, rollback or revocation reaches serving within that time without a redeploy.
 
@@ -34,6 +34,7 @@ from typing import Any, Callable, TypeVar
 
 from maas.auth import ApiKey, KeyStore
 from maas.errors import LabelNotFound, ModelNotFound, StorageUnavailable, VersionNotFound
+from maas.records import LabelEvent
 from maas.registry import Label, ModelVersion, Registry, resolve_version
 from maas.signature import Signature
 
@@ -72,7 +73,6 @@ class StorageCache:
         self._stale_s = stale_s
         self._clock = clock
         self._metadata: dict[tuple[str, int], ModelVersion] = {}
-        self._signatures: dict[tuple[str, int], Signature] = {}
         self._short: dict[tuple, _Entry] = {}
         self._reading: dict[tuple, asyncio.Future] = {}  # misses being read: later ones wait for the same read
         self._generation: dict[tuple, int] = {}  # bumped when an entry is invalidated: older reads are dropped
@@ -89,7 +89,7 @@ class StorageCache:
     async def models(self) -> list[str]:
         return await self._cached(("models",), self._registry.models)
 
-    async def label_history(self, model: str) -> list[dict]:
+    async def label_history(self, model: str) -> list[LabelEvent]:
         return await self._cached(("history", model), lambda: self._registry.label_history(model))
 
     async def versions(self, model: str) -> list[int]:
@@ -159,11 +159,8 @@ class StorageCache:
         return self._metadata[key]
 
     async def signature(self, model: str, version: int) -> Signature:
-        """The version's signature, parsed once."""
-        key = (model, version)
-        if key not in self._signatures:
-            self._signatures[key] = (await self.get(model, version)).signature
-        return self._signatures[key]
+        """The version's signature (parsed with its metadata, once)."""
+        return (await self.get(model, version)).signature
 
     # ---- the cache -------------------------------------------------------------------------------
 

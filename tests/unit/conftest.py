@@ -1,4 +1,4 @@
-"""The serving stack without a cluster: the real HTTP layer, data plane, registry cache and key store
+"""The serving stack without a cluster: the real HTTP layer, data plane, storage cache and key store
 over a registry on local disk, with only the model host replaced by a small fake (no TensorFlow)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from maas.serving.canary import CanaryMonitor, CanaryPolicy
 from maas.serving.dataplane import DataPlane, LoadState, PassTicket
 from maas.serving.http import HttpApi, HttpRequest, HttpResponse, in_thread
 from maas.serving.protocol.limits import RequestLimits
-from maas.serving.registry_cache import RegistryCache
+from maas.serving.storage_cache import StorageCache
 from maas.serving.stats import RecentRequests
 from maas.signature import Signature, TensorSpec
 
@@ -94,7 +94,7 @@ class Clock:
 class Stack:
     api: HttpApi
     plane: DataPlane
-    cache: RegistryCache
+    cache: StorageCache
     host: FakeHost
     registry: Registry
     keys: KeyStore
@@ -161,7 +161,7 @@ def make_stack(tmp_path: Path) -> Callable[..., Stack]:
         keys = KeyStore(registry.uri, SECRET)
         key = keys.create("unit", ["*"])[0]
         clock = Clock()
-        cache = RegistryCache(registry, ttl_s=ttl_s, stale_s=stale_s, keys=keys, clock=clock)
+        cache = StorageCache(registry, ttl_s=ttl_s, stale_s=stale_s, keys=keys, clock=clock)
         host = FakeHost()
         plane = DataPlane(cache, host, canary=CanaryMonitor(canary or CanaryPolicy()),
                           key_secret=SECRET if auth else None, recent=RecentRequests(),

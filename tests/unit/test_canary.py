@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 from maas.registry import Label
-from maas.serving.canary import CanaryMonitor, CanaryPolicy, Route, choose
+from maas.serving.canary import CanaryMonitor, CanaryPolicy, Destination, choose_destination
 
 
 def test_the_canary_gets_its_weight_of_routed_requests() -> None:
     labels = {"stable": Label(version=1), "canary": Label(version=2, weight=0.1)}
-    assert choose(labels, 1, draw=0.05) == Route(2, canary=True)
-    assert choose(labels, 1, draw=0.1) == Route(1)
-    assert choose(labels, 1, draw=0.99) == Route(1)
-    routed = [choose(labels, 1).version for _ in range(4000)]
+    assert choose_destination(labels, 1, draw=0.05) == Destination(2, canary=True)
+    assert choose_destination(labels, 1, draw=0.1) == Destination(1)
+    assert choose_destination(labels, 1, draw=0.99) == Destination(1)
+    routed = [choose_destination(labels, 1).version for _ in range(4000)]
     assert 0.07 < routed.count(2) / len(routed) < 0.13
 
 
 def test_no_canary_share_without_a_weighted_canary_on_another_version() -> None:
-    assert choose({"stable": Label(version=1)}, 1, draw=0.0) == Route(1)
-    assert choose({"canary": Label(version=2, weight=0.0)}, 1, draw=0.0) == Route(1)
-    assert choose({"canary": Label(version=1, weight=0.5)}, 1, draw=0.0) == Route(1)  # canary is the default
+    assert choose_destination({"stable": Label(version=1)}, 1, draw=0.0) == Destination(1)
+    assert choose_destination({"canary": Label(version=2, weight=0.0)}, 1, draw=0.0) == Destination(1)
+    assert choose_destination({"canary": Label(version=1, weight=0.5)}, 1, draw=0.0) == Destination(1)  # canary is the default
 
 
 def test_an_error_rate_breach_fires_once_after_enough_requests() -> None:

@@ -1,5 +1,5 @@
 """gRPC's error, auth and limit cases through :class:`maas.serving.grpc_api.GrpcApi` over the real data
-plane, registry cache and key store (only the model host is a fake): TF Serving's PredictionService and
+plane, storage cache and key store (only the model host is a fake): TF Serving's PredictionService and
 ModelService, KServe V2's GRPCInferenceService. Answers equal REST's; every error is a status code
 with REST's message, never INTERNAL. (The messages come from tensorflow-serving-api, which imports
 TensorFlow: this module takes some seconds to import.)"""

@@ -1,5 +1,5 @@
 """The request path's error, auth and limit cases, through the HTTP layer over the real data plane,
-registry cache and key store (only the model host is a fake). Each case of the hostile-input report
+storage cache and key store (only the model host is a fake). Each case of the hostile-input report
 (issue 14, measured on 6c14451) is here: none may answer 500."""
 
 from __future__ import annotations
@@ -345,7 +345,7 @@ def test_a_refresh_under_way_does_not_bring_a_retired_canary_back(make_stack, mo
 
 
 def test_reads_in_flight_stay_bounded_while_the_storage_hangs(make_stack, monkeypatch) -> None:
-    from maas.serving import registry_cache
+    from maas.serving import storage_cache
 
     stack = make_stack(request_timeout_s=10)
     assert stack.call("POST", PREDICT, _predict_body()).status == 200
@@ -359,7 +359,7 @@ def test_reads_in_flight_stay_bounded_while_the_storage_hangs(make_stack, monkey
                                       for i in range(200)))
 
     assert {r.status for r in stack.run(many())} == {503}
-    assert len(stack.cache._reading) <= registry_cache._MAX_READS  # the rest answered at once, not queued
+    assert len(stack.cache._reading) <= storage_cache._MAX_READS  # the rest answered at once, not queued
 
 
 def test_the_status_route_answers_within_the_request_timeout(make_stack, monkeypatch) -> None:

@@ -21,7 +21,7 @@ def _answers(stack, n: int = 1, path: str = "/v1/models/digits:predict") -> list
 
 
 def _sees_labels(stack) -> None:
-    stack.clock.now += 5  # past the registry cache's TTL: the replica reads the new labels
+    stack.clock.now += 5  # past the storage cache's TTL: the replica reads the new labels
 
 
 def _wait(stack, seconds: float) -> None:

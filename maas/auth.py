@@ -159,7 +159,8 @@ class KeyStore:
                 validate_model_name(model)
         key_id_ = secrets.token_hex(6)
         key = f"maas_{key_id_}_{secrets.token_urlsafe(32)}"
-        record = ApiKey(id=key_id_, name=name, models=scopes, sha256=digest(key), created_at=utc_now()).signed(self.secret)
+        record = ApiKey(id=key_id_, name=name, models=scopes, sha256=digest(key),
+                        created_at=utc_now()).signed(self.secret)
         write_atomic(self._fs, self._path(key_id_), record.to_json())
         return key, record
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal, get_args
+from typing import Literal, get_args
 
 import pyarrow.fs as pafs
 

@@ -24,9 +24,10 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import pyarrow.fs as pafs

@@ -41,8 +41,8 @@ from maas.serving.host import BatchConfig, ModelHost
 from maas.serving.http import HttpApi, HttpRequest
 from maas.serving.protocol.grpc_status import metadata_dict
 from maas.serving.protocol.limits import RequestLimits
-from maas.serving.storage_cache import StorageCache
 from maas.serving.stats import RecentRequests, ServingMetrics
+from maas.serving.storage_cache import StorageCache
 
 
 class AppArgs(BaseModel):

@@ -260,7 +260,8 @@ def test_template_trains_on_two_workers_publishes_and_answers_http(trained_templ
                                "feature_columns": meta["preprocessing"]["feature_columns"]})
     x, _ = held_out(template, info)
     x = x[:2]
-    expected = tf.saved_model.load(ArtifactCache(Registry(config.registry)).local_path(config.model_name, version.version)).signatures["serving_default"](
+    artifact = ArtifactCache(Registry(config.registry)).local_path(config.model_name, version.version)
+    expected = tf.saved_model.load(artifact).signatures["serving_default"](
         **{template.input_name: tf.constant(x)})[template.output_name].numpy()
     answer = service.predict(config.model_name, x, version=version.version)
     np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-4)

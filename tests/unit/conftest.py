@@ -20,8 +20,8 @@ from maas.serving.canary import CanaryMonitor, CanaryPolicy
 from maas.serving.dataplane import DataPlane, LoadState, PassTicket
 from maas.serving.http import HttpApi, HttpRequest, HttpResponse, in_thread
 from maas.serving.protocol.limits import RequestLimits
-from maas.serving.storage_cache import StorageCache
 from maas.serving.stats import RecentRequests
+from maas.serving.storage_cache import StorageCache
 from maas.signature import Signature, TensorSpec
 
 SECRET = b"unit-test-secret-" * 2

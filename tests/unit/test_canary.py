@@ -18,7 +18,8 @@ def test_the_canary_gets_its_weight_of_routed_requests() -> None:
 def test_no_canary_share_without_a_weighted_canary_on_another_version() -> None:
     assert choose_destination({"stable": Label(version=1)}, 1, draw=0.0) == Destination(1)
     assert choose_destination({"canary": Label(version=2, weight=0.0)}, 1, draw=0.0) == Destination(1)
-    assert choose_destination({"canary": Label(version=1, weight=0.5)}, 1, draw=0.0) == Destination(1)  # canary is the default
+    # the canary is the default version
+    assert choose_destination({"canary": Label(version=1, weight=0.5)}, 1, draw=0.0) == Destination(1)
 
 
 def test_an_error_rate_breach_fires_once_after_enough_requests() -> None:

@@ -14,8 +14,8 @@ import json
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -71,7 +71,7 @@ class Traffic:
         self._threads = [threading.Thread(target=self._guarded, args=(i,), daemon=True) for i in range(clients)]
         self._crashes: list[str] = []
 
-    def __enter__(self) -> "Traffic":
+    def __enter__(self) -> Traffic:
         for t in self._threads:
             t.start()
         return self
@@ -153,7 +153,7 @@ class Traffic:
         """The answering versions of the outcomes from index ``start`` on (``None`` for a failure)."""
         return Counter(int(o.version) if o.version else None for o in self.outcomes[start:])
 
-    def wait_until(self, predicate, what: str, timeout_s: float = 60) -> None:  # noqa: ANN001
+    def wait_until(self, predicate, what: str, timeout_s: float = 60) -> None:
         """Wait until ``predicate(versions answered since now)`` holds for a fresh run of answers."""
         deadline = time.monotonic() + timeout_s
         start = len(self.outcomes)

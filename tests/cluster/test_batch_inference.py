@@ -75,7 +75,7 @@ def test_a_submitted_job_scores_digits_from_s3_to_s3_on_actors_across_nodes_as_s
     x = np.stack(source.column("pixels").to_numpy(zero_copy_only=False))[SAMPLE].reshape(-1, 8, 8)
     served = client.predict("digits", x.tolist(), version=app.version)
     np.testing.assert_allclose(_probabilities(table, "row", SAMPLE), served, rtol=1e-5, atol=1e-6)
-    by_row = dict(zip(table.column("row").to_pylist(), table.column("class").to_pylist()))
+    by_row = dict(zip(table.column("row").to_pylist(), table.column("class").to_pylist(), strict=True))
     assert [by_row[r] for r in SAMPLE] == np.argmax(served, axis=1).tolist()
     labels = source.column("label").to_numpy()
     accuracy = np.mean([by_row[r] == labels[r] for r in range(360)])

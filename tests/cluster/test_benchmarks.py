@@ -14,7 +14,7 @@ from benchmarks.report import serving_markdown, serving_targets
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         status = 500 if self.path == "/fail" else 200
         self.send_response(status)
@@ -57,7 +57,7 @@ def grpc_server():
 
     import grpc
 
-    def fail(request: bytes, context) -> bytes:  # noqa: ANN001
+    def fail(request: bytes, context) -> bytes:
         context.abort(grpc.StatusCode.UNAVAILABLE, "scripted")
 
     handlers = {"Ok": grpc.unary_unary_rpc_method_handler(lambda request, context: request),

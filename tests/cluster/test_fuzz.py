@@ -62,7 +62,8 @@ def test_generated_requests_get_no_5xx_and_answers_match_the_document(digits_app
         print(f"\nschemathesis ({run}): {sum(statuses.values())} requests, statuses {dict(sorted(statuses.items()))}")
         assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
     total = sum(totals.values())
-    print(f"schemathesis: {total} requests in {time.monotonic() - started:.0f}s, statuses {dict(sorted(totals.items()))}")
+    print(f"schemathesis: {total} requests in {time.monotonic() - started:.0f}s, "
+          f"statuses {dict(sorted(totals.items()))}")
     assert total >= min(REQUESTS, 200), f"only {total} requests were generated"
     assert not [s for s in totals if s >= 500]
     assert totals[200] > 0  # some generated requests were answered, not only refused
@@ -70,7 +71,7 @@ def test_generated_requests_get_no_5xx_and_answers_match_the_document(digits_app
     assert answer.shape == (1, 10)
 
 
-def _get(path: str):  # noqa: ANN202
+def _get(path: str):
     from maas.client import Call
 
     return Call("GET", path)
@@ -80,7 +81,7 @@ def _statuses(report_dir: Path) -> Counter:
     """Every response status in schemathesis's event log (one JSON event per line)."""
     found: Counter = Counter()
 
-    def walk(node) -> None:  # noqa: ANN001
+    def walk(node) -> None:
         if isinstance(node, dict):
             response = node.get("response")
             if isinstance(response, dict) and isinstance(response.get("status_code"), int):

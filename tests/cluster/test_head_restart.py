@@ -12,6 +12,7 @@ processes, never with ``ray stop``, which would stop every Ray cluster on the ma
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from support import free_port
+from traffic import Traffic
+
 from maas import cluster, deploy
 from maas.registry import Registry
 from maas.signature import Signature
-from traffic import Traffic
 
 pytestmark = pytest.mark.chaos
 MAAS = str(Path(sys.executable).parent / "maas")
@@ -82,10 +83,8 @@ def ha_cluster(maas_home, tmp_path_factory):
     cluster._wait_for_port("127.0.0.1", dashboard_port, what="the dashboard", timeout_s=60)
     yield ha
     for pid, _ in _processes_with(ha.session) + _processes_with(str(haproxy)):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     cluster.stop_redis(redis.folder)
     import shutil
 

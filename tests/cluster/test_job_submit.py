@@ -38,7 +38,8 @@ def test_training_job_submitted_through_the_job_client(ray_cluster) -> None:
     version = registry.get("digits-job", registry.latest("digits-job"))
     assert version.metadata.to_json()["ray"]["submission_id"] == outcome.submission_id
     assert version.metadata.to_json()["params"]["cpus_per_worker"] == 1.5
-    assert version.metadata.to_json()["params"]["num_workers"] == version.metadata.to_json()["params"]["min_workers"] == 2
+    params = version.metadata.to_json()["params"]
+    assert params["num_workers"] == params["min_workers"] == 2
     assert version.metadata.to_json()["training"]["num_workers"] == 2
 
 

@@ -150,7 +150,8 @@ def test_imported_versions_are_described_listed_and_reported_like_trained_ones(i
         assert (meta["task"], meta["classes"]) == ("classification", ["a", "b", "c"])
         assert "metrics" not in meta and meta["libraries"]["tensorflow"]
     local = Path(imported.sources["keras"])
-    assert imported.registry.get(MODEL, imported.versions["keras"]).metadata.to_json()["sha256"] == artifact_sha256(local)
+    stored = imported.registry.get(MODEL, imported.versions["keras"]).metadata.to_json()
+    assert stored["sha256"] == artifact_sha256(local)
     listing = subprocess.run([*base, "list"], capture_output=True, text=True, timeout=60, check=False)
     assert listing.returncode == 0 and all(f"v{v} " in listing.stdout for v in imported.versions.values())
     status = subprocess.run([MAAS, "status", MODEL], capture_output=True, text=True, timeout=60, check=False)

@@ -22,14 +22,14 @@ import os
 import signal
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
+from traffic import Traffic
 
 from maas import deploy
 from maas.registry import Registry
 from maas.signature import Signature
-from traffic import Traffic
 
 pytestmark = pytest.mark.cluster
 REQUEST_TIMEOUT_S = 6.0
@@ -115,7 +115,8 @@ def _kill_replica(ray_cluster, load: Traffic, victim: dict, *, replicas: int) ->
 def _report(what: str, load: Traffic, **figures: object) -> None:
     extra = "".join(f", {k} {v}" for k, v in figures.items())
     print(f"\n{what}: {len(load.outcomes)} requests, {len(load.failures())} failed, {len(load.retries)} sent "
-          f"again by the client (connection closed without an answer), slowest {load.slowest_s():.2f}s{extra}; {dict(load.statuses())}")
+          f"again by the client (connection closed without an answer), slowest {load.slowest_s():.2f}s{extra}; "
+          f"{dict(load.statuses())}")
 
 
 def test_a_cold_version_promoted_under_load_is_warmed_first_on_every_replica(ray_cluster, two_replicas) -> None:

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from traffic import Traffic
 
 from maas import deploy
 from maas.client import JSON, Call, Client, HTTPError
 from maas.registry import Registry
 from maas.serving.artifact_cache import ArtifactCache
 from maas.signature import Signature
-from traffic import Traffic
 
 pytestmark = pytest.mark.cluster
 MAAS = str(Path(sys.executable).parent / "maas")
@@ -33,7 +33,8 @@ def rollout(ray_cluster, tiny_saved_model, other_tiny_saved_model, tmp_path_fact
     registry = Registry(root)
     import tensorflow as tf
 
-    signature = Signature.from_concrete_function(tf.saved_model.load(str(tiny_saved_model)).signatures["serving_default"])
+    serving_default = tf.saved_model.load(str(tiny_saved_model)).signatures["serving_default"]
+    signature = Signature.from_concrete_function(serving_default)
     for artifact in (tiny_saved_model, other_tiny_saved_model):
         registry.publish(MODEL, str(artifact), {"signature": signature.to_dict()})
     registry.promote(MODEL, 1)

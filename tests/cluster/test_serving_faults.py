@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -20,15 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from support import SERVICE_BODY_TIMEOUT_S, free_port
+from traffic import Traffic
+
 from maas import deploy
 from maas.auth import KeyStore
 from maas.client import NO_RETRY, Client
 from maas.registry import Registry
 from maas.serving.artifact_cache import ArtifactCache
 from maas.storage import join_uri
-from traffic import Traffic
 
 pytestmark = pytest.mark.cluster
 TRICKLERS = 500
@@ -58,7 +59,7 @@ async def _trickle(port: int, key: str, give_up_s: float) -> str:
     try:
         line = await asyncio.wait_for(reader.readline(), give_up_s)
         return line.split()[1].decode() if line.startswith(b"HTTP/") else "closed"
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return "no answer"
     except OSError as exc:
         return type(exc).__name__
@@ -132,10 +133,8 @@ class Relay:
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             conn.close()
 
     def _accept(self, listener: socket.socket) -> None:
@@ -163,15 +162,13 @@ class Relay:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 # local disk: `make chaos`; S3: `make slow` (a deploy of its own and the load: about a minute)
 @pytest.fixture(params=[pytest.param("local", marks=pytest.mark.chaos), pytest.param("s3", marks=pytest.mark.slow)])
-def outage(request, ray_cluster, trained_digits, tmp_path_factory):  # noqa: ANN001, ANN201
+def outage(request, ray_cluster, trained_digits, tmp_path_factory):
     """A registry holding the session's digits version, served by the Serve config with a short
     refresh, and the means to make its storage unreachable and reachable again."""
     config, outcome = trained_digits
@@ -232,7 +229,7 @@ def test_a_storage_outage_under_load_fails_no_request_and_heals_by_itself(ray_cl
         time.sleep(0.5)
 
 
-def _post(path: str, body: dict):  # noqa: ANN202
+def _post(path: str, body: dict):
     from maas.client import JSON, Call
 
     return Call("POST", path, json.dumps(body).encode(), JSON)

@@ -48,7 +48,7 @@ def _key() -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {os.environ['MAAS_API_KEY']}")]
 
 
-def _spec(version: int | None = None, name: str = "digits"):  # noqa: ANN202
+def _spec(version: int | None = None, name: str = "digits"):
     from tensorflow_serving.apis import model_pb2
 
     spec = model_pb2.ModelSpec(name=name, signature_name="serving_default")
@@ -57,7 +57,7 @@ def _spec(version: int | None = None, name: str = "digits"):  # noqa: ANN202
     return spec
 
 
-def _predict_request(x: np.ndarray, version: int | None = None, name: str = "digits"):  # noqa: ANN202
+def _predict_request(x: np.ndarray, version: int | None = None, name: str = "digits"):
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
@@ -266,10 +266,10 @@ def test_oversized_unknown_and_unreadable_calls_get_status_codes_and_the_replica
                                                                                          held_out) -> None:
     """Past the service's max_request_bytes (the test app's 1 MiB), past the transport's 64 MiB, an RPC
     these services do not have, and bytes that are no message: each its code; then a normal answer."""
+    from support import SERVICE_MAX_BODY
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     from maas.cluster import GRPC_MAX_MESSAGE_BYTES
-    from support import SERVICE_MAX_BODY
 
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     big = np.zeros((SERVICE_MAX_BODY // 256 + 1, 8, 8), np.float32)  # just over 1 MiB of tensor_content

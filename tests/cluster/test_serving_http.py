@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import SERVICE_MAX_BODY as MAX_BODY
+from support import replica_logs_with_unhandled_errors
 
 from maas.client import JSON, Call, Client, HTTPError
 from maas.registry import Registry
 from maas.serving.artifact_cache import ArtifactCache
 from maas.templates import get_template
 from maas.training.data import builtin_held_out
-from support import SERVICE_MAX_BODY as MAX_BODY
-from support import replica_logs_with_unhandled_errors
 
 pytestmark = pytest.mark.cluster
 
@@ -74,7 +74,7 @@ def test_batches_count_instances_and_a_request_larger_than_a_batch_runs_in_passe
     expected = np.concatenate([client.predict("digits", x[i: i + 16]) for i in range(0, 64, 16)])
     with ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(lambda i: client.predict("digits", x[i: i + 20]), range(0, 40, 5), timeout=120))
-    for i, answer in zip(range(0, 40, 5), answers):
+    for i, answer in zip(range(0, 40, 5), answers, strict=True):
         np.testing.assert_allclose(answer, expected[i: i + 20], rtol=1e-5, atol=1e-6)
     big = np.concatenate([x] * 2)[:100]
     np.testing.assert_allclose(client.predict("digits", big), np.concatenate([expected] * 2)[:100],
@@ -177,12 +177,12 @@ def triton(service):
     return triton
 
 
-def _bearer(key: str):  # noqa: ANN202
+def _bearer(key: str):
     """A tritonclient plugin that sends the API key with every call."""
     from tritonclient.http import InferenceServerClientPlugin
 
     class Bearer(InferenceServerClientPlugin):
-        def __call__(self, request) -> None:  # noqa: ANN001 (tritonclient's Request)
+        def __call__(self, request) -> None:
             request.headers["Authorization"] = f"Bearer {key}"
 
     return Bearer()
@@ -236,10 +236,12 @@ def test_v2_errors_reach_triton_clients_as_named_problems(triton, held_out) -> N
     [
         ("POST", "/v2/models/digits/infer", b"{oops", 400, "not valid JSON"),
         ("POST", "/v2/models/digits/infer",
-         json.dumps({"inputs": [{"name": "pixels", "shape": [1, 8, 8], "datatype": "INT64", "data": [0] * 64}]}).encode(),
+         json.dumps({"inputs": [{"name": "pixels", "shape": [1, 8, 8], "datatype": "INT64",
+                                 "data": [0] * 64}]}).encode(),
          400, "expects datatype FP32, received INT64"),
         ("POST", "/v2/models/digits/infer",
-         json.dumps({"inputs": [{"name": "pixels", "shape": [1, 8, 8], "datatype": "FP32", "data": [0] * 63}]}).encode(),
+         json.dumps({"inputs": [{"name": "pixels", "shape": [1, 8, 8], "datatype": "FP32",
+                                 "data": [0] * 63}]}).encode(),
          400, "needs 64 values, 'data' has 63"),
         ("POST", "/v2/models/nope/infer", json.dumps({"inputs": []}).encode(), 404, "'nope' not found"),
         ("GET", "/v2/models/digits/versions/999", None, 404, "no version 999"),
@@ -260,7 +262,7 @@ def test_v2_bad_requests_get_json_errors(service, method: str, path: str, body: 
 # ---- hostile and careless requests, end to end through HAProxy (issue 14, measured on 6c14451) -----
 
 
-def _send_raw(base_url: str, method: str, raw_path: str, body: bytes | None, headers: dict[str, str]):  # noqa: ANN202
+def _send_raw(base_url: str, method: str, raw_path: str, body: bytes | None, headers: dict[str, str]):
     """A request with its path exactly as given (percent-escapes included), as curl would send it."""
     import http.client
 

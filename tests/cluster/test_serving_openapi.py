@@ -28,7 +28,7 @@ def spec(digits_app):
     return document
 
 
-def _validator(document: dict, schema: dict):  # noqa: ANN202
+def _validator(document: dict, schema: dict):
     from jsonschema import Draft202012Validator
     from referencing import Registry, Resource
     from referencing.jsonschema import DRAFT202012
@@ -82,6 +82,7 @@ def test_every_answer_is_documented_and_matches_its_schema(spec, digits_app, dat
     reply = Client(digits_app.cluster.serve_url, api_key=key).send(Call(method.upper(), concrete, body,
                                                                         JSON if body else {}))
     schema = _response_schema(spec, operation, reply.status)
-    assert schema is not None, f"{method.upper()} {concrete} answered {reply.status}, not documented: {reply.body[:300]}"
+    assert schema is not None, (f"{method.upper()} {concrete} answered {reply.status}, "
+                                f"not documented: {reply.body[:300]}")
     errors = [e.message for e in _validator(spec, schema).iter_errors(reply.json())]
     assert not errors, f"{method.upper()} {concrete} -> {reply.status}: {errors[:3]}"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import metric_series, scrape_metrics
 
 from maas.client import Client
-from support import metric_series, scrape_metrics
 
 pytestmark = pytest.mark.cluster
 MAAS = str(Path(sys.executable).parent / "maas")
@@ -30,7 +30,8 @@ def test_requests_latencies_and_batch_sizes_reach_the_metrics_endpoint(digits_ap
     deadline = time.monotonic() + 60  # Ray's metrics agent exports every few seconds
     while True:
         text = scrape_metrics()
-        ok = metric_series(text, "ray_maas_requests_total", model="digits", version=version, code="200", protocol="tfserving")
+        ok = metric_series(text, "ray_maas_requests_total", model="digits", version=version, code="200",
+                           protocol="tfserving")
         bad = metric_series(text, "ray_maas_requests_total", model="digits", code="400")
         batches = metric_series(text, "ray_maas_batch_size_count", model="digits", version=version)
         latency = metric_series(text, "ray_maas_request_latency_ms_count", model="digits")
@@ -44,7 +45,7 @@ def test_requests_latencies_and_batch_sizes_reach_the_metrics_endpoint(digits_ap
 SERVING = ("HEALTHY", "UPSCALING", "DOWNSCALING")  # Serve's deployment states that answer requests
 
 
-def _bad_call():  # noqa: ANN202
+def _bad_call():
     from maas.client import JSON, Call
 
     return Call("POST", "/v1/models/digits:predict", b'{"instances": [[1, 2]]}', JSON)
@@ -63,7 +64,8 @@ def test_maas_status_shows_versions_labels_replicas_and_recent_errors(digits_app
         assert proc.returncode == 0, proc.stderr
         answer = json.loads(proc.stdout)
         recent = answer["models"]["digits"]["recent"]
-        if recent["client_errors"] >= 1 and recent["versions"].get(str(app.version), {}).get("labels", {}).get("none", 0) >= 4:
+        unlabelled = recent["versions"].get(str(app.version), {}).get("labels", {}).get("none", 0)
+        if recent["client_errors"] >= 1 and unlabelled >= 4:
             break
     assert answer["deployments"]["ModelServer"]["replicas"] >= 1
     assert answer["deployments"]["ModelServer"]["status"] in SERVING  # earlier tests' load may have scaled it

@@ -37,7 +37,7 @@ def test_ai4i_is_the_real_table() -> None:
 
     table = _read_ai4i()
     assert len(table) == 10_000 and int(table["failure"].sum()) == 339
-    assert 1168 <= table["rotational_speed_rpm"].min() and table["rotational_speed_rpm"].max() <= 2886
+    assert table["rotational_speed_rpm"].min() >= 1168 and table["rotational_speed_rpm"].max() <= 2886
 
 
 def test_animal_mnist_is_the_real_data_set() -> None:
@@ -146,7 +146,6 @@ def test_regression_metrics_match_scikit_learn() -> None:
 def _user_wine_csv(folder: Path) -> str:
     """scikit-learn's real wine table (178 rows, 13 measurements, 3 cultivars) as a user's CSV data
     set, with 2% of the values missing."""
-    import pandas as pd
     from sklearn.datasets import load_wine
     from sklearn.model_selection import train_test_split
 
@@ -273,8 +272,8 @@ def test_wine_csv_learns_well_above_the_majority_class(trained_templates) -> Non
     runs, outcomes = trained_templates
     metrics = outcomes["tabular_mlp"].metrics
     assert metrics["accuracy"] >= 0.85 > metrics["baseline"]["accuracy"] + 0.3, metrics
-    stats = Registry(runs["tabular_mlp"].registry).get("wine", outcomes["tabular_mlp"].version.version).metadata.to_json()[
-        "preprocessing"]["training_split_stats"]
+    stored = Registry(runs["tabular_mlp"].registry).get("wine", outcomes["tabular_mlp"].version.version).metadata
+    stats = stored.to_json()["preprocessing"]["training_split_stats"]
     assert stats["count"] == 124  # the training split only (70% of 178), never the test rows
 
 
@@ -283,7 +282,8 @@ def test_wine_csv_learns_well_above_the_majority_class(trained_templates) -> Non
 def test_cross_validation_reports_mean_and_std_per_metric(trained_templates) -> None:
     runs, outcomes = trained_templates
     cv = Registry(runs["maintenance_regression"].registry).get(
-        "maintenance_regression", outcomes["maintenance_regression"].version.version).metadata.to_json()["cross_validation"]
+        "maintenance_regression", outcomes["maintenance_regression"].version.version
+    ).metadata.to_json()["cross_validation"]
     assert cv["folds"] == 2 and len(cv["per_fold"]) == 2
     for key in ("mse", "mae", "r2"):
         assert set(cv["summary"][key]) == {"mean", "std"}

@@ -48,7 +48,7 @@ def test_both_replicas_end_with_identical_weights(trained_digits) -> None:
 
 
 def test_checkpoints_every_epoch_and_keeps_the_latest(trained_digits) -> None:
-    config, outcome = trained_digits
+    config, _ = trained_digits
     run_dir = Path(config.storage_path) / config.run_name
     checkpoints = sorted(c for c in run_dir.glob("checkpoint_*") if c.is_dir())
     assert len(checkpoints) == 2  # CheckpointConfig(num_to_keep=2) over 6 epochs
@@ -138,7 +138,7 @@ class RunningJob:
     registered_epoch: int
     workers: list  # its live RayTrainWorker actors (Ray's state API records)
 
-    def result(self):  # noqa: ANN201 (jobclient.JobOutcome)
+    def result(self):
         self.thread.join(timeout=600)
         return self.outcome["job"]
 
@@ -213,7 +213,8 @@ def test_a_run_whose_worker_node_is_lost_goes_on_from_its_checkpoint_on_the_othe
             ray_cluster.nodes.remove_node(spare, allow_graceful=True)  # back to the three it had
         ray_cluster.add_worker_node()
     print(f"\nworker node lost after epoch {running.registered_epoch}: resumed from epoch "
-          f"{metadata['training']['resumed_from_epoch']}, published {time.monotonic() - removed_at:.0f} s after the loss")
+          f"{metadata['training']['resumed_from_epoch']}, "
+          f"published {time.monotonic() - removed_at:.0f} s after the loss")
     assert lost.node_id not in metadata["ray"]["worker_nodes"]  # the rest ran on the surviving nodes
 
 

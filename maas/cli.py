@@ -19,14 +19,18 @@ import json
 import os
 import shlex
 import sys
-from typing import TYPE_CHECKING, Callable, Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from maas import settings
 from maas.cli_support import fail, run_cli
 
 if TYPE_CHECKING:
+    from maas.auth import KeyStore
+    from maas.client import Client
     from maas.records import LabelEvent
-    from maas.registry import Label, ModelVersion
+    from maas.registry import Label, ModelVersion, Registry
     from maas.serving.status import ModelServiceStatus, RecentTraffic
 
 
@@ -261,7 +265,7 @@ def _cluster_status(args: argparse.Namespace) -> int:
         from maas.deploy import serve_client
 
         apps = serve_client(state.dashboard_url).get_serve_details().get("applications", {})
-    except Exception as exc:  # dashboard still starting, or Serve never started
+    except Exception as exc:  # noqa: BLE001 (dashboard still starting, or Serve never started: any failure is 'unknown')
         print(f"Serve: unknown ({type(exc).__name__})")
         return 0
     if not apps:
@@ -297,7 +301,7 @@ def _train(args: argparse.Namespace) -> int:
 # ---- models --------------------------------------------------------------------------------------
 
 
-def _registry(args: argparse.Namespace):
+def _registry(args: argparse.Namespace) -> Registry:
     from maas.registry import Registry
 
     return Registry(args.registry or settings.default_registry_uri())
@@ -487,7 +491,7 @@ def _predict(args: argparse.Namespace) -> int:
         if args.instances is not None:
             body = {"instances": json.loads(args.instances)}
         else:
-            raw = sys.stdin.read() if args.file == "-" else open(args.file).read()
+            raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
             body = json.loads(raw)
     except (json.JSONDecodeError, OSError) as exc:
         fail(f"cannot read the request: {exc}")
@@ -517,7 +521,7 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def _predict_grpc(args: argparse.Namespace, body: dict) -> dict:
+def _predict_grpc(args: argparse.Namespace, body: dict[str, Any]) -> dict[str, Any]:
     """A REST ``:predict`` body sent as a gRPC ``Predict`` ("instances": one input; "inputs": by name),
     each input cast to the signature's dtype where no value changes (as REST reads JSON numbers); the
     answer in REST's shape; errors as ``_call_service``'s."""
@@ -554,7 +558,7 @@ def _predict_grpc(args: argparse.Namespace, body: dict) -> dict:
     return {key: answer.tolist()}
 
 
-def _call_service(client, ask: Callable) -> object:  # noqa: ANN001 (maas.client.Client, imported lazily)
+def _call_service(client: Client, ask: Callable[[Client], object]) -> object:
     """``ask(client)``, with the service's errors as one line and exit code 2 (1 for a server error)."""
     from maas.client import HTTPError
 
@@ -617,7 +621,7 @@ def _recent_line(recent: RecentTraffic) -> str:
 # ---- API keys ------------------------------------------------------------------------------------
 
 
-def _keys(args: argparse.Namespace):
+def _keys(args: argparse.Namespace) -> KeyStore:
     from maas.auth import KeyStore
 
     return KeyStore(args.registry or settings.default_registry_uri())

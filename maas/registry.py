@@ -41,22 +41,37 @@ import random
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import pyarrow.fs as pafs
 from pydantic import ValidationError
 
-from maas.errors import (InvalidInput, LabelNotFound, ModelNotFound, RegistryConflict, StorageUnavailable,
-                         VersionNotFound)
+from maas.errors import (
+    InvalidInput,
+    LabelNotFound,
+    ModelNotFound,
+    RegistryConflict,
+    StorageUnavailable,
+    VersionNotFound,
+)
 from maas.names import MODEL_PATTERN, VERSION_PATTERN, matches, validate_label, validate_model_name
 from maas.records import LabelEvent, Metrics, VersionMetadata
 from maas.signature import Signature
-from maas.storage import (files_size, list_dir, locked, put_claim, resolve_uri, try_claim, utc_now, write_atomic,
-                          write_file)
+from maas.storage import (
+    files_size,
+    list_dir,
+    locked,
+    put_claim,
+    resolve_uri,
+    try_claim,
+    utc_now,
+    write_atomic,
+    write_file,
+)
 
 METADATA_FILE = "metadata.json"
 LABELS_FILE = "labels.json"
@@ -158,7 +173,8 @@ class Registry:
 
     def models(self) -> list[str]:
         infos = self._list(self._root)
-        names = [i.base_name for i in infos if i.type == pafs.FileType.Directory and matches(MODEL_PATTERN, i.base_name)]
+        names = [i.base_name for i in infos
+                 if i.type == pafs.FileType.Directory and matches(MODEL_PATTERN, i.base_name)]
         return sorted(n for n in names if self.versions(n))
 
     def check_reachable(self) -> None:
@@ -183,7 +199,7 @@ class Registry:
         if not candidates:
             return []
         markers = self._fs.get_file_info([f"{model_dir}/{v}/{METADATA_FILE}" for v in candidates])
-        return [v for v, m in zip(candidates, markers) if m.type == pafs.FileType.File and v > 0]
+        return [v for v, m in zip(candidates, markers, strict=True) if m.type == pafs.FileType.File and v > 0]
 
     def get(self, model: str, version: int | None = None) -> ModelVersion:
         """A version's metadata; ``version=None`` means the one traffic goes to by default."""
@@ -445,7 +461,7 @@ class Registry:
     def _deleted(self, model: str, version: int) -> bool:
         """Whether ``version``'s number carries a deletion's tombstone claim."""
         tombstone = f"{self.model_path(model)}/{CLAIMS_DIR}/{version}.deleted"
-        return self._fs.get_file_info(tombstone).type != pafs.FileType.NotFound
+        return bool(self._fs.get_file_info(tombstone).type != pafs.FileType.NotFound)
 
     def _require_version(self, model: str, version: int) -> int:
         versions = self.versions(model)
@@ -511,7 +527,8 @@ class Registry:
         )
 
     def _write_labels(self, model: str, doc: _LabelsDoc) -> None:
-        body = {"labels": {k: v.to_dict() for k, v in doc.labels.items()}, "history": [e.to_json() for e in doc.history[-200:]]}
+        body = {"labels": {k: v.to_dict() for k, v in doc.labels.items()},
+                "history": [e.to_json() for e in doc.history[-200:]]}
         path = f"{self.model_path(model)}/{LABELS_FILE}"
         # Locally the temporary file is written in .staging/, outside the model's folder (which only
         # ever gains entries): readers see the old or the new file, never half of one.
@@ -564,8 +581,9 @@ def _apply_label(doc: _LabelsDoc, label: str, version: int, weight: float, *, re
     """Point ``label`` at ``version``: a new assignment (a new id), or with ``reweigh`` the same one
     with another weight."""
     previous = doc.labels.get(label)
-    same = reweigh and previous is not None and previous.version == version
-    new = Label(version=version, weight=weight, updated_at=utc_now(), id=previous.id if same else uuid.uuid4().hex[:12])
+    kept = previous if reweigh and previous is not None and previous.version == version else None
+    new = Label(version=version, weight=weight, updated_at=utc_now(),
+                id=kept.id if kept is not None else uuid.uuid4().hex[:12])
     doc.labels[label] = new
     doc.history.append(LabelEvent(at=new.updated_at, label=label, version=version, weight=weight,
                                   previous=previous.version if previous else None))

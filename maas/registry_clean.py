@@ -116,7 +116,7 @@ def _storage_now(registry: Registry) -> float:
         fs.delete_file(probe)
     if info.mtime is None:
         raise StorageUnavailable(f"Registry storage {registry.uri} keeps no modification times: cannot judge ages")
-    return info.mtime.timestamp()
+    return float(info.mtime.timestamp())
 
 
 def _model_folders(registry: Registry) -> list[str]:
@@ -254,7 +254,8 @@ def _count(n: int, noun: str) -> str:
 def _contents(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo] | None:
     """Everything under ``folder``; None if it vanished while being listed (renamed, or removed)."""
     try:
-        return fs.get_file_info(pafs.FileSelector(folder, recursive=True))
+        infos: list[pafs.FileInfo] = fs.get_file_info(pafs.FileSelector(folder, recursive=True))
+        return infos
     except FileNotFoundError:
         return None
 

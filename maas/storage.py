@@ -65,7 +65,7 @@ def join_uri(base: str, *parts: str) -> str:
 
 def uri_exists(uri: str) -> bool:
     fs, path = resolve_uri(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return bool(fs.get_file_info(path).type != pafs.FileType.NotFound)
 
 
 def utc_now() -> str:
@@ -100,7 +100,7 @@ def write_atomic(fs: pafs.FileSystem, path: str, content: bytes | Callable[[str]
         fs.move(target, path)
 
 
-def write_parquet_atomic(table: "pa.Table", uri: str) -> None:
+def write_parquet_atomic(table: pa.Table, uri: str) -> None:
     """Write ``table`` so that readers see the whole file or none (see :func:`write_atomic`)."""
     import pyarrow.parquet as pq
 
@@ -116,7 +116,8 @@ def list_dir(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
     """
     for attempt in range(LIST_ATTEMPTS):
         try:
-            return fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+            infos: list[pafs.FileInfo] = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+            return infos
         except FileNotFoundError:
             if attempt + 1 == LIST_ATTEMPTS:
                 raise
@@ -171,7 +172,7 @@ def locked(fs: pafs.FileSystem, folder: str, *, what: str) -> Iterator[None]:
     def live(info: pafs.FileInfo, now: float | None) -> bool:
         if info.mtime is None or now is None:
             return True
-        return abs(now - info.mtime.timestamp()) < LOCK_STALE_S
+        return bool(abs(now - info.mtime.timestamp()) < LOCK_STALE_S)
 
     attempt = 0
     while not try_claim(fs, folder, name, rival=live):

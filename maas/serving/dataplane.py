@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -212,9 +213,9 @@ class DataPlane:
         remaining = deadline - self._clock()
         try:
             if remaining <= 0:
-                raise asyncio.TimeoutError
+                raise TimeoutError
             return await asyncio.wait_for(work, timeout=remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if asyncio.iscoroutine(work):
                 work.close()  # never awaited: no "coroutine was never awaited" warning
             raise RequestTimeout(f"{what} did not answer within {self._timeout_s:g}s") from None
@@ -236,7 +237,7 @@ class DataPlane:
     async def _retire_canary(self, model: str, version: int, label: Label, reason: str) -> None:
         try:
             retired = await self._storage.retire_canary(model, version, f"auto-rollback: {reason}")
-        except Exception as exc:  # storage down: judge again on the next breach
+        except Exception as exc:  # noqa: BLE001 (a background task: whatever failed, judge again on the next breach)
             logger.warning("auto-rollback of %s canary version %d failed (%s); will retry", model, version,
                            type(exc).__name__)
             self._canary.reopen(model, version, label.id)
@@ -257,13 +258,15 @@ class DataPlane:
             labels, history, versions = await asyncio.gather(
                 self._storage.labels(name), self._storage.label_history(name), self._storage.versions(name))
             return ModelServiceStatus(
-                versions=versions, labels={k: LabelRoute(version=v.version, weight=v.weight) for k, v in labels.items()},
+                versions=versions,
+                labels={k: LabelRoute(version=v.version, weight=v.weight) for k, v in labels.items()},
                 last_label_change=history[-1] if history else None, recent=self._recent.summary(name))
 
         async def status() -> ServiceStatus:
             names = [n for n in await self._storage.models() if key is None or key.allows(n)]
             models = await asyncio.gather(*(model(n) for n in names))
             deployments = await self._deployments() if self._deployments is not None else {}
-            return ServiceStatus(models=dict(zip(names, models)), deployments=deployments)  # validated here
+            return ServiceStatus(models=dict(zip(names, models, strict=True)),
+                                 deployments=deployments)  # validated here
 
         return await self._within(status(), deadline, "the service's status")

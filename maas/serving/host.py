@@ -14,8 +14,10 @@ time per instance, times the instances); any other runs in a thread, where Tenso
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +62,9 @@ def parse_model_id(key: str) -> tuple[str, int]:
     return model, int(version)
 
 
+_Shapes = tuple[tuple[str, tuple[int, ...]], ...]  # each input's name and instance shape
+
+
 @dataclass
 class _Item:
     """One request's share of a batch."""
@@ -71,10 +76,10 @@ class _Item:
 
     @property
     def size(self) -> int:
-        return next(iter(self.inputs.values())).shape[0]
+        return int(next(iter(self.inputs.values())).shape[0])
 
     @property
-    def shapes(self) -> tuple:
+    def shapes(self) -> _Shapes:
         """The instance shape of each input: only requests alike in it can share a pass."""
         return tuple((name, value.shape[1:]) for name, value in sorted(self.inputs.items()))
 
@@ -111,7 +116,8 @@ class ModelHost:
                 if task.done() and self._loading.get(key) is task:  # claimed into Serve's cache
                     del self._loading[key]
 
-        self._load = serve.multiplexed(max_num_models_per_replica=max_models)(load)
+        self._load: Callable[[str], Awaitable[LoadedModel]] = serve.multiplexed(
+            max_num_models_per_replica=max_models)(load)
 
     def _start(self, key: str) -> asyncio.Task[LoadedModel]:
         """The load of ``key`` under way (or finished and unclaimed), else a new one."""
@@ -178,8 +184,9 @@ class ModelHost:
 
     def reconfigure(self, config: BatchConfig) -> None:
         self.config = config
-        self._run_batch.set_max_batch_size(config.max_batch_size)
-        self._run_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        # Ray's typing of @serve.batch omits the setters it adds to the method it wraps.
+        self._run_batch.set_max_batch_size(config.max_batch_size)  # type: ignore[attr-defined]
+        self._run_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     async def predict(self, model: str, version: int, inputs: dict[str, np.ndarray],
                       ticket: PassTicket) -> dict[str, np.ndarray]:
@@ -223,18 +230,18 @@ class ModelHost:
                  batch_size_fn=_instances)
     async def _run_batch(self, items: list[_Item]) -> list[dict[str, np.ndarray] | Exception]:
         results: list[dict[str, np.ndarray] | Exception] = [None] * len(items)  # type: ignore[list-item]
-        groups: dict[tuple, list[int]] = {}
+        groups: dict[tuple[str, int, _Shapes], list[int]] = {}
         for i, item in enumerate(items):  # one pass per version and per instance shape (-1 dims vary)
             groups.setdefault((item.model, item.version, item.shapes), []).append(i)
 
-        async def run_group(key: tuple, members: list[int]) -> None:
+        async def run_group(key: tuple[str, int, _Shapes], members: list[int]) -> None:
             try:
                 loaded = await self._loaded(model_id(key[0], key[1]))
-            except Exception as exc:  # the version's fault: every member gets it
+            except Exception as exc:  # noqa: BLE001 (the version's fault, whatever it is: every member gets it)
                 for i in members:
                     results[i] = exc
                 return
-            for i, outcome in zip(members, await self._passes(loaded, [items[i] for i in members])):
+            for i, outcome in zip(members, await self._passes(loaded, [items[i] for i in members]), strict=True):
                 results[i] = outcome
 
         await asyncio.gather(*(run_group(key, members) for key, members in groups.items()))  # a load blocks no group
@@ -251,12 +258,13 @@ class ModelHost:
             item.ticket.pass_started = started
         try:
             outputs = await run_forward_pass(loaded, merged, n)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (TensorFlow raises many kinds: each is a request's answer)
             if len(items) == 1:
                 return [exc if isinstance(exc, MaasError) else InferenceError(
                     f"{loaded.model} version {loaded.version} failed: {type(exc).__name__}")]
             return [outcome for item in items for outcome in await self._passes(loaded, [item])]
-        answers, start = [], 0
+        answers: list[dict[str, np.ndarray] | Exception] = []
+        start = 0
         for item in items:
             answers.append({name: value[start: start + item.size] for name, value in outputs.items()})
             start += item.size
@@ -293,10 +301,8 @@ class ModelHost:
                 del self._ready[key]
 
         def unloaded() -> None:  # Serve's LRU evicted it; Serve calls this in a thread
-            try:
+            with contextlib.suppress(RuntimeError):  # the replica's loop is gone: so is this host
                 loop.call_soon_threadsafe(drop)
-            except RuntimeError:  # the replica's loop is gone: so is this host
-                pass
 
         loaded.on_unload = unloaded
         return loaded

@@ -28,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar, TypeVarTuple, cast
 
 from maas.auth import ApiKey, KeyStore
 from maas.errors import LabelNotFound, ModelNotFound, StorageUnavailable, VersionNotFound
@@ -40,6 +41,8 @@ from maas.signature import Signature
 
 logger = logging.getLogger("ray.serve")
 T = TypeVar("T")
+Args = TypeVarTuple("Args")
+_Key = tuple[str, ...]  # ("models",), ("versions", model), ("api_key", key_id)...
 _NOT_FOUND = (ModelNotFound, VersionNotFound, LabelNotFound)
 _RELIST_S = 1.0  # an unknown key id, model, version or label re-reads its listing at most this often
 _REVALIDATE_WAIT_S = 0.25  # how long a request waits for a refresh before it is answered from the cache
@@ -49,7 +52,7 @@ _MAX_READS = 64  # reads of entries with nothing cached, in flight at once; beyo
 _MAX_READS_WHILE_DOWN = 8  # the same, while the storage is known to be down
 
 
-def _consume_exception(future: asyncio.Future) -> None:
+def _consume_exception(future: asyncio.Future[Any]) -> None:
     """A background refresh nobody awaits any more may fail: its error is handled (logged as an
     outage) and must not be reported as "never retrieved"."""
     if not future.cancelled():
@@ -58,6 +61,8 @@ def _consume_exception(future: asyncio.Future) -> None:
 
 @dataclass
 class _Entry:
+    """A cached value; its type is what its key's load returns (so it is cast back to that when read)."""
+
     at: float
     value: Any
 
@@ -73,9 +78,9 @@ class StorageCache:
         self._stale_s = stale_s
         self._clock = clock
         self._metadata: dict[tuple[str, int], ModelVersion] = {}
-        self._short: dict[tuple, _Entry] = {}
-        self._reading: dict[tuple, asyncio.Future] = {}  # misses being read: later ones wait for the same read
-        self._generation: dict[tuple, int] = {}  # bumped when an entry is invalidated: older reads are dropped
+        self._short: dict[_Key, _Entry] = {}
+        self._reading: dict[_Key, asyncio.Future[Any]] = {}  # misses being read: later ones wait for the same read
+        self._generation: dict[_Key, int] = {}  # bumped when an entry is invalidated: older reads are dropped
         self._unreachable_since: float | None = None
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="registry")
 
@@ -154,7 +159,7 @@ class StorageCache:
             try:
                 self._metadata[key] = await asyncio.wait_for(
                     self._in_thread(self._read, lambda: self._registry.get(model, version)), _READ_WAIT_S)
-            except (asyncio.TimeoutError, OSError, StorageUnavailable) as exc:
+            except (TimeoutError, OSError, StorageUnavailable) as exc:
                 raise self._outage(exc) from None
         return self._metadata[key]
 
@@ -164,7 +169,7 @@ class StorageCache:
 
     # ---- the cache -------------------------------------------------------------------------------
 
-    async def _cached(self, key: tuple, load: Callable[[], T], *, stale_ok: bool = True) -> T:
+    async def _cached(self, key: _Key, load: Callable[[], T], *, stale_ok: bool = True) -> T:
         """The entry ``key``: fresh from the cache, or read. While a value may still be served
         (``stale_ok``, within ``stale_s`` past its ``ttl_s``), a read that fails or is slow (past
         ``_REVALIDATE_WAIT_S``: a storage timing out, an SDK retrying) does not hold the request up: the
@@ -172,10 +177,11 @@ class StorageCache:
         now = self._clock()
         hit = self._short.get(key)
         if hit is not None and now - hit.at < self._ttl_s:
-            return hit.value
-        servable = stale_ok and hit is not None and now - hit.at < self._ttl_s + self._stale_s
-        if servable and key in self._reading:  # a refresh already under way, and slow: don't wait again
-            return hit.value  # type: ignore[union-attr]
+            return cast(T, hit.value)
+        stale = hit if stale_ok and hit is not None and now - hit.at < self._ttl_s + self._stale_s else None
+        servable = stale is not None
+        if stale is not None and key in self._reading:  # a refresh already under way, and slow: don't wait again
+            return cast(T, stale.value)
         if not servable and key not in self._reading and len(self._reading) >= (
                 _MAX_READS if self._unreachable_since is None else _MAX_READS_WHILE_DOWN):
             raise self._outage(None)  # enough reads under way: no queue of them grows
@@ -185,12 +191,12 @@ class StorageCache:
         wait = _REVALIDATE_WAIT_S if servable or self._unreachable_since is not None else _READ_WAIT_S
         try:
             return await asyncio.wait_for(asyncio.shield(read), wait)
-        except (asyncio.TimeoutError, OSError, StorageUnavailable) as exc:
-            if servable:
-                return hit.value  # type: ignore[union-attr]
+        except (TimeoutError, OSError, StorageUnavailable) as exc:
+            if stale is not None:
+                return cast(T, stale.value)
             raise self._outage(exc) from None
 
-    def _shared_read(self, key: tuple, load: Callable[[], T]) -> asyncio.Future:
+    def _shared_read(self, key: _Key, load: Callable[[], T]) -> asyncio.Future[T]:
         """One read of ``key`` at a time (later misses wait for the same one); a successful read is
         cached when it ends, whether or not anyone still waits for it."""
         reading = self._reading.get(key)
@@ -218,7 +224,7 @@ class StorageCache:
             reading.add_done_callback(_consume_exception)
         return reading
 
-    async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
+    async def _in_thread(self, fn: Callable[[*Args], T], *args: *Args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     def _reachable(self) -> None:
@@ -237,7 +243,7 @@ class StorageCache:
             keep = {**keys, **{k: keep[k] for _, k in rest[len(rest) // 2:]}}
         self._short = keep
 
-    async def _recheck(self, key: tuple, load: Callable[[], T]) -> T | None:
+    async def _recheck(self, key: _Key, load: Callable[[], T]) -> T | None:
         """After a miss in the entry ``key`` (an unknown key id, model, version or label): refresh it if
         it was read more than ``_RELIST_S`` ago, in the background and shared, without evicting it (the
         others keep being answered from it); the fresh value if it comes within ``_REVALIDATE_WAIT_S``,
@@ -247,7 +253,7 @@ class StorageCache:
             return None
         try:
             return await asyncio.wait_for(asyncio.shield(self._shared_read(key, load)), _REVALIDATE_WAIT_S)
-        except (asyncio.TimeoutError, OSError, StorageUnavailable):
+        except (TimeoutError, OSError, StorageUnavailable):
             return None
 
     def _refuse_while_unreachable(self, model: str) -> None:

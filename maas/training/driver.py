@@ -9,7 +9,7 @@ import os
 import platform
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from maas.errors import ConfigError, ResourcesUnavailable
 from maas.records import (
@@ -48,6 +48,9 @@ from maas.training.resources import (
     start_retries,
     wait_for_workers,
 )
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +134,7 @@ def run_training(config: TrainConfig) -> TrainOutcome:
             ),
             libraries=library_versions(),
         )
+        assert config.model_name is not None  # the config's validation fills it in (the template's name)
         version = Registry(config.registry).publish(config.model_name, str(Path(ckpt_dir, EXPORT_DIR)), metadata)
     return TrainOutcome(version=version, metrics=export_info["evaluation"], checkpoint_path=checkpoint.path,
                         cross_validation=cv, tuning=tuning)
@@ -188,16 +192,13 @@ def _fit(config: TrainConfig, info: DataInfo, datasets: dict[str, Any], run_name
     (the cluster changed since the check) is retried only within ``wait_for_resources``
     (``controller_failure_limit``; Ray's default retries forever), then fails as
     :class:`ResourcesUnavailable`."""
-    from ray.train import (
-        CheckpointConfig,
-        ControllerError,
-        DataConfig,
-        FailureConfig,
-        RunConfig,
-        ScalingConfig,
-    )
-    from ray.train.tensorflow import TensorflowTrainer
+    # The configs and trainer are the ones ray.train and ray.train.tensorflow export with Train V2 on
+    # (Ray's default), imported from where V2 defines them: mypy does not follow the condition they
+    # are re-exported under, and would check the calls against V1's.
+    from ray.train import ControllerError, DataConfig
     from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+    from ray.train.v2.api.config import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.tensorflow.tensorflow_trainer import TensorflowTrainer
 
     storage_fs, storage_path = _storage(config.storage_path)
     trainer = TensorflowTrainer(
@@ -263,7 +264,8 @@ def cross_validate(config: TrainConfig, template: Template, info: DataInfo, trai
     at_once = max(1, min(k, groups_that_fit(read_nodes(), worker_request(config), workers)))
     logger.info("cross-validation: %d folds of %d rows, %d at a time", k, rows, at_once)
     fit_fold = ray.remote(num_cpus=0)(_fit_fold)
-    pending, results = [], {}
+    pending: list[ObjectRef[dict[int, dict[str, Any]]]] = []
+    results: dict[int, dict[str, Any]] = {}
     for fold in range(k):
         others = [p for i, p in enumerate(parts) if i != fold]
         fold_train = others[0].union(*others[1:]) if len(others) > 1 else others[0]
@@ -280,7 +282,7 @@ def cross_validate(config: TrainConfig, template: Template, info: DataInfo, trai
     return CrossValidation(folds=k, summary=summarize_folds(folds), per_fold=folds)
 
 
-def _fold_result(ref: Any) -> dict[int, dict[str, Any]]:
+def _fold_result(ref: ObjectRef[dict[int, dict[str, Any]]]) -> dict[int, dict[str, Any]]:
     """A fold's metrics; a fold whose workers could not start fails the job with the fold's own one
     line (Ray re-raises a task's error wrapped in its traceback)."""
     import ray
@@ -350,7 +352,8 @@ def _storage(uri: str) -> tuple[Any, str]:
 
 def _worker_nodes(ckpt_dir: str) -> list[str]:
     """The Ray node id of each training worker, by rank, as the workers wrote them into the checkpoint."""
-    by_rank = {int(f.stem.removeprefix(WORKER_NODE_PREFIX)): f for f in Path(ckpt_dir).glob(f"{WORKER_NODE_PREFIX}*.txt")}
+    by_rank = {int(f.stem.removeprefix(WORKER_NODE_PREFIX)): f
+               for f in Path(ckpt_dir).glob(f"{WORKER_NODE_PREFIX}*.txt")}
     return [by_rank[rank].read_text() for rank in sorted(by_rank)]
 
 
@@ -366,7 +369,8 @@ def _submission_id() -> str | None:
     raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
     if not raw:
         return None
-    return json.loads(raw).get("metadata", {}).get("job_submission_id")
+    submission_id: str | None = json.loads(raw).get("metadata", {}).get("job_submission_id")
+    return submission_id
 
 
 def data_fingerprint(splits: DataSplits) -> str:

@@ -114,17 +114,17 @@ def probe(url: str, key: str, seconds: float, hz: float) -> dict[str, dict]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from maas import cluster, deploy, settings
+    from maas import deploy, local_cluster, settings
     from maas.auth import KeyStore
     from maas.registry import Registry
 
-    if cluster.local_state().running:
+    if local_cluster.local_state().running:
         raise RuntimeError("a Ray cluster already runs on this machine: stop it (`make stop`) first")
     work = args.out / ".work"
     registry = Registry(str(work / "registry"))
     publish(MODELS["mlp"], registry, work)
     body, instances = big_body(args.body_mb)
-    cluster.up()
+    local_cluster.up()
     try:
         key = KeyStore(registry.uri).create("benchmark")[0]
         config = deploy.load_serve_config(registry=registry.uri)
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> dict:
         probe(url, key, 3.0, args.probe_hz)
         inline, inline_big = _under_big_bodies(url, key, body, instances, args)
     finally:
-        cluster.down()
+        local_cluster.down()
     return {
         "machine": describe_machine(),
         "settings": {"big_clients": args.big_clients, "body_bytes": len(body), "instances": instances,

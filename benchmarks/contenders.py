@@ -191,13 +191,13 @@ class Maas(Contender):
         self._started_cluster = False
 
     def start(self, models: dict[BenchModel, Path]) -> None:
-        from maas import cluster, deploy, settings
+        from maas import deploy, local_cluster, settings
         from maas.auth import KeyStore
 
-        if cluster.local_state().running:
+        if local_cluster.local_state().running:
             raise RuntimeError("a Ray cluster already runs on this machine: stop it (`make stop`) so that the "
                                "benchmark has the machine to itself")
-        cluster.up()
+        local_cluster.up()
         self._started_cluster = True
         self._key = KeyStore(self._registry_uri).create("benchmark")[0]
         self._config = config = deploy.load_serve_config(registry=self._registry_uri)
@@ -206,10 +206,10 @@ class Maas(Contender):
         self._grpc_target = f"127.0.0.1:{config['grpc_options']['port']}"
 
     def stop(self) -> None:
-        from maas import cluster
+        from maas import local_cluster
 
         if self._started_cluster:
-            cluster.down()
+            local_cluster.down()
 
     def settle(self, request: Request, concurrency: int) -> float | None:
         """Serve's autoscaler adds replicas when the ongoing requests per replica exceed the config's

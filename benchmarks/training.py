@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     import ray
 
-    from maas import cluster
+    from maas import local_cluster
     from maas.training.config import TrainConfig
 
-    if cluster.local_state().running:
+    if local_cluster.local_state().running:
         raise SystemExit("error: a Ray cluster already runs on this machine: stop it (`make stop`) first")
     work = Path(tempfile.mkdtemp(prefix="maas-bench-train-"))
     ray.init(num_cpus=2, logging_level="WARNING")  # the dashboard too: Ray Train polls the state API

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from maas.cluster import connect
+        from maas.local_cluster import connect
         from maas.training.data import check_data
         from maas.training.driver import run_training
         from maas.training.metrics import headline

@@ -1063,7 +1063,7 @@ def predict_dataset(model: str, data: str, out: str, *, version: int | None = No
                            concurrency=concurrency, batch_size=batch_size)
     job = prepare(request)
     if connect is None:
-        from maas.cluster import connect as connect_cluster
+        from maas.local_cluster import connect as connect_cluster
 
         connect = connect_cluster
     connect()

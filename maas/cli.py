@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from maas.cluster import use_client_auth
+    from maas.local_cluster import use_client_auth
 
     use_client_auth()  # before anything imports Ray: clients of a token-auth cluster need RAY_AUTH_MODE
     parser = _build_parser()
@@ -53,7 +53,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maas", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(title="verbs", metavar="VERB")
 
-    from maas.cluster import REDIS_PORT
+    from maas.local_cluster import REDIS_PORT
 
     c = sub.add_parser("cluster", help="start, stop or inspect the local Ray cluster")
     csub = c.add_subparsers(title="actions", metavar="ACTION")
@@ -225,38 +225,38 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cluster_up(args: argparse.Namespace) -> int:
-    from maas import cluster
+    from maas import local_cluster
 
-    before = cluster.local_state().running
-    state = cluster.up(num_cpus=args.num_cpus, ha_proxy=not args.no_ha_proxy, ha=args.ha)
+    before = local_cluster.local_state().running
+    state = local_cluster.up(num_cpus=args.num_cpus, ha_proxy=not args.no_ha_proxy, ha=args.ha)
     print(("Ray already running" if before else "Ray started") + f" at {state.gcs_address}")
-    print(f"Dashboard: {state.dashboard_url}  (token auth on; token in {cluster.token_path()})")
+    print(f"Dashboard: {state.dashboard_url}  (token auth on; token in {local_cluster.token_path()})")
     return 0
 
 
 def _cluster_down(args: argparse.Namespace) -> int:
-    from maas import cluster
+    from maas import local_cluster
 
-    print("Ray stopped" if cluster.down() else "Ray was not running")
+    print("Ray stopped" if local_cluster.down() else "Ray was not running")
     return 0
 
 
 def _cluster_env(args: argparse.Namespace) -> int:
-    from maas import cluster
+    from maas import local_cluster
 
     exports = {"RAY_ADDRESS": settings.dashboard_url()}
-    mode = os.environ.get(cluster.AUTH_MODE_ENV)  # main() set it to "token" when a token exists
+    mode = os.environ.get(local_cluster.AUTH_MODE_ENV)  # main() set it to "token" when a token exists
     if mode:
-        exports[cluster.AUTH_MODE_ENV] = mode
+        exports[local_cluster.AUTH_MODE_ENV] = mode
     for key, value in exports.items():
         print(f"export {key}={shlex.quote(value)}")
     return 0
 
 
 def _cluster_status(args: argparse.Namespace) -> int:
-    from maas import cluster
+    from maas import local_cluster
 
-    state = cluster.local_state()
+    state = local_cluster.local_state()
     if not state.running:
         print("Ray: not running (start it with `maas cluster up`)")
         return 1
@@ -289,9 +289,9 @@ def _train(args: argparse.Namespace) -> int:
         import jobs.train
 
         return jobs.train.main(to_argv(args))
-    from maas import cluster, jobclient
+    from maas import jobclient, local_cluster
 
-    if not cluster.local_state().running and "RAY_ADDRESS" not in os.environ:
+    if not local_cluster.local_state().running and "RAY_ADDRESS" not in os.environ:
         fail("no Ray cluster is running: start one with `maas cluster up` (or use --local)")
     outcome = jobclient.submit("jobs.train", to_argv(args))
     print(f"Job {outcome.submission_id}: {outcome.status}")

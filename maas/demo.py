@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from maas import cluster, deploy, jobclient, settings
+from maas import deploy, jobclient, local_cluster, settings
 from maas.auth import KeyStore, key_id
 from maas.cli_support import fail
 from maas.client import Client
@@ -29,7 +29,7 @@ def _interesting(line: str) -> bool:
 def run_demo(*, num_workers: int = 2, epochs: int | None = None, samples: int = 20) -> int:
     started = time.perf_counter()
     print("== 1/4 Local Ray cluster")
-    state = cluster.up()
+    state = local_cluster.up()
     print(f"   Ray at {state.gcs_address}, dashboard {state.dashboard_url}")
 
     print(f"== 2/4 Training '{_MODEL}' with Ray Train on {num_workers} workers (a Ray job, as `ray job submit`)")

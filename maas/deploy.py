@@ -13,6 +13,7 @@ from maas.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deployments" / "serve_config.yaml"
 APP_NAME = "maas"
+IMPORT_PATH = "maas.serving.app:build_app"  # the application builder the config names
 
 
 def load_serve_config(path: str | Path = DEFAULT_CONFIG, *, registry: str | None = None,
@@ -50,7 +51,7 @@ def _check_app_args(config: dict[str, Any], path: str | Path) -> None:
     from maas.serving.app import AppArgs
 
     for app in config.get("applications", []):
-        if app.get("import_path") == "deployments.app:build_app":
+        if app.get("import_path") == IMPORT_PATH:
             try:
                 AppArgs.model_validate(app.get("args") or {})
             except ValidationError as exc:
@@ -64,7 +65,7 @@ def serve_client(dashboard: str | None = None):  # noqa: ANN201 (Ray's ServeSubm
     """Serve's REST client for the cluster's dashboard (what ``serve deploy`` / ``serve status`` use)."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    from maas.cluster import use_client_auth
+    from maas.local_cluster import use_client_auth
 
     use_client_auth()
     return ServeSubmissionClient(dashboard or settings.dashboard_url())

@@ -43,7 +43,7 @@ def submit(
 
     With ``follow``, the job's log lines are echoed as they come (only those ``show`` accepts).
     """
-    from maas.cluster import use_client_auth
+    from maas.local_cluster import use_client_auth
 
     use_client_auth()
     from ray.job_submission import JobStatus, JobSubmissionClient

@@ -14,7 +14,7 @@ autoscaling, on any node); HAProxy spreads requests over them; each replica load
 asked for and keeps the ``max_models_per_replica`` most recently used.
 
 Operational knobs (replicas, autoscaling, CPUs, batch size) live in the Serve config YAML
-(``deployments/serve_config.yaml``); the defaults below make ``serve run deployments.app:build_app``
+(``deployments/serve_config.yaml``); the defaults below make ``serve run maas.serving.app:build_app``
 work as is.
 """
 
@@ -178,7 +178,7 @@ def _deployments(app_name: str) -> dict[str, Any]:
 
 
 def build_app(args: AppArgs | dict[str, Any] | None = None) -> serve.Application:
-    """Builder for ``serve run`` / ``serve deploy`` (``import_path: deployments.app:build_app``).
+    """Builder for ``serve run`` / ``serve deploy`` (``import_path: maas.serving.app:build_app``).
 
     Serve hands the config's ``args:`` block over as a dict; it is validated into :class:`AppArgs`.
     """

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from maas.cluster import REDIS_PORT, _processes, local_state
+from maas.local_cluster import REDIS_PORT, _processes, local_state
 
 MAAS = str(Path(sys.executable).with_name("maas"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,7 +88,7 @@ def _check_what_listens_where() -> None:
     """The HTTP and gRPC ingress and the dashboard on loopback only; HAProxy's stats page and metrics are the
     two documented exceptions (Ray's template binds them on every interface); its admin socket lives in
     a folder only this user can enter, so another local user cannot reach it."""
-    from maas.cluster import haproxy_dir
+    from maas.local_cluster import haproxy_dir
 
     listening = _listeners()
     wildcard = {port for address, port in listening if address in ("0.0.0.0", "::")}

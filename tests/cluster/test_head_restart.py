@@ -26,7 +26,7 @@ import pytest
 from support import free_port
 from traffic import Traffic
 
-from maas import cluster, deploy
+from maas import deploy, local_cluster
 from maas.registry import Registry
 from maas.signature import Signature
 
@@ -48,7 +48,7 @@ class HaCluster:
 
 
 def _processes_with(text: str) -> list[tuple[int, list[str]]]:
-    return [(pid, args) for pid, args in cluster._processes() if any(text in a for a in args)]
+    return [(pid, args) for pid, args in local_cluster._processes() if any(text in a for a in args)]
 
 
 def _gcs(ha: HaCluster) -> tuple[int, list[str], dict[str, str]]:
@@ -60,17 +60,17 @@ def _gcs(ha: HaCluster) -> tuple[int, list[str], dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def ha_cluster(maas_home, tmp_path_factory):
-    redis = cluster.start_redis(tmp_path_factory.mktemp("redis"), port=free_port())
-    haproxy = cluster.prepare_haproxy_dir(Path(f"/tmp/maas-ha-{uuid.uuid4().hex[:8]}"))
-    ha_env, ha_args = cluster.ha_head_args(redis)
+    redis = local_cluster.start_redis(tmp_path_factory.mktemp("redis"), port=free_port())
+    haproxy = local_cluster.prepare_haproxy_dir(Path(f"/tmp/maas-ha-{uuid.uuid4().hex[:8]}"))
+    ha_env, ha_args = local_cluster.ha_head_args(redis)
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", **ha_env)
-    env.update(cluster.node_env(haproxy, head=True))
+    env.update(local_cluster.node_env(haproxy, head=True))
     env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),
                RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT="34000", RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT="35000",
                RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT="44000", RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT="45000",
                RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="3")
     gcs_port, dashboard_port = free_port(), free_port()
-    cmd = [cluster._ray_bin(), "start", "--head", "--port", str(gcs_port), "--num-cpus", "2",
+    cmd = [local_cluster._ray_bin(), "start", "--head", "--port", str(gcs_port), "--num-cpus", "2",
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
            "--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port()),
            "--runtime-env-agent-port", str(free_port()), "--disable-usage-stats", *ha_args]
@@ -80,12 +80,12 @@ def ha_cluster(maas_home, tmp_path_factory):
     session = next(a.split("=", 1)[1] for a in _gcs(ha)[1] if a.startswith("--session-name="))
     ha = HaCluster(gcs_port, ha.dashboard_url, ha.serve_port, session)
     assert any(a == f"--redis_port={redis.address.rsplit(':', 1)[1]}" for a in _gcs(ha)[1])  # tables in Redis
-    cluster._wait_for_port("127.0.0.1", dashboard_port, what="the dashboard", timeout_s=60)
+    local_cluster._wait_for_port("127.0.0.1", dashboard_port, what="the dashboard", timeout_s=60)
     yield ha
     for pid, _ in _processes_with(ha.session) + _processes_with(str(haproxy)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    cluster.stop_redis(redis.folder)
+    local_cluster.stop_redis(redis.folder)
     import shutil
 
     shutil.rmtree(haproxy, ignore_errors=True)

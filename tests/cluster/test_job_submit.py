@@ -46,7 +46,7 @@ def test_training_job_submitted_through_the_job_client(ray_cluster) -> None:
 def _job_info(ray_cluster, submission_id: str) -> JobDetails:
     from ray.job_submission import JobSubmissionClient
 
-    from maas.cluster import use_client_auth
+    from maas.local_cluster import use_client_auth
 
     use_client_auth()
     return JobSubmissionClient(ray_cluster.dashboard_url).get_job_info(submission_id)

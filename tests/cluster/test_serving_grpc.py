@@ -269,7 +269,7 @@ def test_oversized_unknown_and_unreadable_calls_get_status_codes_and_the_replica
     from support import SERVICE_MAX_BODY
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    from maas.cluster import GRPC_MAX_MESSAGE_BYTES
+    from maas.local_cluster import GRPC_MAX_MESSAGE_BYTES
 
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     big = np.zeros((SERVICE_MAX_BODY // 256 + 1, 8, 8), np.float32)  # just over 1 MiB of tensor_content

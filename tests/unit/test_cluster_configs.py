@@ -85,7 +85,7 @@ def test_every_node_gets_the_project_the_token_and_the_shared_storage(cluster_co
             assert var in joined
     head_start = " ".join(cluster_config["head_start_ray_commands"])
     assert "--disable-usage-stats" in head_start
-    from maas.cluster import node_env
+    from maas.local_cluster import node_env
 
     for head, key in ((True, "head_start_ray_commands"), (False, "worker_start_ray_commands")):
         start = " ".join(cluster_config[key])
@@ -158,7 +158,7 @@ def test_committed_manifests_are_what_the_sources_generate() -> None:
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "cluster.kuberay", "--check"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "maas.kuberay", "--check"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
@@ -168,7 +168,7 @@ def test_generator_writes_installation_specific_manifests(tmp_path: Path) -> Non
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-m", "cluster.kuberay", "--out", str(tmp_path), "--image", "reg.example/maas:9",
+        [sys.executable, "-m", "maas.kuberay", "--out", str(tmp_path), "--image", "reg.example/maas:9",
          "--gpu-image", "reg.example/maas:9-gpu", "--bucket", "acme-models"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )

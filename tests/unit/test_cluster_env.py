@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from maas.cluster import node_env, prepare_haproxy_dir
+from maas.local_cluster import node_env, prepare_haproxy_dir
 
 
 def test_the_head_puts_haproxys_socket_and_files_in_the_given_folder() -> None:

@@ -1,1 +1,0 @@
-"""The local Ray cluster: ``python -m cluster.local up|down|status`` (also ``maas cluster …``)."""

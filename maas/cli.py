@@ -464,7 +464,7 @@ def _registry_clean(args: argparse.Namespace) -> int:
 def _deploy(args: argparse.Namespace) -> int:
     from maas import deploy
 
-    config = deploy.load_serve_config(args.config or deploy.DEFAULT_CONFIG, registry=args.registry, port=args.port,
+    config = deploy.load_serve_config(args.config, registry=args.registry, port=args.port,
                                       host=args.host, grpc_port=args.grpc_port)
     deploy.deploy(config)
     http = config.get("http_options", {})

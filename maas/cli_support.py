@@ -1,10 +1,12 @@
-"""Shared command-line conventions: expected errors print one line and exit 2."""
+"""Shared command-line conventions: expected errors print one line and exit 2; generated files are
+written, or checked against what is committed, one way."""
 
 from __future__ import annotations
 
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 from maas.errors import MaasError
@@ -32,3 +34,18 @@ def run_cli(fn: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def write_or_check(files: dict[Path, str], *, check: bool, command: str) -> int:
+    """Write each generated file (printing its path), or with ``check`` write nothing and return 1
+    when a committed file is missing or differs, naming it and ``command``, which regenerates it."""
+    if check:
+        stale = [path for path, text in files.items() if not path.is_file() or path.read_text() != text]
+        for path in stale:
+            print(f"out of date: {path} (run {command})", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(path)
+    return 0

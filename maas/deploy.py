@@ -1,4 +1,4 @@
-"""Apply the Serve config YAML to the running cluster, as ``serve deploy`` does, and wait until ready."""
+"""Apply the Serve config to the running cluster, as ``serve deploy`` does, and wait until ready."""
 
 from __future__ import annotations
 
@@ -11,21 +11,27 @@ import yaml
 from maas import settings
 from maas.errors import ConfigError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "deployments" / "serve_config.yaml"
-APP_NAME = "maas"
-IMPORT_PATH = "maas.serving.app:build_app"  # the application builder the config names
 
-
-def load_serve_config(path: str | Path = DEFAULT_CONFIG, *, registry: str | None = None,
+def load_serve_config(path: str | Path | None = None, *, registry: str | None = None,
                       port: int | None = None, host: str | None = None,
                       grpc_port: int | None = None) -> dict[str, Any]:
-    """Read a Serve config and apply overrides; validated against Serve's own schema."""
+    """A Serve config YAML, or without ``path`` the project's own (built from the typed settings,
+    as ``deployments/serve_config.yaml`` is), with overrides applied; validated against Serve's own
+    schema."""
     from ray.serve.schema import ServeDeploySchema
 
-    try:
-        config = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"Cannot read Serve config {path}: {exc}") from None
+    # Here, not at the top: the settings import the registry (pyarrow), which `maas cluster status`,
+    # a user of this module too, need not load.
+    from maas.serving.serve_config import APP_NAME, serve_config
+
+    source = path or "the project's Serve config"
+    if path is None:
+        config = serve_config()
+    else:
+        try:
+            config = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"Cannot read Serve config {path}: {exc}") from None
     for app in config.get("applications", []):
         if app.get("name") == APP_NAME:
             app.setdefault("args", {})["registry"] = registry or app["args"].get("registry") or \
@@ -39,8 +45,8 @@ def load_serve_config(path: str | Path = DEFAULT_CONFIG, *, registry: str | None
     try:
         ServeDeploySchema.model_validate(config)
     except Exception as exc:
-        raise ConfigError(f"Invalid Serve config {path}: {exc}") from None
-    _check_app_args(config, path)
+        raise ConfigError(f"Invalid Serve config {source}: {exc}") from None
+    _check_app_args(config, source)
     return config
 
 
@@ -48,7 +54,8 @@ def _check_app_args(config: dict[str, Any], path: str | Path) -> None:
     """The ``args`` of the model service, checked here (one line) rather than in a failing replica."""
     from pydantic import ValidationError
 
-    from maas.serving.app import AppArgs
+    from maas.serving.config import AppArgs
+    from maas.serving.serve_config import IMPORT_PATH
 
     for app in config.get("applications", []):
         if app.get("import_path") == IMPORT_PATH:

@@ -14,7 +14,7 @@ DASHBOARD_HOST = "127.0.0.1"
 DASHBOARD_PORT = 8265
 SERVE_HOST = "127.0.0.1"
 SERVE_PORT = 8000
-GRPC_PORT = 9000  # deployments/serve_config.yaml's grpc_options.port
+GRPC_PORT = 9000  # the Serve config's grpc_options.port (maas/serving/serve_config.py)
 
 
 def maas_home() -> Path:

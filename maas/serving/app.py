@@ -13,9 +13,10 @@ more than a small model's forward pass (see the benchmarks in the README). Repli
 autoscaling, on any node); HAProxy spreads requests over them; each replica loads the versions it is
 asked for and keeps the ``max_models_per_replica`` most recently used.
 
-Operational knobs (replicas, autoscaling, CPUs, batch size) live in the Serve config YAML
-(``deployments/serve_config.yaml``); the defaults below make ``serve run maas.serving.app:build_app``
-work as is.
+Operational knobs (replicas, autoscaling, CPUs, batch size) and their defaults are declared once, in
+:mod:`maas.serving.config`: the decorator below takes them from there, and so does the Serve config
+(``deployments/serve_config.yaml``, generated), so ``serve run maas.serving.app:build_app`` runs with
+the same settings as ``maas deploy``.
 """
 
 from __future__ import annotations
@@ -24,54 +25,23 @@ import asyncio
 from typing import Any, AsyncIterator, Callable, Coroutine
 
 import grpc
-from pydantic import BaseModel, Field, PositiveFloat, PositiveInt
 from ray import serve
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from maas import settings
 from maas.auth import KeyStore, service_secret
 from maas.errors import ClientClosed
 from maas.registry import Registry
 from maas.serving.artifact_cache import ArtifactCache
-from maas.serving.canary import CanaryMonitor, CanaryPolicy
+from maas.serving.canary import CanaryMonitor
 from maas.serving.codec import CodecOffload
+from maas.serving.config import DEPLOYMENT_NAME, MODEL_SERVER, AppArgs, BatchConfig
 from maas.serving.dataplane import DataPlane
-from maas.serving.host import BatchConfig, ModelHost
+from maas.serving.host import ModelHost
 from maas.serving.http import HttpApi, HttpRequest
 from maas.serving.protocol.grpc_status import metadata_dict
-from maas.serving.protocol.limits import RequestLimits
 from maas.serving.stats import RecentRequests, ServingMetrics
 from maas.serving.storage_cache import StorageCache
-
-
-class AppArgs(BaseModel):
-    """Arguments of :func:`build_app` (the ``args:`` block of a Serve config)."""
-
-    model_config = {"extra": "forbid"}
-
-    registry: str | None = Field(None, description="Registry URI; default $MAAS_HOME/registry.")
-    registry_refresh_s: PositiveFloat = Field(2.0, description="How long version, label and key look-ups are "
-                                                               "cached.")
-    stale_while_unreachable_s: float = Field(
-        120.0, ge=0, description="While the registry's storage is unreachable, what was last read of it is "
-                                 "served this much longer (loaded versions keep answering); then 503.")
-    request_timeout_s: PositiveFloat = Field(10.0, description="A prediction not answered by then gets HTTP 504, "
-                                                               "whatever the client's x-request-timeout-seconds.")
-    max_models_per_replica: PositiveInt = Field(4, description="Model versions each ModelServer replica keeps "
-                                                               "loaded (LRU); a change restarts the replicas.")
-    max_buffered_bytes: PositiveInt = Field(
-        256 * 1024 * 1024, description="Request bodies one replica holds at once; beyond, 503 + Retry-After.")
-    limits: RequestLimits = Field(default_factory=RequestLimits)
-    canary: CanaryPolicy = Field(default_factory=CanaryPolicy)
-    auth: bool = Field(True, description="Require an API key (maas keys create) on every route but health, "
-                                         "server metadata and /openapi.json.")
-    key_secret_file: str | None = Field(
-        None, description="File holding the secret that signs API key records; null: derived from the Ray "
-                          "cluster's auth token. Never inside the registry's storage.")
-
-    def registry_uri(self) -> str:
-        return self.registry or settings.default_registry_uri()
 
 
 def _rpc(name: str) -> Callable[[Any, Any, Any], Coroutine[Any, Any, Any]]:
@@ -91,13 +61,7 @@ def _rpc(name: str) -> Callable[[Any, Any, Any], Coroutine[Any, Any, Any]]:
     return rpc
 
 
-@serve.deployment(
-    name="ModelServer",
-    max_ongoing_requests=2048,
-    autoscaling_config={"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 8},
-    ray_actor_options={"num_cpus": 0.5},
-    health_check_period_s=10,
-)
+@serve.deployment(name=DEPLOYMENT_NAME, **MODEL_SERVER.model_dump())  # the Serve config repeats these
 class ModelServer:
     """HTTP entry point and model host (see the module docstring)."""
 

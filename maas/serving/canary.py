@@ -33,11 +33,11 @@ from maas.registry import Label
 class CanaryPolicy(BaseModel):
     """When a canary is rolled back automatically (``args.canary`` in the Serve config)."""
 
-    auto_rollback: bool = Field(True, description="Retire a canary that breaches a bound.")
-    window_s: PositiveFloat = Field(60.0, description="Sliding window the bounds are judged over.")
-    min_requests: PositiveInt = Field(20, description="Fewest canary requests in the window before judging.")
-    max_error_rate: float = Field(0.05, ge=0.0, le=1.0, description="Largest share of failed canary requests.")
-    max_p99_latency_ms: PositiveFloat | None = Field(None, description="Largest p99 latency; null: not judged.")
+    auto_rollback: bool = Field(default=True, description="Retire a canary that breaches a bound.")
+    window_s: PositiveFloat = Field(default=60.0, description="Sliding window the bounds are judged over.")
+    min_requests: PositiveInt = Field(default=20, description="Fewest canary requests in the window before judging.")
+    max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0, description="Largest share of failed canary requests.")
+    max_p99_latency_ms: PositiveFloat | None = Field(default=None, description="Largest p99 latency; null: not judged.")
 
 
 @dataclass(frozen=True)

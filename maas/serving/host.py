@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field, PositiveInt
 from ray import serve
 
 from maas.errors import InferenceError, MaasError, ModelUnavailable, ServerBusy, StorageUnavailable
 from maas.registry import Registry
 from maas.serving.artifact_cache import ArtifactCache
+from maas.serving.config import BatchConfig
 from maas.serving.dataplane import LoadState, PassTicket
 from maas.serving.runtime import LoadedModel, load_saved_model
 from maas.serving.stats import batch_size_histogram
@@ -37,16 +37,6 @@ logger = logging.getLogger("ray.serve")
 BUSY = "Model server queues are full; retry later"
 INLINE_PASS_S = 0.002  # a pass expected to be shorter runs on the event loop: a thread hand-off costs more
 FAILED_LOAD_RETRY_S = 5.0  # a version that failed to load is not tried again for this long
-
-
-class BatchConfig(BaseModel):
-    """``user_config`` of the ModelServer deployment: changeable without restarting replicas."""
-
-    max_batch_size: PositiveInt = Field(32, description="Most instances combined into one forward pass.")
-    batch_wait_timeout_s: float = Field(0.0, ge=0, description="Longest wait for a batch to fill (0: a pass "
-                                                                "takes what arrived while the last one ran).")
-    max_pending_predictions: PositiveInt = Field(
-        512, description="Predictions waiting or running in one replica; beyond it requests get 503 + Retry-After.")
 
 
 DEFAULT_BATCHING = BatchConfig()  # until the deployment's user_config arrives

@@ -183,15 +183,30 @@ def test_generator_writes_installation_specific_manifests(tmp_path: Path) -> Non
 def test_ray_service_serves_the_projects_own_serve_config() -> None:
     from ray.serve.schema import ServeDeploySchema
 
-    from maas.deploy import DEFAULT_CONFIG
+    from maas.serving.serve_config import YAML_PATH
 
-    ours = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    ours = yaml.safe_load(YAML_PATH.read_text())
     theirs = yaml.safe_load(_manifest("ray-service.yaml")["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(theirs)
     assert theirs["applications"] == ours["applications"]  # the same apps, deployments, knobs
     # The only differences are what pods behind a Kubernetes Service need.
     assert theirs["proxy_location"] == "EveryNode" and theirs["http_options"]["host"] == "0.0.0.0"
     assert {**theirs["http_options"], "host": ours["http_options"]["host"]} == ours["http_options"]
+
+
+def test_the_decorator_and_the_config_carry_the_same_deployment_options() -> None:
+    from maas.serving.app import ModelServer
+    from maas.serving.config import MODEL_SERVER
+    from maas.serving.serve_config import serve_config
+
+    (deployment,) = serve_config()["applications"][0]["deployments"]
+    assert deployment["name"] == ModelServer.name
+    options = ModelServer._deployment_config
+    assert options.max_ongoing_requests == deployment["max_ongoing_requests"] == MODEL_SERVER.max_ongoing_requests
+    assert options.health_check_period_s == deployment["health_check_period_s"]
+    autoscaling = options.autoscaling_config.model_dump()
+    assert {k: autoscaling[k] for k in deployment["autoscaling_config"]} == deployment["autoscaling_config"]
+    assert ModelServer.ray_actor_options == deployment["ray_actor_options"]
 
 
 def test_ray_job_runs_the_training_entry_point_with_valid_options() -> None:

@@ -51,7 +51,8 @@ class Recorder:
 def host(monkeypatch):
     import ray.serve.batching as batching
 
-    from maas.serving.host import BatchConfig, ModelHost
+    from maas.serving.config import BatchConfig
+    from maas.serving.host import ModelHost
 
     # The one call of Serve's batcher that needs a replica (a warning about max_ongoing_requests).
     monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests",

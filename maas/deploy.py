@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from maas import settings
 from maas.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
 
 def load_serve_config(path: str | Path | None = None, *, registry: str | None = None,
@@ -44,7 +47,7 @@ def load_serve_config(path: str | Path | None = None, *, registry: str | None = 
         config.setdefault("grpc_options", {})["port"] = grpc_port
     try:
         ServeDeploySchema.model_validate(config)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (whatever Serve's schema raises is an invalid config)
         raise ConfigError(f"Invalid Serve config {source}: {exc}") from None
     _check_app_args(config, source)
     return config
@@ -68,7 +71,7 @@ def _check_app_args(config: dict[str, Any], path: str | Path) -> None:
                                   f"(received {first.get('input')!r})") from None
 
 
-def serve_client(dashboard: str | None = None):  # noqa: ANN201 (Ray's ServeSubmissionClient)
+def serve_client(dashboard: str | None = None) -> ServeSubmissionClient:
     """Serve's REST client for the cluster's dashboard (what ``serve deploy`` / ``serve status`` use)."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
@@ -86,7 +89,7 @@ def deploy(config: dict[str, Any], *, dashboard: str | None = None, timeout_s: f
     names = [app["name"] for app in config["applications"]]
     deadline = time.monotonic() + timeout_s
     while True:
-        details = client.get_serve_details()
+        details: dict[str, Any] = client.get_serve_details()
         # Only the status of this submission counts, not that of an earlier deploy of the same app.
         apps = {
             name: app for name, app in details.get("applications", {}).items()

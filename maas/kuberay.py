@@ -192,7 +192,8 @@ def render_all(cfg: KubeRayConfig | None = None) -> dict[str, str]:
         "ray-job.train.yaml": ray_job(cfg),
         "ray-service.yaml": ray_service(cfg),
     }
-    return {name: _HEADER + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=120) for name, doc in manifests.items()}
+    return {name: _HEADER + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=120)
+            for name, doc in manifests.items()}
 
 
 class _Dumper(yaml.SafeDumper):

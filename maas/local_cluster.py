@@ -49,7 +49,7 @@ def use_client_auth() -> None:
     env = auth_env()
     os.environ.update(env)
     if env and "ray._raylet" in sys.modules:
-        from ray._raylet import AuthenticationTokenLoader, Config
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]  # compiled, no stubs
 
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()

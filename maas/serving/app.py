@@ -22,7 +22,8 @@ the same settings as ``maas deploy``.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import grpc
 from ray import serve
@@ -40,7 +41,7 @@ from maas.serving.dataplane import DataPlane
 from maas.serving.host import ModelHost
 from maas.serving.http import HttpApi, HttpRequest
 from maas.serving.protocol.grpc_status import metadata_dict
-from maas.serving.stats import RecentRequests, ServingMetrics
+from maas.serving.stats import RecentRequests, RequestInfo, ServingMetrics
 from maas.serving.storage_cache import StorageCache
 
 
@@ -48,7 +49,7 @@ def _rpc(name: str) -> Callable[[Any, Any, Any], Coroutine[Any, Any, Any]]:
     """The ``ModelServer`` method that answers the RPC ``name``: its status, details and trailing
     metadata go on Serve's gRPC context, which sends them to the client."""
 
-    async def rpc(self: "ModelServer", request: Any, grpc_context: Any) -> Any:  # RayServegRPCContext
+    async def rpc(self: ModelServer, request: Any, grpc_context: Any) -> Any:  # RayServegRPCContext
         answer = await self._grpc.handle(name, request, metadata_dict(grpc_context.invocation_metadata()))
         if answer.code != grpc.StatusCode.OK:
             grpc_context.set_code(answer.code)
@@ -67,8 +68,8 @@ class ModelServer:
 
     def __init__(self, args: AppArgs) -> None:
         import tensorflow  # noqa: F401  (seconds on a busy node: paid before the replica reports ready,
-        #                                 not by the first request within its request_timeout_s)
 
+        #                                 not by the first request within its request_timeout_s)
         from maas.serving.grpc_api import GrpcApi  # its messages import TensorFlow: here, not in `maas deploy`
 
         context = serve.get_replica_context()
@@ -89,7 +90,7 @@ class ModelServer:
         codec = CodecOffload()
         codec.wait_ready()  # before the replica reports ready, as TensorFlow's import
 
-        def observe(info, status: int, latency_ms: float) -> None:  # noqa: ANN001 (RequestInfo)
+        def observe(info: RequestInfo, status: int, latency_ms: float) -> None:
             metrics.record_request(info, status, latency_ms)
             recent.record(info, status, latency_ms)
 
@@ -137,7 +138,9 @@ def _deployments(app_name: str) -> dict[str, Any]:
     app = serve.status().applications.get(app_name)
     if app is None:
         return {}
-    return {name: {"status": getattr(d.status, "value", str(d.status)), "replicas": d.replica_states.get("RUNNING", 0)}
+    # replica_states is keyed by ReplicaState, a str enum: "RUNNING" is ReplicaState.RUNNING.
+    return {name: {"status": getattr(d.status, "value", str(d.status)),
+                   "replicas": sum(n for state, n in d.replica_states.items() if state == "RUNNING")}
             for name, d in app.deployments.items()}
 
 
@@ -147,4 +150,6 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> serve.Application
     Serve hands the config's ``args:`` block over as a dict; it is validated into :class:`AppArgs`.
     """
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
-    return ModelServer.bind(args)
+    # @serve.deployment turned the class into a Deployment; mypy still sees the class it decorated.
+    app: serve.Application = ModelServer.bind(args)  # type: ignore[attr-defined]
+    return app

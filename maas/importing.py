@@ -32,7 +32,7 @@ import pyarrow.fs as pafs
 
 from maas.errors import InvalidInput
 from maas.names import validate_model_name
-from maas.records import VersionMetadata
+from maas.records import valid_metadata
 from maas.signature import Signature, TensorSpec
 from maas.storage import resolve_uri
 
@@ -108,7 +108,7 @@ def _check_and_publish(registry: Registry, name: str, saved_model: Path, metadat
 
     signature = check_servable(saved_model, what=what)
     _check_classes(signature, metadata.get("classes"))
-    full = VersionMetadata(**metadata, signature=signature, imported=True, libraries=library_versions())
+    full = valid_metadata({**metadata, "signature": signature, "imported": True, "libraries": library_versions()})
     return registry.publish(name, str(saved_model), full)
 
 

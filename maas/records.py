@@ -8,35 +8,35 @@ this code, by imports (which record no training) and by users (who add keys of t
 writer set, ``null`` included, and no others (:meth:`VersionMetadata.to_json`): the same JSON as the
 dicts these models replace.
 
-``extra="allow"`` is set only where a document's keys are not all ours to name: the top level (a
-publisher may record keys of its own, and ``maas models show`` prints them), the training report
-(its metric names come from the task and the template) and the recorded training parameters (their
-names come from :class:`maas.training.config.TrainConfig`).
+Every record keeps the keys it does not declare (``extra="allow"``) and writes them back: a publisher
+may record keys of its own (``maas models show`` prints them), the training report's metric names
+come from the task and the template, the recorded parameters' from
+:class:`maas.training.config.TrainConfig`, and a document rewritten by this code (``labels.json`` on
+every label change) must not lose what another writer put there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from maas.errors import InvalidInput
 from maas.signature import Signature
 
 
 class _Record(BaseModel):
-    """A record read from, and written to, JSON: keys it does not know are ignored."""
+    """A record read from, and written to, JSON. Keys it does not declare are kept and written back:
+    documents on storage may come from other writers (publishers' own keys, older or newer versions
+    of this code), and rewriting one (``labels.json`` on every label change) must not lose them."""
 
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
 
     def to_json(self, **exclude: Any) -> dict[str, Any]:
         """The JSON document: the keys the writer set (``null`` included), nothing more."""
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True, **exclude)
 
-
-class _OpenRecord(_Record):
-    """A record whose keys are partly named elsewhere: unknown keys are kept, and written back."""
-
-    model_config = ConfigDict(populate_by_name=True, extra="allow")
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ class Baseline(_Record):
     r2: float | None = None
 
 
-class Metrics(_OpenRecord):
+class Metrics(_Record):
     """Held-out metrics: a trained version's on its test split, or those given at import (any names)."""
 
     accuracy: float | None = None
@@ -137,7 +137,7 @@ class ValidationRecord(_Record):
     stopped_early: bool
 
 
-class TrainingRecord(_OpenRecord):
+class TrainingRecord(_Record):
     """The final training report (the task's training metric, ``val_*`` and ``best_*`` figures are kept
     under their own names), the epochs trained and the validation split."""
 
@@ -153,7 +153,7 @@ class TrainingRecord(_OpenRecord):
     validation: ValidationRecord | None = None
 
 
-class TrainingParameters(_OpenRecord):
+class TrainingParameters(_Record):
     """The training settings recorded (named as :class:`maas.training.config.TrainConfig` names them)
     and the model builder's hyperparameters."""
 
@@ -208,7 +208,7 @@ class RayRun(_Record):
 # ---- the version ---------------------------------------------------------------------------------
 
 
-class VersionMetadata(_OpenRecord):
+class VersionMetadata(_Record):
     """A version's ``metadata.json``. Only ``signature`` is required; ``model``, ``version`` and
     ``created_at`` are set by :meth:`maas.registry.Registry.publish`. A trained version records its
     template, evaluation, training and data; an imported one its format, source and digest."""
@@ -249,3 +249,14 @@ class LabelEvent(_Record):
     weight: float | None
     previous: int | None
     reason: str | None = None  # why it was removed, when not by hand (an auto-rollback, a delete)
+
+
+def valid_metadata(metadata: VersionMetadata | Mapping[str, Any]) -> VersionMetadata:
+    """``metadata`` as the typed record, or :class:`InvalidInput` naming each problem."""
+    if isinstance(metadata, VersionMetadata):
+        return metadata
+    try:
+        return VersionMetadata.model_validate(metadata)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'metadata'}: {e['msg']}" for e in exc.errors())
+        raise InvalidInput(f"Invalid version metadata: {problems}") from None

@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow.fs as pafs
-from pydantic import ValidationError
 
 from maas.errors import (
     InvalidInput,
@@ -59,7 +58,7 @@ from maas.errors import (
     VersionNotFound,
 )
 from maas.names import MODEL_PATTERN, VERSION_PATTERN, matches, validate_label, validate_model_name
-from maas.records import LabelEvent, Metrics, VersionMetadata
+from maas.records import LabelEvent, Metrics, VersionMetadata, valid_metadata
 from maas.signature import Signature
 from maas.storage import (
     files_size,
@@ -246,7 +245,7 @@ class Registry:
         src = Path(saved_model_dir)
         if not (src / "saved_model.pb").is_file():
             raise InvalidInput(f"Not a SavedModel folder (no saved_model.pb): {saved_model_dir}")
-        given = _valid_metadata(metadata)
+        given = valid_metadata(metadata)
         model_dir = self.model_path(model)
         self._fs.create_dir(model_dir, recursive=True)
         for attempt in range(_PUBLISH_ATTEMPTS):
@@ -596,15 +595,3 @@ def _drop_label(doc: _LabelsDoc, label: str, *, reason: str | None = None) -> No
     if reason is not None:
         event.reason = reason  # set only when given: a removal by hand has no "reason" key
     doc.history.append(event)
-
-
-def _valid_metadata(metadata: VersionMetadata | Mapping[str, Any]) -> VersionMetadata:
-    """``metadata`` as the typed record, or :class:`InvalidInput` naming each problem."""
-    if isinstance(metadata, VersionMetadata):
-        return metadata
-    try:
-        return VersionMetadata.model_validate(metadata)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'metadata'}: {e['msg']}" for e in exc.errors())
-        raise InvalidInput(f"Invalid version metadata: {problems}") from None
-

@@ -5,7 +5,7 @@
     maas models list|show|promote|rollback|label|set-weight|history|unlabel|delete|gc|import
     maas registry clean                remove what dead publishers left (never a published version)
     maas keys create|list|revoke       API keys for the HTTP API (scoped per model, stored hashed)
-    maas deploy                        apply deployments/serve_config.yaml (serve deploy)
+    maas deploy                        apply the Serve config (deployments/serve_config.yaml's settings)
     maas status                        per model: versions, labels, replicas, recent error rate
     maas predict digits --instances '[[...]]'
     maas demo                          the whole path, end to end
@@ -186,8 +186,10 @@ def _build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the service's JSON answer")
     st.set_defaults(handler=_status)
 
-    d = sub.add_parser("deploy", help="deploy the Serve application (serve deploy of deployments/serve_config.yaml)")
-    d.add_argument("--config", default=None, help="Serve config YAML (default: deployments/serve_config.yaml)")
+    d = sub.add_parser("deploy", help="deploy the Serve application (serve deploy of the Serve config)")
+    d.add_argument("--config", default=None,
+                   help="Serve config YAML to apply, e.g. an edited deployments/serve_config.yaml "
+                        "(default: the config generated from maas.serving.config, which that file is)")
     d.add_argument("--registry", default=None, help=f"registry URI (default: {settings.default_registry_uri()})")
     d.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's, 8000)")
     d.add_argument("--grpc-port", type=int, default=None,
@@ -286,9 +288,9 @@ def _train(args: argparse.Namespace) -> int:
 
     config_from_args(args)  # validate here: a bad option fails in one line before anything is submitted
     if args.local:
-        import jobs.train
+        import maas.jobs.train
 
-        return jobs.train.main(to_argv(args))
+        return maas.jobs.train.main(to_argv(args))
     from maas import jobclient, local_cluster
 
     if not local_cluster.local_state().running and "RAY_ADDRESS" not in os.environ:

@@ -53,6 +53,8 @@ def submit(
     runtime_env: dict[str, object] = {"env_vars": {k: os.environ[k] for k in _FORWARDED_ENV if os.environ.get(k)}}
     if (PROJECT_ROOT / "pyproject.toml").is_file():  # a checkout: ship it, as `--working-dir .` does
         runtime_env["working_dir"] = str(PROJECT_ROOT)
+    elif module.startswith("jobs."):  # an installed wheel has no jobs/ folder: the same entry point in maas
+        module = f"maas.{module}"
     submission_id = _submit_when_ready(
         client, entrypoint=shlex.join(["python", "-m", module, *args]), runtime_env=runtime_env
     )

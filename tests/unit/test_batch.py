@@ -13,7 +13,6 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.predict import main as predict_main
 from maas.batch import (
     ActorFigures,
     BatchReport,
@@ -42,6 +41,7 @@ from maas.batch import (
     tensor_array,
 )
 from maas.errors import ConfigError, InvalidInput
+from maas.jobs.predict import main as predict_main
 from maas.registry import Registry
 from maas.signature import Signature, TensorSpec
 from maas.storage import resolve_uri

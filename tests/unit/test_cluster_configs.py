@@ -212,7 +212,7 @@ def test_the_decorator_and_the_config_carry_the_same_deployment_options() -> Non
 def test_ray_job_runs_the_training_entry_point_with_valid_options() -> None:
     import shlex
 
-    from jobs.train import build_parser
+    from maas.jobs.train import build_parser
 
     argv = shlex.split(_manifest("ray-job.train.yaml")["spec"]["entrypoint"])
     assert argv[:3] == ["python", "-m", "jobs.train"]

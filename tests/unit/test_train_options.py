@@ -8,7 +8,7 @@ from typing import Any, Literal, get_origin
 
 import pytest
 
-from jobs.train import build_parser, main
+from maas.jobs.train import build_parser, main
 from maas.training.arguments import config_from_args, options, to_argv
 from maas.training.config import GROUPS, TrainConfig, setting_of
 

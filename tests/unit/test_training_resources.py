@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.train import build_parser
 from maas.errors import ConfigError
+from maas.jobs.train import build_parser
 from maas.training.arguments import config_from_args, to_argv
 from maas.training.config import TrainConfig, parse_num_workers
 from maas.training.resources import (

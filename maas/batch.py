@@ -781,10 +781,23 @@ class ActorFigures:
 
 class Tally:
     """The actors' figures, gathered as they go (a Ray actor of no CPU). Each report is an actor's
-    running total, so a report that arrives late or twice changes nothing."""
+    running total, so a report that arrives late or twice changes nothing.
+
+    It also holds a handle of every scoring actor (:meth:`enlist`), so that the job can end its pool
+    itself (:func:`run`): Ray Data releases a finished pool by dropping its handles, and where a
+    reference cycle holds them (a failed job's traceback does) the actors, 1 CPU each, outlive the job
+    in a long-lived driver (a notebook, a service) until Python's garbage collector runs."""
 
     def __init__(self) -> None:
         self._figures: dict[str, ActorFigures] = {}
+        self._actors: list[Any] = []
+
+    def enlist(self, actors: list[Any]) -> None:
+        """``[handle]``: a scoring actor's own handle (in a list, so that Ray passes the handle itself)."""
+        self._actors += actors
+
+    def actors(self) -> list[Any]:
+        return list(self._actors)
 
     def report(self, figures: ActorFigures) -> None:
         if figures.rows >= self._figures.get(figures.actor, figures).rows:
@@ -847,6 +860,7 @@ class Scorer:
         context = ray.get_runtime_context()
         self._figures = ActorFigures(context.get_actor_id() or "", context.get_node_id(), 0, 0.0,
                                      time.perf_counter() - started)
+        tally.enlist.remote([context.current_actor])
         tally.report.remote(self._figures)  # an actor that gets no batch is still in the figures
 
     def __call__(self, batch: Any) -> pa.Table:
@@ -982,9 +996,21 @@ def run(job: BatchJob, *, nodes: Sequence[NodeFree] | None = None) -> BatchRepor
         rows = rows_written(out_fs, out_path)
         actors = _gathered(tally, rows, low)
     finally:
-        ray.kill(tally)  # type: ignore[arg-type]  # Ray types a new actor as ActorHandle | type[Tally]
+        _end_pool(tally)
     return BatchReport(job.model, job.version, job.data.uri, job.data.format, request.out, rows, wall,
                        job.batch_size, (low, high), request.use_gpu, tuple(actors))
+
+
+def _end_pool(tally: Any) -> None:
+    """Kill the job's scoring actors and its tally: the job is over, whether it succeeded or not."""
+    import ray
+
+    try:
+        actors: list[Any] = ray.get(tally.actors.remote(), timeout=_TALLY_WAIT_S)
+    except (ray.exceptions.RayError, TimeoutError):  # the tally is gone: Ray Data's release is all there is
+        actors = []
+    for actor in [*actors, tally]:
+        ray.kill(actor)
 
 
 @contextmanager

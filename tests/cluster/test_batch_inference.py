@@ -5,9 +5,13 @@ are compared with what the Serve service answers over HTTP for the same rows."""
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +49,30 @@ def _probabilities(table: pa.Table, key: str, keys: list) -> np.ndarray:
     index = {k: i for i, k in enumerate(table.column(key).to_pylist())}
     column = table.column("probabilities")
     return np.stack([np.asarray(column[index[k]].as_py(), np.float32) for k in keys])
+
+
+@contextmanager
+def _no_garbage_collector() -> Iterator[None]:
+    """A job must end its own pool, not leave it to the garbage collector of a long-lived driver."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _scoring_actors_alive() -> list[str]:
+    """This cluster's scoring actors still alive a few seconds after the job returned (a kill takes
+    effect asynchronously)."""
+    from ray.util.state import list_actors
+
+    deadline = time.monotonic() + 10.0
+    while True:
+        alive = [a.actor_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+                 if "Scorer" in a.class_name]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.25)
 
 
 def _job_json(output: str) -> dict:
@@ -130,8 +158,10 @@ def test_an_image_folder_is_resized_as_training_did_and_scored_as_serving_does(r
     folder = tmp_path / "animals"
     names = _animal_folder(folder)
     version = _publish_images_version(Registry(app.registry_uri), folder, tmp_path)
-    report = predict_dataset("animals-batch", str(folder), str(tmp_path / "scores"), version=version,
-                             registry=app.registry_uri, concurrency=(1, 1), batch_size=4)
+    with _no_garbage_collector():
+        report = predict_dataset("animals-batch", str(folder), str(tmp_path / "scores"), version=version,
+                                 registry=app.registry_uri, concurrency=(1, 1), batch_size=4)
+        assert _scoring_actors_alive() == []
     assert report.rows == len(names) == 6 and report.format == "images"
 
     table = _scores(str(tmp_path / "scores"))
@@ -175,7 +205,9 @@ def test_a_bad_row_found_by_an_actor_fails_the_job_in_one_line(ray_cluster, digi
     data = tmp_path / "ragged.parquet"
     pq.write_table(pa.table({"id": [f"u{i}" for i in range(40)], "pixels": pa.array(rows, pa.list_(pa.float32()))}),
                    data)
-    with pytest.raises(InvalidInput) as caught:
-        predict_dataset("digits", str(data), str(tmp_path / "scores"), version=app.version,
-                        registry=app.registry_uri, concurrency=(1, 2))  # a pool Ray Data may grow
+    with _no_garbage_collector():
+        with pytest.raises(InvalidInput) as caught:
+            predict_dataset("digits", str(data), str(tmp_path / "scores"), version=app.version,
+                            registry=app.registry_uri, concurrency=(1, 2))  # a pool Ray Data may grow
+        assert _scoring_actors_alive() == []  # a failed job ends its pool too (its traceback is held here)
     assert str(caught.value) == "row u30: column 'pixels' holds 63 numbers where the model takes 8x8"

@@ -1,12 +1,14 @@
-"""Python client for the service's two protocols, numpy in and numpy out: :class:`Client` (blocking)
-and :class:`AsyncClient` (asyncio). Both speak the TF Serving REST API (``predict``, ``status``,
-``metadata``) and the KServe V2 protocol (``infer``, with binary tensors on request, ``model_metadata``,
-``ready``...), send the API key, and raise :class:`HTTPError` with the server's message on an error.
+"""Python client for the service's protocols, numpy in and numpy out: :class:`Client` (blocking) and
+:class:`AsyncClient` (asyncio). Both speak the TF Serving REST API (``predict``, ``status``,
+``metadata``), KServe V1's ``explain`` and the KServe V2 protocol (``infer``, with binary tensors on
+request, ``model_metadata``, ``ready``...), send the API key, and raise :class:`HTTPError` with the
+server's message on an error.
 
     from maas.client import Client
     client = Client("http://127.0.0.1:8000", api_key="maas_...")   # defaults: MAAS_SERVE_URL, MAAS_API_KEY
     probabilities = client.predict("digits", images)                # TF Serving :predict, row format
     outputs = client.infer("digits", {"pixels": images}, binary=True)  # V2 infer, binary tensors both ways
+    why = client.explain("digits", images[:2])                      # :explain, integrated gradients
 
 Both classes build requests and read answers with the same functions below; they differ only in
 how bytes travel (``http.client`` keep-alive connections per thread, or one ``aiohttp`` session).
@@ -114,6 +116,29 @@ def predict_call(model: str, instances: Any, version: int | None, label: str | N
         instances = instances.tolist()
     body = json.dumps({"instances": instances}, separators=(",", ":")).encode()
     return Call("POST", predict_path(model, version, label), body, JSON)
+
+
+def explain_call(model: str, instances: Any, version: int | None, label: str | None, *, baseline: str | None,
+                 steps: int | None, output: str | None, target: int | None) -> Call:
+    if version is not None and label is not None:
+        raise ValueError("give a version or a label, not both")
+    if isinstance(instances, np.ndarray):
+        instances = instances.tolist()
+    options = {"baseline": baseline, "steps": steps, "output": output, "target": target}
+    body = {"instances": instances, **{k: v for k, v in options.items() if v is not None}}
+    path = _path("explain", "explain", model=model, version=version, label=label)
+    return Call("POST", path, json.dumps(body, separators=(",", ":")).encode(), JSON)
+
+
+def explain_result(reply: Reply) -> dict[str, Any]:
+    """The ``:explain`` answer, each explanation's ``attributions`` as an array (a dict of arrays by
+    input name for a model of several inputs)."""
+    document: dict[str, Any] = reply.raise_for_status().json()
+    for item in document["explanations"]:
+        found = item["attributions"]
+        item["attributions"] = ({k: np.asarray(v, np.float32) for k, v in found.items()} if isinstance(found, dict)
+                                else np.asarray(found, np.float32))
+    return document
 
 
 def predict_result(reply: Reply) -> np.ndarray:
@@ -270,6 +295,14 @@ class Client(_Base):
         """Row-format ``:predict``; the ``predictions`` as an array."""
         return predict_result(self.send(predict_call(model, instances, version, label)))
 
+    def explain(self, model: str, instances: Any, *, version: int | None = None, label: str | None = None,
+                baseline: str | None = None, steps: int | None = None, output: str | None = None,
+                target: int | None = None) -> dict[str, Any]:
+        """KServe V1 ``:explain``: ``predictions`` and, per instance, integrated-gradients
+        ``attributions`` against ``baseline`` (``"zeros"``, the default, or ``"training_mean"``)."""
+        return explain_result(self.send(explain_call(model, instances, version, label, baseline=baseline, steps=steps,
+                                                     output=output, target=target)))
+
     def status(self, model: str, *, version: int | None = None, label: str | None = None) -> dict[str, Any]:
         return json_result(self.send(Call("GET", tf_model_path(model, version, label))))
 
@@ -365,6 +398,12 @@ class AsyncClient(_Base):
     async def predict(self, model: str, instances: Any, *, version: int | None = None,
                       label: str | None = None) -> np.ndarray:
         return predict_result(await self.send(predict_call(model, instances, version, label)))
+
+    async def explain(self, model: str, instances: Any, *, version: int | None = None, label: str | None = None,
+                      baseline: str | None = None, steps: int | None = None, output: str | None = None,
+                      target: int | None = None) -> dict[str, Any]:
+        return explain_result(await self.send(explain_call(model, instances, version, label, baseline=baseline,
+                                                           steps=steps, output=output, target=target)))
 
     async def status(self, model: str, *, version: int | None = None, label: str | None = None) -> dict[str, Any]:
         return json_result(await self.send(Call("GET", tf_model_path(model, version, label))))

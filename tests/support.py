@@ -121,3 +121,17 @@ def replica_logs_with_unhandled_errors() -> list[str]:
 
     logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
     return [p.name for p in logs.rglob("*ModelServer*") if p.is_file() and b"unhandled " in p.read_bytes()]
+
+
+def assert_complete(explanation: dict, tolerance: float = 0.01) -> None:
+    """Completeness of an ``:explain`` answer's explanation: its attributions add up to prediction -
+    baseline_prediction within ``tolerance`` of that change (the trapezoidal rule's error), and its
+    ``delta`` is their difference."""
+    import numpy as np
+    import pytest
+
+    change = explanation["prediction"] - explanation["baseline_prediction"]
+    total = float(np.sum(explanation["attributions"], dtype=np.float64))
+    assert abs(change) > 1e-3, explanation  # the check below is not vacuous
+    assert abs(total - change) <= tolerance * abs(change), (total, change)
+    assert explanation["delta"] == pytest.approx(total - change, abs=1e-4)

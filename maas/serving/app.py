@@ -75,7 +75,8 @@ class ModelServer:
         context = serve.get_replica_context()
         registry = Registry(args.registry_uri())
         secret = service_secret(args.key_secret_file) if args.auth else None
-        self._host = ModelHost(registry, ArtifactCache(registry), max_models=args.max_models_per_replica)
+        self._host = ModelHost(registry, ArtifactCache(registry), max_models=args.max_models_per_replica,
+                               explain=args.explain)
         metrics = ServingMetrics()
         recent = RecentRequests(window_s=args.canary.window_s)
         app_name = context.replica_id.deployment_id.app_name
@@ -95,7 +96,7 @@ class ModelServer:
             recent.record(info, status, latency_ms)
 
         self._api = HttpApi(plane, limits=args.limits, max_buffered_bytes=args.max_buffered_bytes,
-                            offload=codec, observe=observe)
+                            explain_policy=args.explain, offload=codec, observe=observe)
         self._grpc = GrpcApi(plane, limits=args.limits, observe=observe)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:

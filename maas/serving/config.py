@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, NonNegativeInt, PositiveFloat, PositiveIn
 
 from maas import settings
 from maas.serving.canary import CanaryPolicy
+from maas.serving.protocol.explain import ExplainPolicy
 from maas.serving.protocol.limits import RequestLimits
 
 DEPLOYMENT_NAME = "ModelServer"
@@ -43,6 +44,9 @@ class AppArgs(BaseModel):
                                                "Retry-After.")
     limits: RequestLimits = Field(default_factory=RequestLimits,
                                   description="Per request; past each bound, a 4xx that names it.")
+    explain: ExplainPolicy = Field(default_factory=ExplainPolicy,
+                                   description="POST ...:explain: integrated gradients, bounded per request and "
+                                               "per replica.")
     canary: CanaryPolicy = Field(default_factory=CanaryPolicy,
                                  description="Routed traffic's canary share is retired when it breaches a bound.")
     auth: bool = Field(default=True, description="Require an API key (maas keys create) on every route but "

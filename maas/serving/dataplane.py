@@ -31,8 +31,9 @@ import numpy as np
 
 from maas.auth import ApiKey, authorize, key_id
 from maas.errors import InferenceError, MaasError, ModelUnavailable, RequestTimeout, Unauthorized
-from maas.records import LabelEvent
+from maas.records import LabelEvent, VersionMetadata
 from maas.registry import Label
+from maas.serving.attribution import Attributions, ExplainArgs, baseline_inputs, check_differentiable
 from maas.serving.canary import CanaryMonitor, Destination, choose_destination
 from maas.serving.stats import RecentRequests, RequestInfo
 from maas.serving.status import LabelRoute, ModelServiceStatus, ServiceStatus
@@ -54,6 +55,7 @@ class ServingStorage(Protocol):
     async def labels(self, model: str) -> dict[str, Label]: ...
     async def versions(self, model: str) -> list[int]: ...
     async def signature(self, model: str, version: int) -> Signature: ...
+    async def metadata(self, model: str, version: int) -> VersionMetadata: ...
     async def models(self) -> list[str]: ...
     async def label_history(self, model: str) -> list[LabelEvent]: ...
     async def check_reachable(self) -> None: ...
@@ -74,6 +76,10 @@ class Predictor(Protocol):
 
     async def predict(self, model: str, version: int, inputs: dict[str, np.ndarray],
                       ticket: PassTicket) -> dict[str, np.ndarray]: ...
+
+    async def explain(self, model: str, version: int, inputs: dict[str, np.ndarray],
+                      baseline: dict[str, np.ndarray], *, steps: int, output: str,
+                      target: int | None) -> Attributions: ...
 
     def load_state(self, model: str, version: int) -> LoadState: ...
 
@@ -189,6 +195,34 @@ class DataPlane:
             return default, decoded, outputs
         self._judge(model, destination.version, canary_label, ok=True, latency_s=self._clock() - started)
         return destination.version, decoded, outputs
+
+    async def explain(self, model: str, version: int | None, label: str | None,
+                      decode: Callable[[Signature], Awaitable[ExplainArgs]],
+                      info: RequestInfo) -> tuple[int, ExplainArgs, Attributions]:
+        """Integrated gradients for the decoded instances, on the version asked for (a routed request:
+        the default version; a canary is never explained), within the request timeout. A version with
+        inputs that are not floating point, or a baseline its metadata cannot give, is a 400 before
+        any work is done."""
+        deadline = self._clock() + self._timeout_s
+        what = f"{model} version {version or label or ''}".rstrip()
+        answered = await self._within(self._storage.resolve(model, version, label), deadline, what)
+        labels = {} if version is not None or label is not None else \
+            await self._within(self._storage.labels(model), deadline, what)
+        info.model, info.version, info.replica = model, answered, self._replica
+        info.label = label or ("stable" if "stable" in labels else "latest" if version is None else "none")
+        what = f"{model} version {answered}"
+        signature = await self._within(self._storage.signature(model, answered), deadline, what)
+        check_differentiable(model, answered, signature)
+        args = await self._within(decode(signature), deadline, what)
+        stats = None
+        if args.baseline == "training_mean":
+            metadata = await self._within(self._storage.metadata(model, answered), deadline, what)
+            recorded = metadata.preprocessing.training_split_stats if metadata.preprocessing else None
+            stats = None if recorded is None else recorded.mean
+        baseline = baseline_inputs(args.baseline, args.inputs, stats, what)
+        found = await self._within(self._host.explain(model, answered, args.inputs, baseline, steps=args.steps,
+                                                      output=args.output, target=args.target), deadline, what)
+        return answered, args, found
 
     def _warm_first(self, model: str, asked: str, wanted: int) -> int:
         """The version to answer requests that ask for ``asked`` (a label, or ``""`` for routed

@@ -27,8 +27,10 @@ from ray import serve
 from maas.errors import InferenceError, MaasError, ModelUnavailable, ServerBusy, StorageUnavailable
 from maas.registry import Registry
 from maas.serving.artifact_cache import ArtifactCache
+from maas.serving.attribution import Attributions
 from maas.serving.config import BatchConfig
 from maas.serving.dataplane import LoadState, PassTicket
+from maas.serving.protocol.explain import ExplainPolicy
 from maas.serving.runtime import LoadedModel, load_saved_model
 from maas.serving.stats import batch_size_histogram
 
@@ -82,10 +84,14 @@ class ModelHost:
     """Holds up to ``max_models`` loaded versions (LRU, Serve's ``@serve.multiplexed`` cache) and runs
     dynamically batched predictions on them. Created inside a Serve replica."""
 
-    def __init__(self, registry: Registry, artifacts: ArtifactCache, *, max_models: int) -> None:
+    def __init__(self, registry: Registry, artifacts: ArtifactCache, *, max_models: int,
+                 explain: ExplainPolicy | None = None) -> None:
         self._registry = registry
         self._artifacts = artifacts
         self.config = DEFAULT_BATCHING
+        self._explain = explain or ExplainPolicy()
+        self._explain_slots = asyncio.Semaphore(self._explain.max_concurrent)
+        self._explain_waiting = 0
         self._pending = 0
         self._batch_size = batch_size_histogram()
         # Loads under way, and finished ones not yet taken into Serve's cache by a request.
@@ -194,6 +200,33 @@ class ModelHost:
         if isinstance(result, Exception):  # the batch hands a failed group's error back as a value
             raise result
         return result
+
+    async def explain(self, model: str, version: int, inputs: dict[str, np.ndarray],
+                      baseline: dict[str, np.ndarray], *, steps: int, output: str,
+                      target: int | None) -> Attributions:
+        """Integrated gradients on the loaded ``version``, in a thread, ``max_concurrent`` at once per
+        replica (``max_waiting`` more wait; beyond, 503). A slot is held until its thread ends, even
+        when the request has timed out meanwhile: the work it bounds is still running."""
+        policy = self._explain
+        if self._explain_slots.locked() and self._explain_waiting >= policy.max_waiting:
+            raise ServerBusy(f"This replica is computing {policy.max_concurrent} explanation(s) and "
+                             f"{self._explain_waiting} more wait (max_concurrent and max_waiting of args.explain); "
+                             "retry later")
+        self._explain_waiting += 1
+        try:
+            loaded = await self._loaded(model_id(model, version))
+            await self._explain_slots.acquire()
+        finally:
+            self._explain_waiting -= 1
+        work = asyncio.ensure_future(asyncio.to_thread(loaded.explain, inputs, baseline, steps=steps, output=output,
+                                                       target=target))
+        work.add_done_callback(self._explained)
+        return await asyncio.shield(work)
+
+    def _explained(self, work: asyncio.Future[Attributions]) -> None:
+        self._explain_slots.release()
+        if not work.cancelled():
+            work.exception()  # read here when its request went away: asyncio never reports it unretrieved
 
     async def _run_alone(self, item: _Item) -> dict[str, np.ndarray]:
         """A request larger than a batch: passes of ``max_batch_size`` instances, in a thread."""

@@ -24,8 +24,9 @@ import numpy as np
 import maas
 from maas.auth import ApiKey, presented_key
 from maas.errors import BodyBudgetFull, BodyTimeout, ClientClosed, Forbidden, InvalidInput, MaasError, PayloadTooLarge
+from maas.serving.attribution import ExplainArgs
 from maas.serving.dataplane import DataPlane
-from maas.serving.protocol import ROUTES, jsonbody, openapi, service, tfserving, v2
+from maas.serving.protocol import ROUTES, explain, jsonbody, openapi, service, tfserving, v2
 from maas.serving.protocol.limits import RequestLimits
 from maas.serving.protocol.routes import Match
 from maas.serving.stats import RequestInfo
@@ -89,11 +90,12 @@ def printable(text: str, limit: int = 200) -> str:
 
 class HttpApi:
     def __init__(self, plane: DataPlane, *, limits: RequestLimits, max_buffered_bytes: int,
-                 offload: Offload = in_thread,
+                 explain_policy: explain.ExplainPolicy | None = None, offload: Offload = in_thread,
                  observe: Callable[[RequestInfo, int, float], None] = lambda info, status, ms: None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self._plane = plane
         self._limits = limits
+        self._explain_policy = explain_policy or explain.ExplainPolicy()
         self._budget = BodyBudget(max_buffered_bytes)
         self._offload = offload
         self._observe = observe
@@ -157,6 +159,8 @@ class HttpApi:
             raise InvalidInput(f":{route.kind} is not supported; use :predict")
         if kind == ("tfserving", "predict"):
             return await self._predict(model, version, label, body, info)
+        if kind == ("explain", "explain"):
+            return await self._explain(model, version, label, body, info)
         if kind == ("v2", "infer"):
             return await self._infer(model, version, body, request.headers.get(v2.HEADER_LENGTH), info)
         if kind == ("tfserving", "status"):
@@ -189,6 +193,19 @@ class HttpApi:
                                                              lambda d: d.inputs, info)
         content = await self._run(_json_size(outputs.values()), tfserving.encode_predict, outputs,
                                   decoded.row_format, limits)
+        return HttpResponse(200, content, {MODEL_VERSION_HEADER: str(answered)})
+
+    async def _explain(self, model: str, version: int | None, label: str | None, body: bytes,
+                       info: RequestInfo) -> HttpResponse:
+        """KServe V1 ``:explain``."""
+        limits, policy = self._limits, self._explain_policy
+
+        async def decode(signature: Signature) -> ExplainArgs:
+            return await self._run(len(body), explain.decode_explain, body, signature, limits, policy)
+
+        answered, args, found = await self._plane.explain(model, version, label, decode, info)
+        size = _json_size([*found.outputs.values(), *found.attributions.values()])
+        content = await self._run(size, explain.encode_explain, found, args, limits)
         return HttpResponse(200, content, {MODEL_VERSION_HEADER: str(answered)})
 
     async def _infer(self, model: str, version: int | None, body: bytes, header_length: str | None,

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from maas.errors import InferenceError, InvalidInput, ModelUnavailable
+from maas.serving.attribution import Attributions, integrated_gradients
 from maas.serving.graph_policy import refused_ops
 from maas.signature import Signature
 
@@ -25,6 +26,7 @@ class LoadedModel:
     signature: Signature
     load_seconds: float
     _fn: Any  # the SavedModel's serving_default concrete function: one graph for every batch size
+    _root: Any = None  # the loaded SavedModel, which owns the variables _fn reads (gradients need them alive)
     instance_s: float = 0.0  # moving average of a pass's duration per instance (from the warm-up's, which
     #                          traces: an over-estimate that the next passes correct)
     on_unload: Callable[[], None] | None = None  # told when Serve's LRU cache drops this version
@@ -56,6 +58,25 @@ class LoadedModel:
         self.instance_s += 0.2 * ((time.perf_counter() - started) / max(n, 1) - self.instance_s)
         return result
 
+    def explain(self, inputs: dict[str, np.ndarray], baseline: dict[str, np.ndarray], *, steps: int, output: str,
+                target: int | None) -> Attributions:
+        """Integrated-gradients attributions (:mod:`maas.serving.attribution`) on the serving function.
+        Inputs are already validated against :attr:`signature`."""
+        import tensorflow as tf
+
+        what = f"{self.model} version {self.version}"
+        try:
+            return integrated_gradients(self._fn, inputs, baseline, steps=steps, output=output, target=target,
+                                        what=what)
+        except LookupError as exc:  # "No gradient defined for operation ...": not differentiable
+            raise InvalidInput(f"{what} cannot be explained: its serving function is not differentiable "
+                               f"({_first_line(str(exc))})") from None
+        except tf.errors.InvalidArgumentError as exc:
+            raise InvalidInput(f"{what} refused the input: {_first_line(exc.message)}") from None
+        except (tf.errors.OpError, ValueError, TypeError) as exc:
+            raise InferenceError(f"{what} failed to explain: {type(exc).__name__}: "
+                                 f"{_first_line(str(exc))}") from exc
+
 
 def load_saved_model(model: str, version: int, path: str, *, warm_batch_size: int = 1,
                      allowed_ops: frozenset[str] = frozenset()) -> LoadedModel:
@@ -72,9 +93,10 @@ def load_saved_model(model: str, version: int, path: str, *, warm_batch_size: in
             "can read or write files or run code on the serving node. If that is intended, list them in the "
             "version's metadata as allowed_ops")
     started = time.perf_counter()
-    fn = tf.saved_model.load(path).signatures["serving_default"]
+    root = tf.saved_model.load(path)
+    fn = root.signatures["serving_default"]
     signature = Signature.from_concrete_function(fn)
-    loaded = LoadedModel(model=model, version=version, signature=signature, load_seconds=0.0, _fn=fn)
+    loaded = LoadedModel(model=model, version=version, signature=signature, load_seconds=0.0, _fn=fn, _root=root)
     loaded.predict({s.name: np.zeros((warm_batch_size, *[max(d, 1) for d in s.item_shape]), dtype=s.dtype)
                     for s in signature.inputs})
     loaded.load_seconds = time.perf_counter() - started

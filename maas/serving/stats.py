@@ -37,7 +37,7 @@ BATCH_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 class RequestInfo:
     """What one request turned out to be, filled in as it is handled; recorded once it is answered."""
 
-    protocol: str  # "tfserving" | "v2" | "tfserving-grpc" | "v2-grpc" | "service" | "other"
+    protocol: str  # "tfserving" | "explain" | "v2" | "tfserving-grpc" | "v2-grpc" | "service" | "other"
     model: str = ""
     version: int | None = None
     label: str = "none"

@@ -35,7 +35,7 @@ from typing import Any, TypeVar, TypeVarTuple, cast
 
 from maas.auth import ApiKey, KeyStore
 from maas.errors import LabelNotFound, ModelNotFound, StorageUnavailable, VersionNotFound
-from maas.records import LabelEvent
+from maas.records import LabelEvent, VersionMetadata
 from maas.registry import Label, ModelVersion, Registry, resolve_version
 from maas.signature import Signature
 
@@ -162,6 +162,10 @@ class StorageCache:
             except (TimeoutError, OSError, StorageUnavailable) as exc:
                 raise self._outage(exc) from None
         return self._metadata[key]
+
+    async def metadata(self, model: str, version: int) -> VersionMetadata:
+        """The version's metadata (read once: a version never changes)."""
+        return (await self.get(model, version)).metadata
 
     async def signature(self, model: str, version: int) -> Signature:
         """The version's signature (parsed with its metadata, once)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import assert_complete
 
 from maas.errors import ConfigError
 from maas.registry import Registry
@@ -303,3 +304,31 @@ def test_tensorboard_event_files_land_in_the_run_storage(trained_templates) -> N
     events.Reload()
     assert {"loss", "train_accuracy", "learning_rate", "test_accuracy"} <= set(events.Tags()["tensors"])
     assert [e.step for e in events.Tensors("loss")] == list(range(1, config.epochs + 1))
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+@pytest.mark.parametrize(("name", "baseline"), [("maintenance", "training_mean"), ("maintenance", "zeros"),
+                                                ("sports_sequence", "training_mean")])
+def test_explanations_over_http_add_up_to_each_predictions_change(trained_templates, service, name: str,
+                                                                 baseline: str) -> None:
+    """Integrated gradients through the serving function, its cleaning and normalization inside."""
+    runs, outcomes = trained_templates
+    config, version = runs[name], outcomes[name].version.version
+    template = get_template(name)
+    meta = Registry(config.registry).get(config.model_name, version).metadata
+    assert meta.preprocessing is not None and meta.preprocessing.training_split_stats is not None
+    info = DataInfo.from_dict({"splits": {"train": meta.data.train, "test": meta.data.test, "format": meta.data.format},
+                               "item_shape": meta.preprocessing.item_shape, "class_names": meta.classes,
+                               "feature_columns": meta.preprocessing.feature_columns})
+    x, _ = held_out(template, info)
+    answer = service.explain(config.model_name, x[:4], version=version, baseline=baseline, steps=128)
+    served = service.predict(config.model_name, x[:4], version=version)
+    np.testing.assert_allclose(answer["predictions"], served, rtol=1e-4, atol=1e-5)
+    checked = 0
+    for i, item in enumerate(answer["explanations"]):
+        assert item["target"] == int(np.argmax(served[i])) and item["attributions"].shape == x.shape[1:]
+        if abs(item["prediction"] - item["baseline_prediction"]) > 1e-3:  # an instance like the mean: nothing to add
+            assert_complete(item, tolerance=0.02)
+            checked += 1
+    assert checked >= 1

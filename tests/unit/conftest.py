@@ -1,5 +1,6 @@
 """The serving stack without a cluster: the real HTTP layer, data plane, storage cache and key store
-over a registry on local disk, with only the model host replaced by a small fake (no TensorFlow)."""
+over a registry on local disk, with only the model host replaced by a small fake (no TensorFlow; its
+explanations are a linear model's, exact: integrated gradients on real models are in test_attribution.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import pytest
 from maas.auth import KeyStore
 from maas.errors import ModelUnavailable
 from maas.registry import Registry
+from maas.serving.attribution import Attributions
 from maas.serving.canary import CanaryMonitor, CanaryPolicy
 from maas.serving.dataplane import DataPlane, LoadState, PassTicket
 from maas.serving.http import HttpApi, HttpRequest, HttpResponse, in_thread
+from maas.serving.protocol.explain import ExplainPolicy
 from maas.serving.protocol.limits import RequestLimits
 from maas.serving.stats import RecentRequests
 from maas.serving.storage_cache import StorageCache
@@ -42,6 +45,8 @@ class FakeHost:
         self.loaded: set[int] = set()  # a version is loaded by its first prediction, or by start_load
         self.tried: set[int] = set()
         self.warming: dict[int, asyncio.Task[None]] = {}
+        # (model, version, steps, output, target, baseline) of each explanation
+        self.explained: list[tuple[str, int, int, str, int | None, np.ndarray]] = []
 
     def load_state(self, model: str, version: int) -> LoadState:
         if version in self.loaded:
@@ -80,6 +85,20 @@ class FakeHost:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         return {"probabilities": np.full((n, 10), float(version), np.float32)}
+
+
+    async def explain(self, model: str, version: int, inputs: dict[str, np.ndarray], baseline: dict[str, np.ndarray],
+                      *, steps: int, output: str, target: int | None) -> Attributions:
+        """A linear model, F(x) = version * sum(x): its exact attributions are version * (x - baseline)."""
+        (name, x), = inputs.items()
+        self.explained.append((model, version, steps, output, target, baseline[name]))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        n, total = len(x), lambda a: a.reshape(len(a), -1).sum(axis=1)
+        return Attributions(output=output, outputs={output: np.full((n, 10), float(version), np.float32)},
+                            target=np.full(n, target or 0), prediction=version * total(x),
+                            baseline_prediction=version * total(baseline[name]),
+                            attributions={name: (version * (x - baseline[name])).astype(np.float32)})
 
 
 class Clock:
@@ -154,7 +173,8 @@ def make_stack(tmp_path: Path) -> Callable[..., Stack]:
 
     def make(*, limits: RequestLimits | None = None, canary: CanaryPolicy | None = None,
              request_timeout_s: float = 2.0, ttl_s: float = 2.0, stale_s: float = 30.0, auth: bool = True,
-             max_buffered_bytes: int = 64 << 20, offload: Callable | None = None) -> Stack:
+             max_buffered_bytes: int = 64 << 20, offload: Callable | None = None,
+             explain: ExplainPolicy | None = None) -> Stack:
         root = tmp_path / "registry"
         registry = Registry(str(root))
         publish(registry, tmp_path)
@@ -173,7 +193,7 @@ def make_stack(tmp_path: Path) -> Callable[..., Stack]:
             return await in_thread(fn, *args)
 
         api = HttpApi(plane, limits=limits or RequestLimits(), max_buffered_bytes=max_buffered_bytes,
-                      offload=offload or recording)
+                      explain_policy=explain, offload=offload or recording)
         stacks.append(Stack(api, plane, cache, host, registry, keys, key, clock, root, offloaded))
         return stacks[-1]
 

@@ -5,13 +5,14 @@ share a pass, and one request's bad input fails that request only."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import types
 
 import numpy as np
 import pytest
 
-from maas.errors import InvalidInput
+from maas.errors import InvalidInput, ServerBusy
 from maas.serving.dataplane import PassTicket
 
 # One event loop for the module, as a replica has one: Serve's batcher binds its queue to the loop
@@ -35,6 +36,18 @@ class Recorder:
 
     def __init__(self) -> None:
         self.passes: list[int] = []
+        self.release = threading.Event()  # explanations block until it is set
+        self.explaining = 0
+        self.most_explaining = 0
+
+    def explain(self, inputs, baseline, **options):
+        self.explaining += 1
+        self.most_explaining = max(self.most_explaining, self.explaining)
+        try:
+            self.release.wait(5.0)
+            return options["output"]
+        finally:
+            self.explaining -= 1
 
     def expected_pass_s(self, n: int) -> float:
         return 0.0
@@ -53,12 +66,14 @@ def host(monkeypatch):
 
     from maas.serving.config import BatchConfig
     from maas.serving.host import ModelHost
+    from maas.serving.protocol.explain import ExplainPolicy
 
     # The one call of Serve's batcher that needs a replica (a warning about max_ongoing_requests).
     monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests",
                         lambda self: None)
     loaded = Recorder()
-    made = ModelHost(registry=None, artifacts=None, max_models=2)  # type: ignore[arg-type]
+    made = ModelHost(registry=None, artifacts=None, max_models=2,  # type: ignore[arg-type]
+                     explain=ExplainPolicy(max_concurrent=1, max_waiting=1))
 
     async def load(key: str) -> Recorder:
         return loaded
@@ -84,6 +99,31 @@ def test_a_batch_holds_at_most_max_batch_size_instances(host) -> None:
     for i, answer in enumerate(answers[:8]):
         assert answer["y"].tolist() == [2.0 * i] * 20
     assert answers[8]["y"].tolist() == [2.0] * 100
+
+
+def test_explanations_run_one_at_a_time_and_a_timed_out_one_holds_its_slot_until_its_work_ends(host) -> None:
+    made, loaded = host
+    x = {"x": np.ones((1, 2), np.float32)}
+
+    def explain(output: str):
+        return made.explain("m", 1, x, x, steps=4, output=output, target=None)
+
+    async def scenario():
+        timed_out = asyncio.ensure_future(asyncio.wait_for(explain("first"), 0.1))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(explain("second"))
+        await asyncio.sleep(0.01)
+        with pytest.raises(ServerBusy, match=r"max_concurrent and max_waiting of args\.explain"):
+            await explain("third")  # one computing, one waiting: the bound
+        with pytest.raises(TimeoutError):
+            await timed_out
+        await asyncio.sleep(0.2)
+        assert not waiting.done() and loaded.explaining == 1  # the first's thread still runs: its slot is held
+        loaded.release.set()
+        return await waiting
+
+    assert LOOP.run_until_complete(scenario()) == "second"
+    assert loaded.most_explaining == 1
 
 
 def test_requests_of_other_instance_shapes_never_share_a_pass(host) -> None:

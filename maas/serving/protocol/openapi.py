@@ -131,6 +131,30 @@ def _written_schemas() -> dict[str, Any]:
         "PredictResponse": {"type": "object", "oneOf": [
             {"required": ["predictions"], "properties": {"predictions": {"type": "array"}}},
             {"required": ["outputs"], "properties": {"outputs": {"type": ["array", "object"]}}}]},
+        "ExplainRequest": {
+            "type": "object", "description": "A :predict body (exactly one of instances or inputs) and how to "
+                                             "explain it.",
+            "properties": {"signature_name": {"type": "string"}, "instances": {"type": "array", "minItems": 1},
+                           "inputs": {}, "baseline": {"type": "string", "enum": ["zeros", "training_mean"]},
+                           "steps": {"type": "integer", "minimum": 1}, "output": {"type": "string"},
+                           "target": {"type": "integer", "minimum": 0}},
+            "additionalProperties": False,
+            "oneOf": [{"required": ["instances"], "not": {"required": ["inputs"]}},
+                      {"required": ["inputs"], "not": {"required": ["instances"]}}]},
+        "ExplainResponse": {"type": "object", "required": ["predictions", "explanations"], "properties": {
+            "predictions": {"type": "array"},
+            "explanations": {"type": "array", "items": {"type": "object", "required": [
+                "method", "baseline", "steps", "output", "target", "prediction", "baseline_prediction", "delta",
+                "attributions"], "properties": {
+                    "method": {"type": "string", "enum": ["integrated_gradients"]},
+                    "baseline": {"type": "string"}, "steps": {"type": "integer"}, "output": {"type": "string"},
+                    "target": {"type": "integer", "description": "The position explained in one instance's "
+                                                                 "(flattened) output: by default its top class."},
+                    "prediction": {"type": "number"}, "baseline_prediction": {"type": "number"},
+                    "delta": {"type": "number", "description": "Sum of the attributions minus (prediction - "
+                                                               "baseline_prediction): the method's error."},
+                    "attributions": {"type": ["array", "object"], "description": "One number per input element, "
+                                     "in the instance's shape (by input name when the model takes several)."}}}}}},
         "ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"], "properties": {
             "name": {"type": "string"}, "version": {"type": "string"},
             "extensions": {"type": "array", "items": {"type": "string"}}}},

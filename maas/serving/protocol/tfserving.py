@@ -58,6 +58,11 @@ def decode_predict(body: bytes, signature: Signature, limits: RequestLimits) -> 
     request = jsonbody.parse(body, max_depth=limits.max_json_depth)
     if not isinstance(request, dict):
         raise InvalidInput("Request body must be a JSON object with 'instances' or 'inputs'")
+    return predict_request(request, signature, limits)
+
+
+def predict_request(request: dict[str, Any], signature: Signature, limits: RequestLimits) -> PredictRequest:
+    """The inputs of a decoded ``:predict`` document (``:explain`` takes the same, and more)."""
     name = request.get("signature_name", "serving_default")
     if name != "serving_default":
         raise InvalidInput(f"Unknown signature_name {_short(name)}; this model has 'serving_default'")

@@ -597,7 +597,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _model_status_lines(name: str, model: ModelServiceStatus) -> list[str]:
-    """What ``maas status`` says of one model: versions and labels, recent traffic, the last label change."""
+    """What ``maas status`` says of one model: versions and labels, recent traffic, the drift of each
+    version's inputs, the last label change."""
     labels = ", ".join(f"{k} -> v{v.version}" + (f" ({v.weight:g})" if k != "stable" else "")
                        for k, v in model.labels.items()) or "no labels"
     lines = [f"{name}: versions {', '.join(map(str, model.versions))}; {labels}", _recent_line(model.recent)]
@@ -605,6 +606,12 @@ def _model_status_lines(name: str, model: ModelServiceStatus) -> list[str]:
         routes = ", ".join(f"{k} {n}" for k, n in v.labels.items())
         lines.append(f"  v{version}: {v.requests} requests ({routes}), {v.errors} errors, "
                      f"on {len(v.replicas)} replica(s)")
+    for version, d in model.drift.items():
+        drifted = ", ".join(f"{f} (mean shift {d.features[f].mean_shift:+.2f} sd"
+                            + (f", PSI {d.features[f].psi:.2f})" if d.features[f].psi is not None else ")")
+                            for f in d.flagged)
+        lines.append(f"  v{version} inputs ({d.instances:g} instances): "
+                     + (f"drift in {drifted}" if drifted else "no feature past the drift thresholds"))
     change = model.last_label_change
     if change:
         reason = f" [{change.reason}]" if change.reason else ""

@@ -184,6 +184,7 @@ class DataStatistics(_Record):
     count: int
     label_mean: float | None = None
     label_std: float | None = None
+    bin_shares: list[list[float]] | None = None  # per feature, its share in each drift bin (maas.drift.Z_EDGES)
 
 
 class Preprocessing(_Record):

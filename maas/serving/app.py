@@ -22,6 +22,7 @@ the same settings as ``maas deploy``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -31,6 +32,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from maas.auth import KeyStore, service_secret
+from maas.drift import DriftMonitor
 from maas.errors import ClientClosed
 from maas.registry import Registry
 from maas.serving.artifact_cache import ArtifactCache
@@ -87,7 +89,8 @@ class ModelServer:
             request_timeout_s=args.request_timeout_s, replica=context.replica_id.unique_id,
             deployments=lambda: asyncio.to_thread(_deployments, app_name),
             on_canary_fallback=lambda model, version: metrics.canary_fallbacks.inc(
-                tags={"model": model, "version": str(version)}))
+                tags={"model": model, "version": str(version)}),
+            drift=DriftMonitor(args.drift, on_export=metrics.record_drift, clock=time.monotonic))
         codec = CodecOffload()
         codec.wait_ready()  # before the replica reports ready, as TensorFlow's import
 

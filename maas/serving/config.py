@@ -13,6 +13,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from maas import settings
+from maas.drift import DriftPolicy
 from maas.serving.canary import CanaryPolicy
 from maas.serving.protocol.explain import ExplainPolicy
 from maas.serving.protocol.limits import RequestLimits
@@ -47,6 +48,9 @@ class AppArgs(BaseModel):
     explain: ExplainPolicy = Field(default_factory=ExplainPolicy,
                                    description="POST ...:explain: integrated gradients, bounded per request and "
                                                "per replica.")
+    drift: DriftPolicy = Field(default_factory=DriftPolicy,
+                               description="Served inputs against each version's training split, per feature "
+                                           "(GET /maas/v1/status, maas_feature_drift).")
     canary: CanaryPolicy = Field(default_factory=CanaryPolicy,
                                  description="Routed traffic's canary share is retired when it breaches a bound.")
     auth: bool = Field(default=True, description="Require an API key (maas keys create) on every route but "

@@ -30,13 +30,20 @@ from typing import Any, Literal, Protocol, TypeVar
 import numpy as np
 
 from maas.auth import ApiKey, authorize, key_id
+from maas.drift import DriftMonitor
 from maas.errors import InferenceError, MaasError, ModelUnavailable, RequestTimeout, Unauthorized
 from maas.records import LabelEvent, VersionMetadata
 from maas.registry import Label
 from maas.serving.attribution import Attributions, ExplainArgs, baseline_inputs, check_differentiable
 from maas.serving.canary import CanaryMonitor, Destination, choose_destination
 from maas.serving.stats import RecentRequests, RequestInfo
-from maas.serving.status import LabelRoute, ModelServiceStatus, ServiceStatus
+from maas.serving.status import (
+    FeatureDriftStatus,
+    LabelRoute,
+    ModelServiceStatus,
+    ServiceStatus,
+    VersionDriftStatus,
+)
 from maas.signature import Signature
 
 logger = logging.getLogger("ray.serve")
@@ -92,7 +99,7 @@ class DataPlane:
                  recent: RecentRequests, request_timeout_s: float, replica: str | None = None,
                  deployments: Callable[[], Awaitable[dict[str, Any]]] | None = None,
                  on_canary_fallback: Callable[[str, int], None] = lambda model, version: None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 drift: DriftMonitor | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._storage = storage
         self._host = host
         self._canary = canary
@@ -102,6 +109,7 @@ class DataPlane:
         self._replica = replica
         self._deployments = deployments
         self._on_canary_fallback = on_canary_fallback
+        self._drift = drift
         self._clock = clock
         self._background: set[asyncio.Task[None]] = set()
         self._answering: dict[tuple[str, str], int] = {}  # (model, label or "" when routed): last version used
@@ -139,6 +147,32 @@ class DataPlane:
     async def infer(self, model: str, version: int | None, label: str | None,
                     decode: Callable[[Signature], Awaitable[D]], inputs_of: Callable[[D], dict[str, np.ndarray]],
                     info: RequestInfo) -> tuple[int, D, dict[str, np.ndarray]]:
+        """:meth:`_infer`, and the answered inputs taken into the version's drift statistics."""
+        answered, decoded, outputs = await self._infer(model, version, label, decode, inputs_of, info)
+        if self._drift is not None:
+            await self._observe_drift(self._drift, model, answered, inputs_of(decoded))
+        return answered, decoded, outputs
+
+    async def _observe_drift(self, drift: DriftMonitor, model: str, version: int,
+                             inputs: dict[str, np.ndarray]) -> None:
+        """A version is watched from its first answer on, with its metadata's training statistics (read
+        with its signature, already cached); a model of several inputs has no per-feature statistics."""
+        if not drift.knows(model, version):
+            try:
+                metadata = await self._storage.metadata(model, version)
+            except MaasError:  # storage unreachable now: the next answer tries again
+                return
+            pre = metadata.preprocessing
+            stats = pre.training_split_stats if pre is not None else None
+            drift.watch(model, version, None if stats is None else stats.mean, None if stats is None else stats.std,
+                        None if stats is None else stats.bin_shares,
+                        (pre.feature_columns or []) if pre is not None else [])
+        if len(inputs) == 1:
+            drift.observe(model, version, next(iter(inputs.values())))
+
+    async def _infer(self, model: str, version: int | None, label: str | None,
+                     decode: Callable[[Signature], Awaitable[D]], inputs_of: Callable[[D], dict[str, np.ndarray]],
+                     info: RequestInfo) -> tuple[int, D, dict[str, np.ndarray]]:
         """Choose the version, decode (check against its signature) and predict within the request
         timeout, whatever the client asks (Serve's ``x-request-timeout-seconds: 0`` turns Serve's own off).
 
@@ -282,6 +316,14 @@ class DataPlane:
 
     # ---- the service's status ---------------------------------------------------------------------
 
+    def _drift_status(self, model: str) -> dict[str, VersionDriftStatus]:
+        reports = self._drift.reports(model) if self._drift is not None else []
+        return {str(r.version): VersionDriftStatus(
+            instances=round(r.instances, 1), flagged=r.flagged,
+            features={f.feature: FeatureDriftStatus(mean_shift=round(f.mean_shift, 4),
+                                                    psi=None if f.psi is None else round(f.psi, 4), flagged=f.flagged)
+                      for f in r.features}) for r in reports}
+
     async def service_status(self, key: ApiKey | None) -> ServiceStatus:
         """``GET /maas/v1/status``: the models the key may call, with their versions, labels, last label
         change (automatic rollbacks say why) and recent requests; the deployments' replica counts.
@@ -294,7 +336,8 @@ class DataPlane:
             return ModelServiceStatus(
                 versions=versions,
                 labels={k: LabelRoute(version=v.version, weight=v.weight) for k, v in labels.items()},
-                last_label_change=history[-1] if history else None, recent=self._recent.summary(name))
+                last_label_change=history[-1] if history else None, recent=self._recent.summary(name),
+                drift=self._drift_status(name))
 
         async def status() -> ServiceStatus:
             names = [n for n in await self._storage.models() if key is None or key.allows(n)]

@@ -8,6 +8,7 @@ Metrics (Prometheus names carry Ray's ``ray_`` prefix)::
     maas_request_latency_ms{model, version, label, protocol}      time in the replica, per answer
     maas_canary_fallbacks_total{model, version}                   failed canary requests answered by stable
     maas_batch_size{model, version}                               instances per forward pass
+    maas_feature_drift{model, version, feature, measure}          served inputs against the training split
 
 ``label`` says how the request reached its version: ``canary``/``stable``/``latest`` for routed
 requests (so the canary/stable split is a ratio of two series), the label's name for
@@ -28,6 +29,8 @@ from maas.serving.status import RecentTraffic, VersionTraffic
 
 if TYPE_CHECKING:
     from ray.util.metrics import Histogram
+
+    from maas.drift import VersionDrift
 
 LATENCY_BOUNDARIES_MS: list[float] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 BATCH_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
@@ -60,6 +63,18 @@ class ServingMetrics:
         self.canary_fallbacks = metrics.Counter(
             "maas_canary_fallbacks_total", description="Failed canary requests answered by the default version.",
             tag_keys=("model", "version"))
+
+        self.feature_drift = metrics.Gauge(
+            "maas_feature_drift", description="Served inputs against the training split, per feature: measure "
+            "mean_shift (training standard deviations) or psi (population stability index).",
+            tag_keys=("model", "version", "feature", "measure"))
+
+    def record_drift(self, drift: VersionDrift) -> None:
+        for f in drift.features:
+            tags = {"model": drift.model, "version": str(drift.version), "feature": f.feature}
+            self.feature_drift.set(f.mean_shift, tags={**tags, "measure": "mean_shift"})
+            if f.psi is not None:
+                self.feature_drift.set(f.psi, tags={**tags, "measure": "psi"})
 
     def record_request(self, info: RequestInfo, status: int, latency_ms: float) -> None:
         tags = {"model": info.model, "version": "" if info.version is None else str(info.version),

@@ -58,13 +58,31 @@ class LabelRoute(_Status):
     weight: float
 
 
+class FeatureDriftStatus(_Status):
+    """One feature of the inputs a version served, against its training split (:mod:`maas.drift`)."""
+
+    mean_shift: float  # in training standard deviations, signed
+    psi: float | None  # population stability index; None when the version records no bin shares
+    flagged: bool
+
+
+class VersionDriftStatus(_Status):
+    """A version's served inputs against its training split, on the replica that answered."""
+
+    instances: float  # the weight of the served statistics (instances, older ones decayed)
+    flagged: list[str]  # the features past a threshold (args.drift)
+    features: dict[str, FeatureDriftStatus]
+
+
 class ModelServiceStatus(_Status):
-    """One model: its versions, labels, last label change (automatic rollbacks say why), recent answers."""
+    """One model: its versions, labels, last label change (automatic rollbacks say why), recent answers,
+    and the drift of the inputs each version served."""
 
     versions: list[int]
     labels: dict[str, LabelRoute]
     last_label_change: LabelEvent | None
     recent: RecentTraffic
+    drift: dict[str, VersionDriftStatus] = {}  # by version number, as text
 
 
 class DeploymentStatus(_Status):

@@ -85,6 +85,7 @@ class FeatureStats:
     count: int
     label_mean: float | None = None
     label_std: float | None = None
+    bin_shares: tuple[tuple[float, ...], ...] | None = None  # per feature, its share in each drift bin (maas.drift)
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,9 @@ class DataInfo:
             item_shape=tuple(data["item_shape"]),
             class_names=tuple(data["class_names"]),
             feature_columns=tuple(data.get("feature_columns", ())),
-            stats=None if stats is None else FeatureStats(**{**stats, "mean": tuple(stats["mean"]),
-                                                              "std": tuple(stats["std"])}),
+            stats=None if stats is None else FeatureStats(**{
+                **stats, "mean": tuple(stats["mean"]), "std": tuple(stats["std"]),
+                "bin_shares": None if stats.get("bin_shares") is None else tuple(map(tuple, stats["bin_shares"]))}),
             train_rows=data.get("train_rows", 0),
             test_rows=data.get("test_rows", 0),
         )

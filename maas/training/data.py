@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from maas.drift import bin_counts
 from maas.errors import ConfigError
 from maas.storage import join_uri, resolve_uri
 from maas.templates.base import LABEL_COLUMN, DataInfo, DataSplits, FeatureStats, Template
@@ -83,12 +84,12 @@ def describe_data(template: Template, splits: DataSplits, *, with_stats: bool = 
 
 
 def add_training_stats(template: Template, info: DataInfo, train: ray.data.Dataset | None = None) -> DataInfo:
-    """``info`` with the training split's statistics, for templates that normalize or regress.
+    """``info`` with the training split's statistics: templates that normalize or regress build them
+    into the model, and every version's serving replicas compare the inputs they answer with them
+    (:mod:`maas.drift`).
 
     ``train`` is the training split when the caller has it already (read, or cached in the object
     store); otherwise it is read from ``info.splits``."""
-    if not (template.normalize or template.task == "regression"):
-        return info
     return replace(info, stats=feature_stats(template, info, read_split(info, "train") if train is None else train))
 
 
@@ -267,7 +268,9 @@ def _label_from_folder(batch: dict[str, np.ndarray], classes: tuple[str, ...]) -
 
 def feature_stats(template: Template, info: DataInfo, train: ray.data.Dataset) -> FeatureStats:
     """Per-feature mean and standard deviation (last axis, NaN ignored) of ``train``, and the
-    label's for regression: one streaming Ray Data pass of partial sums, combined here."""
+    label's for regression: one streaming Ray Data pass of partial sums, combined here; then a second
+    pass for the share of each feature's values in the drift bins (:data:`maas.drift.Z_EDGES`, in
+    that feature's standard deviations)."""
     parts = train.map_batches(
         _partial_sums,  # type: ignore[arg-type]  # a numpy batch, and the rest from fn_kwargs (see read_split)
         fn_kwargs={"template": template, "info": info}, batch_format="numpy", batch_size=4096
@@ -284,8 +287,21 @@ def feature_stats(template: Template, info: DataInfo, train: ray.data.Dataset) -
         rows = max(float(total["rows"]), 1.0)
         label_mean = float(total["label_sum"] / rows)
         label_std = float(np.sqrt(max(total["label_sumsq"] / rows - label_mean**2, 0.0))) or 1.0
+    parts = train.map_batches(
+        _bin_counts,  # type: ignore[arg-type]  # as above
+        fn_kwargs={"template": template, "info": info, "mean": mean, "std": std}, batch_format="numpy",
+        batch_size=4096).take_all()
+    counts = np.sum([p["bins"] for p in parts], axis=0)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
     return FeatureStats(mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
-                        count=int(total["rows"]), label_mean=label_mean, label_std=label_std)
+                        count=int(total["rows"]), label_mean=label_mean, label_std=label_std,
+                        bin_shares=tuple(tuple(float(v) for v in row) for row in shares))
+
+
+def _bin_counts(batch: dict[str, np.ndarray], template: Template, info: DataInfo, mean: np.ndarray,
+                std: np.ndarray) -> dict[str, np.ndarray]:
+    x = template.features(batch, info).astype(np.float64)
+    return {"bins": bin_counts(x.reshape(-1, x.shape[-1]), mean, std)[None]}
 
 
 def _partial_sums(batch: dict[str, np.ndarray], template: Template, info: DataInfo) -> dict[str, np.ndarray]:

@@ -40,15 +40,19 @@ def test_digits_attributions_add_up_to_each_predictions_change_from_the_baseline
         assert item["prediction"] == pytest.approx(float(served[i].max()), rel=1e-4)
         assert item["attributions"].shape == (8, 8) and (item["method"], item["steps"]) == ("integrated_gradients", 64)
         assert_complete(item)
+    means = client.explain("digits", x[:4], baseline="training_mean", steps=64)["explanations"]
+    for item in means:  # against the training split's per-column means, from the version's metadata
+        assert item["baseline"] == "training_mean"
+        if abs(item["prediction"] - item["baseline_prediction"]) > 1e-3:
+            assert_complete(item)
     other = client.explain("digits", x[:1], version=version, target=3, steps=32)["explanations"][0]
     assert other["target"] == 3
     assert other["prediction"] == pytest.approx(float(served[0][3]), rel=1e-4, abs=1e-6)
 
 
 def test_what_cannot_be_explained_is_a_400_and_past_a_bound_a_413(service) -> None:
-    client, version, x = service
+    client, _, x = service
     for options, status, message in [
-        ({"baseline": "training_mean"}, 400, f"digits version {version} has no training statistics in its metadata"),
         ({"target": 10}, 400, "target 10 is past the end of output 'probabilities', which has 10 values"),
         ({"steps": 100_000}, 400, "'steps' must be an integer from 1 to 256 (max_steps)"),
     ]:

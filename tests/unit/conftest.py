@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from maas.auth import KeyStore
+from maas.drift import DriftMonitor, DriftPolicy
 from maas.errors import ModelUnavailable
 from maas.registry import Registry
 from maas.serving.attribution import Attributions
@@ -185,7 +186,7 @@ def make_stack(tmp_path: Path) -> Callable[..., Stack]:
         host = FakeHost()
         plane = DataPlane(cache, host, canary=CanaryMonitor(canary or CanaryPolicy()),
                           key_secret=SECRET if auth else None, recent=RecentRequests(),
-                          request_timeout_s=request_timeout_s)
+                          request_timeout_s=request_timeout_s, drift=DriftMonitor(DriftPolicy(), clock=clock))
         offloaded: list[str] = []
 
         async def recording(fn, *args):

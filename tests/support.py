@@ -123,15 +123,19 @@ def replica_logs_with_unhandled_errors() -> list[str]:
     return [p.name for p in logs.rglob("*ModelServer*") if p.is_file() and b"unhandled " in p.read_bytes()]
 
 
-def assert_complete(explanation: dict, tolerance: float = 0.01) -> None:
+def assert_complete(explanation: dict, tolerance: float = 0.01, floor: float = 0.002) -> None:
     """Completeness of an ``:explain`` answer's explanation: its attributions add up to prediction -
-    baseline_prediction within ``tolerance`` of that change (the trapezoidal rule's error), and its
-    ``delta`` is their difference."""
+    baseline_prediction within the method's error, ``tolerance`` of that change or ``floor`` of the
+    output's own scale (a probability), whichever is larger. On a ReLU network the gradient is
+    piecewise constant along the path, so the quadrature's error falls as 1/steps (measured on a
+    trained digits MLP: at most 0.006 at 64 steps, 0.0014 at 256), and follows the output's variation
+    along the whole path, which can be far larger than a small net change. Its ``delta`` is their
+    difference."""
     import numpy as np
     import pytest
 
     change = explanation["prediction"] - explanation["baseline_prediction"]
     total = float(np.sum(explanation["attributions"], dtype=np.float64))
-    assert abs(change) > 1e-3, explanation  # the check below is not vacuous
-    assert abs(total - change) <= tolerance * abs(change), (total, change)
+    assert abs(change) > floor, explanation  # the check below is not vacuous
+    assert abs(total - change) <= max(tolerance * abs(change), floor), (total, change)
     assert explanation["delta"] == pytest.approx(total - change, abs=1e-4)

@@ -308,8 +308,7 @@ def test_tensorboard_event_files_land_in_the_run_storage(trained_templates) -> N
 
 @pytest.mark.slow
 @pytest.mark.cluster
-@pytest.mark.parametrize(("name", "baseline"), [("maintenance", "training_mean"), ("maintenance", "zeros"),
-                                                ("sports_sequence", "training_mean")])
+@pytest.mark.parametrize(("name", "baseline"), [("maintenance", "training_mean"), ("sports_sequence", "training_mean")])
 def test_explanations_over_http_add_up_to_each_predictions_change(trained_templates, service, name: str,
                                                                  baseline: str) -> None:
     """Integrated gradients through the serving function, its cleaning and normalization inside."""
@@ -322,13 +321,13 @@ def test_explanations_over_http_add_up_to_each_predictions_change(trained_templa
                                "item_shape": meta.preprocessing.item_shape, "class_names": meta.classes,
                                "feature_columns": meta.preprocessing.feature_columns})
     x, _ = held_out(template, info)
-    answer = service.explain(config.model_name, x[:4], version=version, baseline=baseline, steps=128)
-    served = service.predict(config.model_name, x[:4], version=version)
+    answer = service.explain(config.model_name, x[:8], version=version, baseline=baseline, steps=256)
+    served = service.predict(config.model_name, x[:8], version=version)
     np.testing.assert_allclose(answer["predictions"], served, rtol=1e-4, atol=1e-5)
     checked = 0
     for i, item in enumerate(answer["explanations"]):
         assert item["target"] == int(np.argmax(served[i])) and item["attributions"].shape == x.shape[1:]
-        if abs(item["prediction"] - item["baseline_prediction"]) > 1e-3:  # an instance like the mean: nothing to add
-            assert_complete(item, tolerance=0.02)
+        if abs(item["prediction"] - item["baseline_prediction"]) > 0.002:  # an instance like the mean: nothing to add
+            assert_complete(item)
             checked += 1
     assert checked >= 1

@@ -95,11 +95,13 @@ def _build_parser() -> argparse.ArgumentParser:
     rollback = msub.add_parser("rollback", help="point 'stable' back at its previous version")
     rollback.add_argument("model")
     rollback.set_defaults(handler=_models_rollback)
-    label = msub.add_parser("label", help="set a label (for example canary) on a version")
+    label = msub.add_parser("label", help="set a label on a version: canary (a share of routed traffic), shadow "
+                                          "(a share also predicted, only compared), stable, or any name")
     label.add_argument("model")
     label.add_argument("label")
     label.add_argument("version", type=int)
-    label.add_argument("--weight", type=float, default=1.0, help="share of traffic for a canary, in [0, 1]")
+    label.add_argument("--weight", type=float, default=1.0,
+                       help="share of routed traffic for a canary or a shadow, in [0, 1]")
     label.set_defaults(handler=_models_label)
     weight = msub.add_parser("set-weight", help="change the canary's share of routed traffic")
     weight.add_argument("model")
@@ -612,6 +614,14 @@ def _model_status_lines(name: str, model: ModelServiceStatus) -> list[str]:
                             for f in d.flagged)
         lines.append(f"  v{version} inputs ({d.instances:g} instances): "
                      + (f"drift in {drifted}" if drifted else "no feature past the drift thresholds"))
+    shadow = model.shadow
+    if shadow is not None:
+        agreement = (f"agreement {shadow.agreement:.1%}" if shadow.agreement is not None
+                     else f"mean abs diff {shadow.mean_abs_diff:.4g}" if shadow.mean_abs_diff is not None
+                     else "no comparison yet")
+        lines.append(f"  shadow v{shadow.version} ({shadow.weight:g} of routed): {shadow.compared} compared, "
+                     f"{agreement}, {shadow.errors} errors, {shadow.skipped} skipped; "
+                     f"p50 {shadow.shadow_p50_ms} ms beside {shadow.answer_p50_ms} ms answering")
     change = model.last_label_change
     if change:
         reason = f" [{change.reason}]" if change.reason else ""

@@ -90,7 +90,8 @@ class ModelServer:
             deployments=lambda: asyncio.to_thread(_deployments, app_name),
             on_canary_fallback=lambda model, version: metrics.canary_fallbacks.inc(
                 tags={"model": model, "version": str(version)}),
-            drift=DriftMonitor(args.drift, on_export=metrics.record_drift, clock=time.monotonic))
+            drift=DriftMonitor(args.drift, on_export=metrics.record_drift, clock=time.monotonic),
+            shadow=args.shadow, on_shadow=metrics.record_shadow)
         codec = CodecOffload()
         codec.wait_ready()  # before the replica reports ready, as TensorFlow's import
 

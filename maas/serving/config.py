@@ -17,6 +17,7 @@ from maas.drift import DriftPolicy
 from maas.serving.canary import CanaryPolicy
 from maas.serving.protocol.explain import ExplainPolicy
 from maas.serving.protocol.limits import RequestLimits
+from maas.serving.shadow import ShadowPolicy
 
 DEPLOYMENT_NAME = "ModelServer"
 
@@ -51,6 +52,9 @@ class AppArgs(BaseModel):
     drift: DriftPolicy = Field(default_factory=DriftPolicy,
                                description="Served inputs against each version's training split, per feature "
                                            "(GET /maas/v1/status, maas_feature_drift).")
+    shadow: ShadowPolicy = Field(default_factory=ShadowPolicy,
+                                 description="Routed requests' shadow share (maas models label NAME shadow V "
+                                             "--weight W), predicted after the answer and only compared.")
     canary: CanaryPolicy = Field(default_factory=CanaryPolicy,
                                  description="Routed traffic's canary share is retired when it breaches a bound.")
     auth: bool = Field(default=True, description="Require an API key (maas keys create) on every route but "

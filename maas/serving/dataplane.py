@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -36,12 +37,14 @@ from maas.records import LabelEvent, VersionMetadata
 from maas.registry import Label
 from maas.serving.attribution import Attributions, ExplainArgs, baseline_inputs, check_differentiable
 from maas.serving.canary import CanaryMonitor, Destination, choose_destination
+from maas.serving.shadow import SHADOW_LABEL, ShadowFigures, ShadowMonitor, ShadowPolicy, compare
 from maas.serving.stats import RecentRequests, RequestInfo
 from maas.serving.status import (
     FeatureDriftStatus,
     LabelRoute,
     ModelServiceStatus,
     ServiceStatus,
+    ShadowStatus,
     VersionDriftStatus,
 )
 from maas.signature import Signature
@@ -93,13 +96,19 @@ class Predictor(Protocol):
     def start_load(self, model: str, version: int) -> None:
         """Load and warm ``version`` in the background (no-op when loaded or loading)."""
 
+    async def predict_alone(self, model: str, version: int,
+                            inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One prediction outside the shared batcher (a shadow's)."""
+
 
 class DataPlane:
     def __init__(self, storage: ServingStorage, host: Predictor, *, canary: CanaryMonitor, key_secret: bytes | None,
                  recent: RecentRequests, request_timeout_s: float, replica: str | None = None,
                  deployments: Callable[[], Awaitable[dict[str, Any]]] | None = None,
                  on_canary_fallback: Callable[[str, int], None] = lambda model, version: None,
-                 drift: DriftMonitor | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 drift: DriftMonitor | None = None, shadow: ShadowPolicy | None = None,
+                 on_shadow: Callable[[str, int, str, ShadowFigures], None] = lambda model, version, outcome, f: None,
+                 draw: Callable[[], float] = random.random, clock: Callable[[], float] = time.monotonic) -> None:
         self._storage = storage
         self._host = host
         self._canary = canary
@@ -110,6 +119,11 @@ class DataPlane:
         self._deployments = deployments
         self._on_canary_fallback = on_canary_fallback
         self._drift = drift
+        self._shadow_policy = shadow or ShadowPolicy()
+        self._shadows = ShadowMonitor()
+        self._shadows_running = 0
+        self._on_shadow = on_shadow
+        self._draw = draw
         self._clock = clock
         self._background: set[asyncio.Task[None]] = set()
         self._answering: dict[tuple[str, str], int] = {}  # (model, label or "" when routed): last version used
@@ -147,11 +161,67 @@ class DataPlane:
     async def infer(self, model: str, version: int | None, label: str | None,
                     decode: Callable[[Signature], Awaitable[D]], inputs_of: Callable[[D], dict[str, np.ndarray]],
                     info: RequestInfo) -> tuple[int, D, dict[str, np.ndarray]]:
-        """:meth:`_infer`, and the answered inputs taken into the version's drift statistics."""
-        answered, decoded, outputs = await self._infer(model, version, label, decode, inputs_of, info)
+        """:meth:`_infer`; then the answered inputs are taken into the version's drift statistics and,
+        for a routed request, a shadow's share starts its shadow prediction in the background."""
+        started = self._clock()
+        answered, decoded, outputs, labels = await self._infer(model, version, label, decode, inputs_of, info)
+        inputs = inputs_of(decoded)
         if self._drift is not None:
-            await self._observe_drift(self._drift, model, answered, inputs_of(decoded))
+            await self._observe_drift(self._drift, model, answered, inputs)
+        if version is None and label is None:
+            self._start_shadow(model, labels.get(SHADOW_LABEL), answered, inputs, outputs,
+                               (self._clock() - started) * 1000.0)
         return answered, decoded, outputs
+
+    def _start_shadow(self, model: str, shadow: Label | None, answered: int, inputs: dict[str, np.ndarray],
+                      answer: dict[str, np.ndarray], answer_ms: float) -> None:
+        """The shadow label's share of routed requests also goes to its version, after the answer and
+        without delaying it; at most ``max_concurrent`` at once per replica (a slot is held until the
+        shadow's work ends, even past its deadline), the others skipped and counted."""
+        if shadow is None or shadow.weight <= 0.0 or shadow.version == answered:
+            if shadow is None:
+                self._shadows.forget(model)
+            return
+        if self._draw() >= shadow.weight:
+            return
+        figures = self._shadows.figures(model, shadow.version, shadow.id)
+        if self._shadows_running >= self._shadow_policy.max_concurrent:
+            figures.skipped += 1
+            self._on_shadow(model, shadow.version, "skipped", figures)
+            return
+        self._shadows_running += 1
+        work = asyncio.ensure_future(self._host.predict_alone(model, shadow.version, inputs))
+        work.add_done_callback(self._shadow_done)
+        task = asyncio.get_running_loop().create_task(self._judge_shadow(model, work, figures, answer, answer_ms))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _shadow_done(self, work: asyncio.Future[dict[str, np.ndarray]]) -> None:
+        self._shadows_running -= 1
+        if not work.cancelled():
+            work.exception()  # read here too: a shadow past its deadline is not awaited by anyone
+
+    async def _judge_shadow(self, model: str, work: asyncio.Future[dict[str, np.ndarray]], figures: ShadowFigures,
+                            answer: dict[str, np.ndarray], answer_ms: float) -> None:
+        started = self._clock()
+        done, _ = await asyncio.wait({work}, timeout=self._timeout_s)
+        found = compare(answer, work.result()) if done and work.exception() is None else None
+        if found is None:  # failed, past the request timeout, or no output in common
+            figures.errors += 1
+            self._on_shadow(model, figures.version, "error", figures)
+            return
+        value, classification = found
+        n = int(next(iter(answer.values())).shape[0])
+        figures.compared += 1
+        figures.instances += n
+        figures.classification = classification
+        if classification:
+            figures.agreeing += value * n
+        else:
+            figures.abs_diff += value * n
+        figures.shadow_ms.append((self._clock() - started) * 1000.0)
+        figures.answer_ms.append(answer_ms)
+        self._on_shadow(model, figures.version, "compared", figures)
 
     async def _observe_drift(self, drift: DriftMonitor, model: str, version: int,
                              inputs: dict[str, np.ndarray]) -> None:
@@ -172,7 +242,7 @@ class DataPlane:
 
     async def _infer(self, model: str, version: int | None, label: str | None,
                      decode: Callable[[Signature], Awaitable[D]], inputs_of: Callable[[D], dict[str, np.ndarray]],
-                     info: RequestInfo) -> tuple[int, D, dict[str, np.ndarray]]:
+                     info: RequestInfo) -> tuple[int, D, dict[str, np.ndarray], dict[str, Label]]:
         """Choose the version, decode (check against its signature) and predict within the request
         timeout, whatever the client asks (Serve's ``x-request-timeout-seconds: 0`` turns Serve's own off).
 
@@ -204,7 +274,8 @@ class DataPlane:
         decoded = await self._within(decode(signature), deadline, what)
         inputs = inputs_of(decoded)
         if not destination.canary:
-            return destination.version, decoded, await self._predict(model, destination.version, inputs, deadline)
+            return destination.version, decoded, await self._predict(model, destination.version, inputs,
+                                                                     deadline), labels
         canary_label = labels["canary"]
         ticket = PassTicket()
         started = self._clock()
@@ -226,9 +297,9 @@ class DataPlane:
             # If the default version fails on this input too, that is the input's fault: not judged.
             outputs = await self._predict(model, default, inputs, deadline)
             self._judge(model, destination.version, canary_label, ok=False, latency_s=latency_s)
-            return default, decoded, outputs
+            return default, decoded, outputs, labels
         self._judge(model, destination.version, canary_label, ok=True, latency_s=self._clock() - started)
-        return destination.version, decoded, outputs
+        return destination.version, decoded, outputs, labels
 
     async def explain(self, model: str, version: int | None, label: str | None,
                       decode: Callable[[Signature], Awaitable[ExplainArgs]],
@@ -316,6 +387,25 @@ class DataPlane:
 
     # ---- the service's status ---------------------------------------------------------------------
 
+    def _shadow_status(self, model: str, label: Label | None) -> ShadowStatus | None:
+        figures = self._shadows.current(model)
+        if label is None:
+            return None
+        if figures is None or figures.label_id != label.id:
+            figures = ShadowFigures(label.version, label.id)
+
+        def percentile(values: Iterable[float], q: float) -> float | None:
+            found = list(values)
+            return round(float(np.percentile(found, q)), 2) if found else None
+
+        return ShadowStatus(
+            version=label.version, weight=label.weight, compared=figures.compared, errors=figures.errors,
+            skipped=figures.skipped, instances=figures.instances,
+            agreement=None if figures.agreement is None else round(figures.agreement, 4),
+            mean_abs_diff=None if figures.mean_abs_diff is None else round(figures.mean_abs_diff, 6),
+            shadow_p50_ms=percentile(figures.shadow_ms, 50), shadow_p99_ms=percentile(figures.shadow_ms, 99),
+            answer_p50_ms=percentile(figures.answer_ms, 50), answer_p99_ms=percentile(figures.answer_ms, 99))
+
     def _drift_status(self, model: str) -> dict[str, VersionDriftStatus]:
         reports = self._drift.reports(model) if self._drift is not None else []
         return {str(r.version): VersionDriftStatus(
@@ -337,7 +427,7 @@ class DataPlane:
                 versions=versions,
                 labels={k: LabelRoute(version=v.version, weight=v.weight) for k, v in labels.items()},
                 last_label_change=history[-1] if history else None, recent=self._recent.summary(name),
-                drift=self._drift_status(name))
+                drift=self._drift_status(name), shadow=self._shadow_status(name, labels.get(SHADOW_LABEL)))
 
         async def status() -> ServiceStatus:
             names = [n for n in await self._storage.models() if key is None or key.allows(n)]

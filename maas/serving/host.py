@@ -228,6 +228,17 @@ class ModelHost:
         if not work.cancelled():
             work.exception()  # read here when its request went away: asyncio never reports it unretrieved
 
+    async def predict_alone(self, model: str, version: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One prediction outside the shared batcher, in a thread: a shadow's, so that a slow shadow
+        version holds up no batch of client requests (and is not counted in their pending bound)."""
+        loaded = await self._loaded(model_id(model, version))
+        try:
+            return await asyncio.to_thread(loaded.predict, inputs)
+        except MaasError:
+            raise
+        except Exception as exc:
+            raise InferenceError(f"{model} version {version} failed: {type(exc).__name__}") from exc
+
     async def _run_alone(self, item: _Item) -> dict[str, np.ndarray]:
         """A request larger than a batch: passes of ``max_batch_size`` instances, in a thread."""
         loaded = await self._loaded(model_id(item.model, item.version))

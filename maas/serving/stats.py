@@ -9,6 +9,9 @@ Metrics (Prometheus names carry Ray's ``ray_`` prefix)::
     maas_canary_fallbacks_total{model, version}                   failed canary requests answered by stable
     maas_batch_size{model, version}                               instances per forward pass
     maas_feature_drift{model, version, feature, measure}          served inputs against the training split
+    maas_shadow_requests_total{model, version, outcome}           shadow predictions: compared, error, skipped
+    maas_shadow_latency_ms{model, version}                        their latency in the replica
+    maas_shadow_agreement{model, version, measure}                agreement (top class) or mean_abs_diff
 
 ``label`` says how the request reached its version: ``canary``/``stable``/``latest`` for routed
 requests (so the canary/stable split is a ratio of two series), the label's name for
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from ray.util.metrics import Histogram
 
     from maas.drift import VersionDrift
+    from maas.serving.shadow import ShadowFigures
 
 LATENCY_BOUNDARIES_MS: list[float] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 BATCH_BOUNDARIES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
@@ -64,10 +68,31 @@ class ServingMetrics:
             "maas_canary_fallbacks_total", description="Failed canary requests answered by the default version.",
             tag_keys=("model", "version"))
 
+        self.shadow_requests = metrics.Counter(
+            "maas_shadow_requests_total", description="Shadow predictions by model, shadow version and outcome "
+            "(compared, error, skipped).", tag_keys=("model", "version", "outcome"))
+        self.shadow_latency = metrics.Histogram(
+            "maas_shadow_latency_ms", description="Shadow predictions' latency in the replica, in milliseconds.",
+            boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("model", "version"))
+        self.shadow_agreement = metrics.Gauge(
+            "maas_shadow_agreement", description="The shadow version against the answering one: measure agreement "
+            "(share of instances with the same top class) or mean_abs_diff.", tag_keys=("model", "version", "measure"))
         self.feature_drift = metrics.Gauge(
             "maas_feature_drift", description="Served inputs against the training split, per feature: measure "
             "mean_shift (training standard deviations) or psi (population stability index).",
             tag_keys=("model", "version", "feature", "measure"))
+
+    def record_shadow(self, model: str, version: int, outcome: str, figures: ShadowFigures) -> None:
+        """One shadow prediction: ``compared`` (with its latency and agreement), ``error`` or ``skipped``."""
+        tags = {"model": model, "version": str(version)}
+        self.shadow_requests.inc(tags={**tags, "outcome": outcome})
+        if outcome != "compared":
+            return
+        self.shadow_latency.observe(figures.shadow_ms[-1], tags=tags)
+        agreement = figures.agreement if figures.classification else figures.mean_abs_diff
+        if agreement is not None:
+            measure = "agreement" if figures.classification else "mean_abs_diff"
+            self.shadow_agreement.set(agreement, tags={**tags, "measure": measure})
 
     def record_drift(self, drift: VersionDrift) -> None:
         for f in drift.features:

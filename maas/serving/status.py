@@ -74,15 +74,34 @@ class VersionDriftStatus(_Status):
     features: dict[str, FeatureDriftStatus]
 
 
+class ShadowStatus(_Status):
+    """A model's shadow version on the replica that answered: how often it was compared with the
+    answering version, how often it failed or was skipped, how far it agrees, and both latencies."""
+
+    version: int
+    weight: float
+    compared: int
+    errors: int
+    skipped: int
+    instances: int
+    agreement: float | None  # classification: the share of instances with the same top class
+    mean_abs_diff: float | None  # otherwise: the mean absolute difference of the outputs
+    shadow_p50_ms: float | None
+    shadow_p99_ms: float | None
+    answer_p50_ms: float | None  # the answering version's, for the same requests
+    answer_p99_ms: float | None
+
+
 class ModelServiceStatus(_Status):
     """One model: its versions, labels, last label change (automatic rollbacks say why), recent answers,
-    and the drift of the inputs each version served."""
+    the drift of the inputs each version served, and its shadow version's figures."""
 
     versions: list[int]
     labels: dict[str, LabelRoute]
     last_label_change: LabelEvent | None
     recent: RecentTraffic
     drift: dict[str, VersionDriftStatus] = {}  # by version number, as text
+    shadow: ShadowStatus | None = None
 
 
 class DeploymentStatus(_Status):

@@ -24,6 +24,7 @@ from maas.serving.dataplane import DataPlane, LoadState, PassTicket
 from maas.serving.http import HttpApi, HttpRequest, HttpResponse, in_thread
 from maas.serving.protocol.explain import ExplainPolicy
 from maas.serving.protocol.limits import RequestLimits
+from maas.serving.shadow import ShadowPolicy
 from maas.serving.stats import RecentRequests
 from maas.serving.storage_cache import StorageCache
 from maas.signature import Signature, TensorSpec
@@ -41,11 +42,14 @@ class FakeHost:
         self.calls: list[tuple[str, int, int]] = []  # (model, version, instances)
         self.fail: dict[int, Exception] = {}
         self.delay_s = 0.0
+        self.slow: dict[int, float] = {}  # version: its own delay_s
+        self.top: dict[int, int] = {}  # version: a class it answers higher than the others
         self.queued_s = 0.0  # time spent "waiting for a batch" before the pass starts
         self.load_s = 0.0  # how long a load started ahead of traffic takes
         self.loaded: set[int] = set()  # a version is loaded by its first prediction, or by start_load
         self.tried: set[int] = set()
         self.warming: dict[int, asyncio.Task[None]] = {}
+        self.alone: list[tuple[str, int]] = []  # predictions outside the batcher (shadows')
         # (model, version, steps, output, target, baseline) of each explanation
         self.explained: list[tuple[str, int, int, str, int | None, np.ndarray]] = []
 
@@ -83,10 +87,17 @@ class FakeHost:
         if version in self.fail:
             raise self.fail[version]
         ticket.pass_started = time.monotonic()
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        return {"probabilities": np.full((n, 10), float(version), np.float32)}
+        delay_s = self.slow.get(version, self.delay_s)
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        answer = np.full((n, 10), float(version), np.float32)
+        if version in self.top:
+            answer[:, self.top[version]] += 1.0
+        return {"probabilities": answer}
 
+    async def predict_alone(self, model: str, version: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.alone.append((model, version))
+        return await self.predict(model, version, inputs, PassTicket())
 
     async def explain(self, model: str, version: int, inputs: dict[str, np.ndarray], baseline: dict[str, np.ndarray],
                       *, steps: int, output: str, target: int | None) -> Attributions:
@@ -175,7 +186,8 @@ def make_stack(tmp_path: Path) -> Callable[..., Stack]:
     def make(*, limits: RequestLimits | None = None, canary: CanaryPolicy | None = None,
              request_timeout_s: float = 2.0, ttl_s: float = 2.0, stale_s: float = 30.0, auth: bool = True,
              max_buffered_bytes: int = 64 << 20, offload: Callable | None = None,
-             explain: ExplainPolicy | None = None) -> Stack:
+             explain: ExplainPolicy | None = None, shadow: ShadowPolicy | None = None,
+             draw: Callable[[], float] = lambda: 0.0) -> Stack:
         root = tmp_path / "registry"
         registry = Registry(str(root))
         publish(registry, tmp_path)
@@ -186,7 +198,8 @@ def make_stack(tmp_path: Path) -> Callable[..., Stack]:
         host = FakeHost()
         plane = DataPlane(cache, host, canary=CanaryMonitor(canary or CanaryPolicy()),
                           key_secret=SECRET if auth else None, recent=RecentRequests(),
-                          request_timeout_s=request_timeout_s, drift=DriftMonitor(DriftPolicy(), clock=clock))
+                          request_timeout_s=request_timeout_s, drift=DriftMonitor(DriftPolicy(), clock=clock),
+                          shadow=shadow, draw=draw)
         offloaded: list[str] = []
 
         async def recording(fn, *args):

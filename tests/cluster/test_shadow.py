@@ -1,0 +1,110 @@
+"""Shadow versions over real HTTP on the digits service: `maas models label NAME shadow V --weight W`
+sends routed requests also to V after answering them; under load every request is answered by the
+default version, `maas status` shows the shadow's agreement and latency beside the answering
+version's, and a corrupt shadow fails no request while its errors are counted (status and metric)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import metric_series, scrape_metrics
+
+from maas import settings
+from maas.client import Client, HTTPError
+from maas.registry import Registry
+from maas.serving.artifact_cache import ArtifactCache
+from maas.templates import get_template
+from maas.training.data import builtin_held_out
+
+pytestmark = pytest.mark.cluster
+MAAS = str(Path(sys.executable).parent / "maas")
+MODEL = "digits-shadow"
+
+
+def _maas(*args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([MAAS, *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _load(client: Client, x: np.ndarray, n: int = 160) -> Counter[str]:
+    """``n`` routed predictions from 8 threads; every outcome counted here."""
+    def one(i: int) -> str:
+        try:
+            reply = client.send(client_call(x[i % len(x): i % len(x) + 1]))
+            return f"{reply.status} v{reply.headers.get('model-version')}"
+        except Exception as exc:  # noqa: BLE001 (counted: a connection lost is an outcome)
+            return type(exc).__name__
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return Counter(pool.map(one, range(n), timeout=120))
+
+
+def client_call(instances: np.ndarray):
+    from maas.client import predict_call
+
+    return predict_call(MODEL, instances, None, None)
+
+
+def _shadow(want: int, version: int) -> dict:
+    """The answering replica's shadow figures, once it has compared or failed ``want`` (bounded)."""
+    deadline = time.monotonic() + 60
+    while True:
+        shadow = json.loads(_maas("status", MODEL, "--json").stdout)["models"][MODEL]["shadow"]
+        if shadow and shadow["version"] == version and shadow["compared"] + shadow["errors"] >= want:
+            return shadow
+        assert time.monotonic() < deadline, shadow
+        time.sleep(1)
+
+
+def test_a_shadow_is_compared_never_answers_and_a_corrupt_one_fails_no_request(digits_app, tiny_saved_model,
+                                                                                tmp_path: Path) -> None:
+    app = digits_app.ensure()
+    registry = Registry(app.registry_uri)
+    trained = registry.get("digits", app.version).metadata.to_json()
+    document = {k: v for k, v in trained.items() if k not in ("model", "version", "created_at")}
+    artifact = ArtifactCache(registry).local_path("digits", app.version)
+    answering = registry.publish(MODEL, artifact, document).version
+    untrained = registry.publish(MODEL, str(tiny_saved_model), document).version  # digits, drawn weights
+    corrupt_dir = tmp_path / "corrupt"
+    shutil.copytree(artifact, corrupt_dir)
+    for data in (corrupt_dir / "variables").glob("variables.data-*"):
+        data.write_bytes(b"not the weights")
+    corrupt = registry.publish(MODEL, str(corrupt_dir), document).version
+    _maas("models", "promote", MODEL, str(answering))
+    _maas("models", "label", MODEL, "shadow", str(untrained), "--weight", "1.0")
+    x, _ = builtin_held_out(get_template("digits"), settings.default_data_dir())
+    client = Client(app.cluster.serve_url, timeout_s=30)
+    time.sleep(3)  # registry_refresh_s: the replicas see the labels
+
+    outcomes = _load(client, x)
+    assert outcomes == Counter({f"200 v{answering}": 160}), outcomes
+    shadow = _shadow(20, untrained)
+    assert shadow["errors"] == 0 and shadow["weight"] == 1.0
+    assert 0.0 <= shadow["agreement"] < 0.6  # drawn weights rarely pick the trained top class
+    assert shadow["shadow_p50_ms"] > 0 and shadow["answer_p50_ms"] > 0
+    text = _maas("status", MODEL).stdout
+    assert f"shadow v{untrained} (1 of routed): " in text and "agreement " in text, text
+
+    _maas("models", "label", MODEL, "shadow", str(corrupt), "--weight", "1.0")
+    time.sleep(3)
+    outcomes = _load(client, x)
+    assert outcomes == Counter({f"200 v{answering}": 160}), outcomes
+    shadow = _shadow(5, corrupt)
+    assert shadow["errors"] >= 5 and shadow["compared"] == 0 and shadow["agreement"] is None
+    deadline = time.monotonic() + 60
+    while metric_series(scrape_metrics(), "ray_maas_shadow_requests_total", model=MODEL, version=str(corrupt),
+                        outcome="error") < 1:
+        assert time.monotonic() < deadline, "maas_shadow_requests_total not exported"
+        time.sleep(2)
+    with pytest.raises(HTTPError):  # asked for by name, the corrupt version is what fails
+        client.predict(MODEL, x[:1], version=corrupt)

@@ -108,6 +108,16 @@ def _build_parser() -> argparse.ArgumentParser:
     weight.add_argument("weight", type=float, help="share of traffic, in [0, 1]")
     weight.add_argument("--label", default="canary")
     weight.set_defaults(handler=_models_set_weight)
+    capture = msub.add_parser(
+        "capture", help="capture a share of the model's predictions as Parquet (off by default)",
+        description="Serving replicas write that share of NAME's predictions (inputs, outputs, version, label, "
+                    "protocol, latency, time, request id; never keys or headers) under <registry>/_captures/ "
+                    "within registry_refresh_s. Captured inputs are user data: see `maas captures clean`.")
+    capture.add_argument("model", metavar="NAME")
+    share = capture.add_mutually_exclusive_group(required=True)
+    share.add_argument("--sample", type=float, help="share of predictions captured, in [0, 1] (0: none)")
+    share.add_argument("--clear", action="store_true", help="leave it to the Serve config's args.capture")
+    capture.set_defaults(handler=_models_capture)
     history = msub.add_parser("history", help="label changes, automatic rollbacks with their reason")
     history.add_argument("model")
     history.set_defaults(handler=_models_history)
@@ -149,6 +159,22 @@ def _build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--metrics", default=None, metavar="FILE",
                      help="a JSON object of numbers (such as {\"accuracy\": 0.97}) to record as the version's metrics")
     imp.set_defaults(handler=_models_import)
+
+    cap = sub.add_parser("captures", help="what request capture wrote: list, show, clean by age")
+    cap.add_argument("--registry", default=None, help=f"registry URI (default: {settings.default_registry_uri()})")
+    capsub = cap.add_subparsers(title="actions", metavar="ACTION")
+    clist = capsub.add_parser("list", help="per model, version and day: files and rows")
+    clist.add_argument("model", nargs="?", default=None)
+    clist.set_defaults(handler=_captures_list)
+    cshow = capsub.add_parser("show", help="a model's newest captured rows (no inputs or outputs)")
+    cshow.add_argument("model")
+    cshow.add_argument("--limit", type=int, default=10, help="rows to print (default: 10)")
+    cshow.set_defaults(handler=_captures_show)
+    cclean = capsub.add_parser("clean", help="delete the captures of days before the last N (dry run unless --yes)")
+    cclean.add_argument("model", nargs="?", default=None)
+    cclean.add_argument("--keep-days", type=int, required=True, metavar="N", help="days to keep, today included")
+    cclean.add_argument("--yes", action="store_true", help="delete; without it, only print what would go")
+    cclean.set_defaults(handler=_captures_clean)
 
     r = sub.add_parser("registry", help="maintain the registry's storage")
     rsub = r.add_subparsers(title="actions", metavar="ACTION")
@@ -352,6 +378,64 @@ def _models_rollback(args: argparse.Namespace) -> int:
 def _models_label(args: argparse.Namespace) -> int:
     _print_label(args.model, args.label, _registry(args).set_label(args.model, args.label, args.version,
                                                                   weight=args.weight))
+    return 0
+
+
+def _models_capture(args: argparse.Namespace) -> int:
+    sample = None if args.clear else args.sample
+    _registry(args).set_capture_sample(args.model, sample)
+    print(f"{args.model}: capture " + ("left to the Serve config" if sample is None else f"{sample:g} of predictions"))
+    return 0
+
+
+def _capture_registry(args: argparse.Namespace) -> str:
+    return str(args.registry or settings.default_registry_uri())
+
+
+def _captures_list(args: argparse.Namespace) -> int:
+    from maas.captures import partitions
+
+    found = partitions(_capture_registry(args), args.model)
+    for p in found:
+        print(f"{p.model}\tversion {p.version}\t{p.day}\t{len(p.files)} files\t{p.rows} rows")
+    if not found:
+        print("no captures" + (f" of {args.model}" if args.model else ""))
+    return 0
+
+
+def _captures_show(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+
+    from maas.captures import partitions
+    from maas.errors import InvalidInput
+    from maas.storage import resolve_uri
+
+    found = partitions(_capture_registry(args), args.model)
+    if not found:
+        raise InvalidInput(f"no captures of {args.model}")
+    fs, _ = resolve_uri(_capture_registry(args))
+    print(f"{args.model}: {sum(p.rows for p in found)} rows in {sum(len(p.files) for p in found)} files, "
+          f"versions {sorted({p.version for p in found})}, days {found[0].day} to {max(p.day for p in found)}")
+    by_day = sorted(found, key=lambda p: p.day)  # a file holds one day's records; names start with their time
+    newest = sorted((f for p in by_day for f in p.files), key=lambda f: (f.rsplit("/", 2)[-2], f.rsplit("/", 1)[-1]))
+    newest = newest[-max(args.limit, 0):]
+    columns = ["time", "request_id", "instance", "label", "protocol", "latency_ms"]
+    rows = [row for f in newest for row in pq.read_table(f, filesystem=fs, columns=columns).to_pylist()]
+    for row in sorted(rows, key=lambda r: r["time"])[-max(args.limit, 0):]:
+        print(f"{row['time'].isoformat()}  {row['request_id']}[{row['instance']}]  {row['label']}  {row['protocol']}  "
+              f"{row['latency_ms']:.2f} ms")
+    return 0
+
+
+def _captures_clean(args: argparse.Namespace) -> int:
+    from maas.captures import clean
+
+    old = clean(_capture_registry(args), args.keep_days, model=args.model, dry_run=not args.yes)
+    verb = "deleted" if args.yes else "would delete"
+    for p in old:
+        print(f"{verb} {p.model} version {p.version} {p.day}: {p.rows} rows")
+    if not old:
+        print(f"nothing older than {args.keep_days} day(s)")
     return 0
 
 

@@ -74,6 +74,7 @@ from maas.storage import (
 
 METADATA_FILE = "metadata.json"
 LABELS_FILE = "labels.json"
+CAPTURE_FILE = "capture.json"  # {"sample": 0.05, "updated_at": ...}: maas models capture (maas.serving.capture)
 CLAIMS_DIR = ".claims"
 STAGING_DIR = ".staging"
 LOCKS_DIR = ".locks"
@@ -340,6 +341,30 @@ class Registry:
             _drop_label(doc, label)
 
         self._update_labels(model, remove)
+
+    # ---- request capture -----------------------------------------------------------------------
+
+    def capture_sample(self, model: str) -> float | None:
+        """The share of ``model``'s predictions captured, as ``maas models capture`` set it (``None``:
+        not set here, the Serve config decides)."""
+        try:
+            with self._fs.open_input_stream(f"{self.model_path(model)}/{CAPTURE_FILE}") as f:
+                return float(json.loads(f.read())["sample"])
+        except FileNotFoundError:
+            return None
+
+    def set_capture_sample(self, model: str, sample: float | None) -> None:
+        """Capture that share of ``model``'s predictions (0: none); ``None`` leaves it to the Serve config."""
+        if not self.versions(model):
+            raise ModelNotFound(model)
+        path = f"{self.model_path(model)}/{CAPTURE_FILE}"
+        if sample is None:
+            if self._fs.get_file_info(path).type == pafs.FileType.File:
+                self._fs.delete_file(path)
+            return
+        if not 0.0 <= sample <= 1.0:
+            raise InvalidInput(f"A capture sample is a share of predictions in [0, 1]. Received: {sample}")
+        write_atomic(self._fs, path, json.dumps({"sample": sample, "updated_at": utc_now()}).encode())
 
     def promote(self, model: str, version: int | None = None) -> Label:
         """Point ``stable`` at ``version`` (default: the latest); a canary on that version is retired."""

@@ -37,6 +37,7 @@ from maas.errors import ClientClosed
 from maas.registry import Registry
 from maas.serving.artifact_cache import ArtifactCache
 from maas.serving.canary import CanaryMonitor
+from maas.serving.capture import CaptureWriter
 from maas.serving.codec import CodecOffload
 from maas.serving.config import DEPLOYMENT_NAME, MODEL_SERVER, AppArgs, BatchConfig
 from maas.serving.dataplane import DataPlane
@@ -91,7 +92,12 @@ class ModelServer:
             on_canary_fallback=lambda model, version: metrics.canary_fallbacks.inc(
                 tags={"model": model, "version": str(version)}),
             drift=DriftMonitor(args.drift, on_export=metrics.record_drift, clock=time.monotonic),
-            shadow=args.shadow, on_shadow=metrics.record_shadow)
+            shadow=args.shadow, on_shadow=metrics.record_shadow,
+            capture=(capture := CaptureWriter(
+                args.registry_uri(), args.capture, replica=context.replica_id.unique_id,
+                on_written=lambda model, rows: metrics.capture_records.inc(rows, tags={"model": model}),
+                on_drop=lambda model, n: metrics.capture_dropped.inc(n, tags={"model": model}))))
+        self._capture = capture
         codec = CodecOffload()
         codec.wait_ready()  # before the replica reports ready, as TensorFlow's import
 
@@ -102,6 +108,12 @@ class ModelServer:
         self._api = HttpApi(plane, limits=args.limits, max_buffered_bytes=args.max_buffered_bytes,
                             explain_policy=args.explain, offload=codec, observe=observe)
         self._grpc = GrpcApi(plane, limits=args.limits, observe=observe)
+
+    async def __del__(self) -> None:
+        """Serve awaits this as the replica shuts down: what capture still holds is written first."""
+        capture = getattr(self, "_capture", None)  # absent when __init__ failed
+        if capture is not None:
+            await capture.close()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self._host.reconfigure(BatchConfig(**user_config))

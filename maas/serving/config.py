@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, NonNegativeInt, PositiveFloat, PositiveIn
 from maas import settings
 from maas.drift import DriftPolicy
 from maas.serving.canary import CanaryPolicy
+from maas.serving.capture import CapturePolicy
 from maas.serving.protocol.explain import ExplainPolicy
 from maas.serving.protocol.limits import RequestLimits
 from maas.serving.shadow import ShadowPolicy
@@ -52,6 +53,9 @@ class AppArgs(BaseModel):
     drift: DriftPolicy = Field(default_factory=DriftPolicy,
                                description="Served inputs against each version's training split, per feature "
                                            "(GET /maas/v1/status, maas_feature_drift).")
+    capture: CapturePolicy = Field(
+        default_factory=CapturePolicy, description="Request capture, off by default: a share of each listed model's "
+                                                   "predictions written as Parquet under <registry>/_captures/.")
     shadow: ShadowPolicy = Field(default_factory=ShadowPolicy,
                                  description="Routed requests' shadow share (maas models label NAME shadow V "
                                              "--weight W), predicted after the answer and only compared.")

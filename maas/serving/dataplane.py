@@ -24,6 +24,7 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
@@ -37,6 +38,7 @@ from maas.records import LabelEvent, VersionMetadata
 from maas.registry import Label
 from maas.serving.attribution import Attributions, ExplainArgs, baseline_inputs, check_differentiable
 from maas.serving.canary import CanaryMonitor, Destination, choose_destination
+from maas.serving.capture import CaptureRecord, CaptureWriter
 from maas.serving.shadow import SHADOW_LABEL, ShadowFigures, ShadowMonitor, ShadowPolicy, compare
 from maas.serving.stats import RecentRequests, RequestInfo
 from maas.serving.status import (
@@ -63,6 +65,7 @@ class ServingStorage(Protocol):
 
     async def resolve(self, model: str, version: int | None, label: str | None) -> int: ...
     async def labels(self, model: str) -> dict[str, Label]: ...
+    async def capture_sample(self, model: str) -> float | None: ...
     async def versions(self, model: str) -> list[int]: ...
     async def signature(self, model: str, version: int) -> Signature: ...
     async def metadata(self, model: str, version: int) -> VersionMetadata: ...
@@ -108,7 +111,8 @@ class DataPlane:
                  on_canary_fallback: Callable[[str, int], None] = lambda model, version: None,
                  drift: DriftMonitor | None = None, shadow: ShadowPolicy | None = None,
                  on_shadow: Callable[[str, int, str, ShadowFigures], None] = lambda model, version, outcome, f: None,
-                 draw: Callable[[], float] = random.random, clock: Callable[[], float] = time.monotonic) -> None:
+                 capture: CaptureWriter | None = None, draw: Callable[[], float] = random.random,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._storage = storage
         self._host = host
         self._canary = canary
@@ -124,6 +128,7 @@ class DataPlane:
         self._shadows_running = 0
         self._on_shadow = on_shadow
         self._draw = draw
+        self._capture = capture
         self._clock = clock
         self._background: set[asyncio.Task[None]] = set()
         self._answering: dict[tuple[str, str], int] = {}  # (model, label or "" when routed): last version used
@@ -168,10 +173,27 @@ class DataPlane:
         inputs = inputs_of(decoded)
         if self._drift is not None:
             await self._observe_drift(self._drift, model, answered, inputs)
+        latency_ms = (self._clock() - started) * 1000.0
         if version is None and label is None:
-            self._start_shadow(model, labels.get(SHADOW_LABEL), answered, inputs, outputs,
-                               (self._clock() - started) * 1000.0)
+            self._start_shadow(model, labels.get(SHADOW_LABEL), answered, inputs, outputs, latency_ms)
+        if self._capture is not None:
+            await self._offer_capture(self._capture, model, answered, inputs, outputs, latency_ms, info)
         return answered, decoded, outputs
+
+    async def _offer_capture(self, capture: CaptureWriter, model: str, version: int, inputs: dict[str, np.ndarray],
+                             outputs: dict[str, np.ndarray], latency_ms: float, info: RequestInfo) -> None:
+        """A share of the model's predictions goes to the capture buffer (its writes are the writer's
+        background work): ``maas models capture``'s share, else the Serve config's."""
+        try:
+            sample = await self._storage.capture_sample(model)
+        except MaasError:  # storage unreachable and nothing cached: the Serve config's share
+            sample = None
+        if sample is None:
+            configured = capture.policy.models.get(model)
+            sample = configured.sample if configured is not None else 0.0
+        if sample > 0.0 and self._draw() < sample:
+            capture.offer(CaptureRecord(model, version, info.label, info.protocol, round(latency_ms, 3), time.time(),
+                                        info.request_id or uuid.uuid4().hex, inputs, outputs))
 
     def _start_shadow(self, model: str, shadow: Label | None, answered: int, inputs: dict[str, np.ndarray],
                       answer: dict[str, np.ndarray], answer_ms: float) -> None:

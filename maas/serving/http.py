@@ -37,6 +37,7 @@ MODEL_VERSION_HEADER = "Model-Version"  # which version answered a prediction (r
 T = TypeVar("T")
 Offload = Callable[..., Awaitable[Any]]  # offload(fn, *args): fn(*args), computed off the event loop
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,15}", flags=re.ASCII)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}", flags=re.ASCII)
 _JSON_BYTES_PER_VALUE = 12  # a float in JSON, about: what an answer's size is judged by before encoding
 
 
@@ -104,7 +105,8 @@ class HttpApi:
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         """Answer one request; never raises."""
-        info = RequestInfo(protocol=_protocol(request.path))
+        info = RequestInfo(protocol=_protocol(request.path),
+                           request_id=_request_id(request.headers.get("x-request-id")))
         started = self._clock()
         held: list[int] = []  # body bytes this request holds of the budget
         try:
@@ -282,6 +284,11 @@ def _json(document: dict[str, Any]) -> HttpResponse:
 
 def _json_size(arrays: Any) -> int:
     return sum(np.asarray(a).size for a in arrays) * _JSON_BYTES_PER_VALUE
+
+
+def _request_id(header: str | None) -> str:
+    """The client's ``X-Request-ID`` when it is a plain token (it is written into captures), else ""."""
+    return header if header is not None and _REQUEST_ID.fullmatch(header) else ""
 
 
 def _protocol(path: str) -> str:

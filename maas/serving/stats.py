@@ -9,6 +9,8 @@ Metrics (Prometheus names carry Ray's ``ray_`` prefix)::
     maas_canary_fallbacks_total{model, version}                   failed canary requests answered by stable
     maas_batch_size{model, version}                               instances per forward pass
     maas_feature_drift{model, version, feature, measure}          served inputs against the training split
+    maas_capture_records_total{model}                             captured rows written
+    maas_capture_dropped_total{model}                             captured predictions dropped (storage down)
     maas_shadow_requests_total{model, version, outcome}           shadow predictions: compared, error, skipped
     maas_shadow_latency_ms{model, version}                        their latency in the replica
     maas_shadow_agreement{model, version, measure}                agreement (top class) or mean_abs_diff
@@ -49,6 +51,7 @@ class RequestInfo:
     version: int | None = None
     label: str = "none"
     replica: str | None = None
+    request_id: str = ""  # the client's X-Request-ID (checked), else one made for it
     code: str = ""  # the gRPC status code's name; empty for HTTP, whose status code is the code
 
 
@@ -68,6 +71,12 @@ class ServingMetrics:
             "maas_canary_fallbacks_total", description="Failed canary requests answered by the default version.",
             tag_keys=("model", "version"))
 
+        self.capture_records = metrics.Counter(
+            "maas_capture_records_total", description="Captured prediction rows (instances) written to the registry's "
+            "storage.", tag_keys=("model",))
+        self.capture_dropped = metrics.Counter(
+            "maas_capture_dropped_total", description="Captured predictions dropped, oldest first, while the storage "
+            "was slow or unreachable and the replica's capture buffer was full.", tag_keys=("model",))
         self.shadow_requests = metrics.Counter(
             "maas_shadow_requests_total", description="Shadow predictions by model, shadow version and outcome "
             "(compared, error, skipped).", tag_keys=("model", "version", "outcome"))

@@ -125,6 +125,10 @@ class StorageCache:
                                    labels if labels is not None else await self.labels(model),
                                    version=version, label=label)
 
+    async def capture_sample(self, model: str) -> float | None:
+        """``maas models capture``'s share for ``model`` (``None``: not set), seen within ``ttl_s``."""
+        return await self._cached(("capture", model), lambda: self._registry.capture_sample(model))
+
     async def labels(self, model: str) -> dict[str, Label]:
         return await self._cached(("labels", model), lambda: self._registry.labels(model))
 

@@ -20,6 +20,7 @@ from maas.errors import ModelUnavailable
 from maas.registry import Registry
 from maas.serving.attribution import Attributions
 from maas.serving.canary import CanaryMonitor, CanaryPolicy
+from maas.serving.capture import CapturePolicy, CaptureWriter
 from maas.serving.dataplane import DataPlane, LoadState, PassTicket
 from maas.serving.http import HttpApi, HttpRequest, HttpResponse, in_thread
 from maas.serving.protocol.explain import ExplainPolicy
@@ -187,7 +188,7 @@ def make_stack(tmp_path: Path) -> Callable[..., Stack]:
              request_timeout_s: float = 2.0, ttl_s: float = 2.0, stale_s: float = 30.0, auth: bool = True,
              max_buffered_bytes: int = 64 << 20, offload: Callable | None = None,
              explain: ExplainPolicy | None = None, shadow: ShadowPolicy | None = None,
-             draw: Callable[[], float] = lambda: 0.0) -> Stack:
+             draw: Callable[[], float] = lambda: 0.0, capture: CapturePolicy | None = None) -> Stack:
         root = tmp_path / "registry"
         registry = Registry(str(root))
         publish(registry, tmp_path)
@@ -199,7 +200,8 @@ def make_stack(tmp_path: Path) -> Callable[..., Stack]:
         plane = DataPlane(cache, host, canary=CanaryMonitor(canary or CanaryPolicy()),
                           key_secret=SECRET if auth else None, recent=RecentRequests(),
                           request_timeout_s=request_timeout_s, drift=DriftMonitor(DriftPolicy(), clock=clock),
-                          shadow=shadow, draw=draw)
+                          shadow=shadow, draw=draw,
+                          capture=None if capture is None else CaptureWriter(str(root), capture, replica="unit"))
         offloaded: list[str] = []
 
         async def recording(fn, *args):
@@ -213,6 +215,8 @@ def make_stack(tmp_path: Path) -> Callable[..., Stack]:
 
     yield make
     for made in stacks:
+        if made.plane._capture is not None:
+            made.loop.run_until_complete(made.plane._capture.close())
         made.loop.close()
 
 

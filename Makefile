@@ -10,7 +10,7 @@ TF_VERSION := 2.21.0
 BENCH_PIN_bentoml := 'bentoml>=1.4,<1.5'
 BENCH_PIN_kserve := 'kserve>=0.15'
 
-.PHONY: demo check test test-unit slow chaos test-all fuzz install stop status clean bench bench-serving bench-training bench-big-bodies bench-venvs bench-batch
+.PHONY: demo check test test-unit slow chaos test-all fuzz install stop status clean bench bench-serving bench-training bench-big-bodies bench-venvs bench-batch bench-observability
 
 demo: $(STAMP)  ## train on 2 Ray Train workers, publish, deploy with Ray Serve, predict over HTTP
 	$(BIN)/maas demo
@@ -62,6 +62,9 @@ bench-big-bodies: $(BENCH_STAMP)  ## health and small predictions while 4 client
 
 bench-training: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.training
+
+bench-observability: $(BENCH_STAMP)  ## what capture (5%, 100%) and a 20% shadow cost the MLP at 32 clients: benchmarks/results/observability.*
+	$(BIN)/python -m benchmarks.observability
 
 bench-batch: $(BENCH_STAMP)  ## batch inference (jobs.predict) rows/s against the in-process ceiling: benchmarks/results/batch_inference.*
 	$(BIN)/python -m benchmarks.batch_inference

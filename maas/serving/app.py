@@ -79,7 +79,7 @@ class ModelServer:
         registry = Registry(args.registry_uri())
         secret = service_secret(args.key_secret_file) if args.auth else None
         self._host = ModelHost(registry, ArtifactCache(registry), max_models=args.max_models_per_replica,
-                               explain=args.explain)
+                               explain=args.explain, shadow_threads=args.shadow.max_concurrent)
         metrics = ServingMetrics()
         recent = RecentRequests(window_s=args.canary.window_s)
         app_name = context.replica_id.deployment_id.app_name

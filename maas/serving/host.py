@@ -18,7 +18,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -85,13 +87,17 @@ class ModelHost:
     dynamically batched predictions on them. Created inside a Serve replica."""
 
     def __init__(self, registry: Registry, artifacts: ArtifactCache, *, max_models: int,
-                 explain: ExplainPolicy | None = None) -> None:
+                 explain: ExplainPolicy | None = None, shadow_threads: int = 4) -> None:
         self._registry = registry
         self._artifacts = artifacts
         self.config = DEFAULT_BATCHING
         self._explain = explain or ExplainPolicy()
         self._explain_slots = asyncio.Semaphore(self._explain.max_concurrent)
         self._explain_waiting = 0
+        # Threads of their own: explanations and shadows that run long (or never end: a shadow version
+        # blocked in its graph) must not take the default executor's threads, which loads use.
+        self._explain_threads = ThreadPoolExecutor(self._explain.max_concurrent, thread_name_prefix="maas-explain")
+        self._shadow_threads = ThreadPoolExecutor(shadow_threads, thread_name_prefix="maas-shadow")
         self._pending = 0
         self._batch_size = batch_size_histogram()
         # Loads under way, and finished ones not yet taken into Serve's cache by a request.
@@ -218,8 +224,8 @@ class ModelHost:
             await self._explain_slots.acquire()
         finally:
             self._explain_waiting -= 1
-        work = asyncio.ensure_future(asyncio.to_thread(loaded.explain, inputs, baseline, steps=steps, output=output,
-                                                       target=target))
+        work = asyncio.get_running_loop().run_in_executor(
+            self._explain_threads, partial(loaded.explain, inputs, baseline, steps=steps, output=output, target=target))
         work.add_done_callback(self._explained)
         return await asyncio.shield(work)
 
@@ -229,11 +235,11 @@ class ModelHost:
             work.exception()  # read here when its request went away: asyncio never reports it unretrieved
 
     async def predict_alone(self, model: str, version: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One prediction outside the shared batcher, in a thread: a shadow's, so that a slow shadow
-        version holds up no batch of client requests (and is not counted in their pending bound)."""
+        """One prediction outside the shared batcher, in a shadow thread: a slow shadow version holds up
+        no batch of client requests (and is not counted in their pending bound)."""
         loaded = await self._loaded(model_id(model, version))
         try:
-            return await asyncio.to_thread(loaded.predict, inputs)
+            return await asyncio.get_running_loop().run_in_executor(self._shadow_threads, loaded.predict, inputs)
         except MaasError:
             raise
         except Exception as exc:

@@ -1,7 +1,9 @@
 """Shadow versions over real HTTP on the digits service: `maas models label NAME shadow V --weight W`
 sends routed requests also to V after answering them; under load every request is answered by the
 default version, `maas status` shows the shadow's agreement and latency beside the answering
-version's, and a corrupt shadow fails no request while its errors are counted (status and metric)."""
+version's, a corrupt shadow fails no request while its errors are counted (status and metric), and a
+shadow that never answers (blocked in its graph) makes no request slower: its work holds at most
+max_concurrent threads of its own per replica, the rest of its share is skipped and counted."""
 
 from __future__ import annotations
 
@@ -38,15 +40,42 @@ def _maas(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _load(client: Client, x: np.ndarray, n: int = 160) -> Counter[str]:
     """``n`` routed predictions from 8 threads; every outcome counted here."""
-    def one(i: int) -> str:
+    return _timed_load(client, x, n)[0]
+
+
+def _timed_load(client: Client, x: np.ndarray, n: int = 160) -> tuple[Counter[str], float]:
+    """:func:`_load`, and the answers' median latency in milliseconds."""
+    def one(i: int) -> tuple[str, float]:
+        started = time.perf_counter()
         try:
             reply = client.send(client_call(x[i % len(x): i % len(x) + 1]))
-            return f"{reply.status} v{reply.headers.get('model-version')}"
+            return f"{reply.status} v{reply.headers.get('model-version')}", time.perf_counter() - started
         except Exception as exc:  # noqa: BLE001 (counted: a connection lost is an outcome)
-            return type(exc).__name__
+            return type(exc).__name__, time.perf_counter() - started
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return Counter(pool.map(one, range(n), timeout=120))
+        results = list(pool.map(one, range(n), timeout=120))
+    return Counter(r for r, _ in results), float(np.median([s for _, s in results])) * 1000.0
+
+
+def _never_answering_digits(path: Path) -> Path:
+    """A SavedModel of the digits signature that answers its all-zeros warm-up, and blocks for ever
+    (waiting on an empty queue, using no CPU) on any other input."""
+    import tensorflow as tf
+
+    class Blocked(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8], tf.float32, name="pixels")])
+        def serve(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+            def block() -> tf.Tensor:
+                queue = tf.raw_ops.FIFOQueueV2(component_types=[tf.float32], shapes=[[]], capacity=1)
+                return tf.reshape(tf.raw_ops.QueueDequeueV2(handle=queue, component_types=[tf.float32])[0], [])
+
+            waited = tf.cond(tf.reduce_max(pixels) > 0.0, block, lambda: tf.constant(0.0))
+            return {"probabilities": tf.nn.softmax(tf.zeros([tf.shape(pixels)[0], 10]) + waited)}
+
+    module = Blocked()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
 
 
 def client_call(instances: np.ndarray):
@@ -81,10 +110,15 @@ def test_a_shadow_is_compared_never_answers_and_a_corrupt_one_fails_no_request(d
         data.write_bytes(b"not the weights")
     corrupt = registry.publish(MODEL, str(corrupt_dir), document).version
     _maas("models", "promote", MODEL, str(answering))
-    _maas("models", "label", MODEL, "shadow", str(untrained), "--weight", "1.0")
+    blocked = registry.publish(MODEL, str(_never_answering_digits(tmp_path / "blocked")), document).version
     x, _ = builtin_held_out(get_template("digits"), settings.default_data_dir())
     client = Client(app.cluster.serve_url, timeout_s=30)
     time.sleep(3)  # registry_refresh_s: the replicas see the labels
+    _load(client, x, 40)  # answering version loaded on every replica
+    baseline, baseline_ms = _timed_load(client, x)
+    assert baseline == Counter({f"200 v{answering}": 160}), baseline
+    _maas("models", "label", MODEL, "shadow", str(untrained), "--weight", "1.0")
+    time.sleep(3)
 
     outcomes = _load(client, x)
     assert outcomes == Counter({f"200 v{answering}": 160}), outcomes
@@ -108,3 +142,18 @@ def test_a_shadow_is_compared_never_answers_and_a_corrupt_one_fails_no_request(d
         time.sleep(2)
     with pytest.raises(HTTPError):  # asked for by name, the corrupt version is what fails
         client.predict(MODEL, x[:1], version=corrupt)
+
+    _maas("models", "label", MODEL, "shadow", str(blocked), "--weight", "1.0")
+    time.sleep(3)
+    outcomes, blocked_ms = _timed_load(client, x)
+    assert outcomes == Counter({f"200 v{answering}": 160}), outcomes
+    print(f"\nmedian latency of 160 routed requests: {baseline_ms:.1f} ms without a shadow, {blocked_ms:.1f} ms "
+          "with a shadow that never answers")
+    assert blocked_ms <= 1.5 * baseline_ms + 5.0, (blocked_ms, baseline_ms)  # no slower
+    shadow = _shadow(1, blocked)
+    deadline = time.monotonic() + 30
+    while shadow["skipped"] < 1:  # max_concurrent blocked shadows per replica, the rest skipped
+        assert time.monotonic() < deadline, shadow
+        shadow = json.loads(_maas("status", MODEL, "--json").stdout)["models"][MODEL]["shadow"]
+    assert shadow["compared"] == 0
+    _maas("models", "unlabel", MODEL, "shadow")

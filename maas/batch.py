@@ -850,6 +850,8 @@ class Scorer:
         started = time.perf_counter()
         self._job = job
         self._tally = tally
+        context = ray.get_runtime_context()
+        tally.enlist.remote([context.current_actor])  # first: a job that fails while this loads still ends it
         # A version that cannot load fails the job at the first batch, in one line: Ray Data reports an
         # actor whose constructor raised only as "died", without the error.
         self._error: MaasError | None = None
@@ -857,10 +859,8 @@ class Scorer:
             self._model = _load(job, threads)
         except MaasError as exc:
             self._error = exc
-        context = ray.get_runtime_context()
         self._figures = ActorFigures(context.get_actor_id() or "", context.get_node_id(), 0, 0.0,
                                      time.perf_counter() - started)
-        tally.enlist.remote([context.current_actor])
         tally.report.remote(self._figures)  # an actor that gets no batch is still in the figures
 
     def __call__(self, batch: Any) -> pa.Table:

@@ -5,10 +5,12 @@ and their rows counted from the Parquet footers (``maas captures list|show``), a
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -16,6 +18,7 @@ from maas.errors import InvalidInput
 from maas.serving.capture import CAPTURES_DIR
 from maas.storage import resolve_uri
 
+logger = logging.getLogger(__name__)
 _PARTITION = re.compile(r"model=(?P<model>[^/]+)/version=(?P<version>[0-9]+)/day=(?P<day>[0-9]{4}-[0-9]{2}-[0-9]{2})")
 
 
@@ -42,15 +45,29 @@ def partitions(registry_uri: str, model: str | None = None) -> list[CaptureParti
             found.setdefault(info.path.rsplit("/", 1)[0], []).append(info.path)
 
     def count(files: list[str]) -> int:
-        return sum(pq.read_metadata(f, filesystem=fs).num_rows for f in files)
+        rows = 0
+        for f in files:
+            try:
+                rows += pq.read_metadata(f, filesystem=fs).num_rows
+            except (pa.ArrowException, ValueError) as exc:  # a torn or foreign file: named, not fatal
+                logger.warning("captures: %s is not a readable Parquet file (%s)", f, type(exc).__name__)
+        return rows
 
     keys = [(path, _PARTITION.search(path)) for path in found]
-    matched = [(path, m) for path, m in keys if m is not None]
+    matched = [(path, m) for path, m in keys if m is not None and _is_day(m["day"])]
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(matched)))) as pool:
         rows = list(pool.map(lambda item: count(found[item[0]]), matched))
     result = [CapturePartition(m["model"], int(m["version"]), m["day"], path, tuple(sorted(found[path])), n)
               for (path, m), n in zip(matched, rows, strict=True)]
     return sorted(result, key=lambda p: (p.model, p.version, p.day))
+
+
+def _is_day(text: str) -> bool:
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def clean(registry_uri: str, keep_days: int, *, model: str | None = None, today: dt.date | None = None,

@@ -404,12 +404,15 @@ def _captures_list(args: argparse.Namespace) -> int:
 
 
 def _captures_show(args: argparse.Namespace) -> int:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from maas.captures import partitions
     from maas.errors import InvalidInput
     from maas.storage import resolve_uri
 
+    if args.limit < 1:
+        raise InvalidInput(f"--limit must be at least 1. Received: {args.limit}")
     found = partitions(_capture_registry(args), args.model)
     if not found:
         raise InvalidInput(f"no captures of {args.model}")
@@ -418,10 +421,15 @@ def _captures_show(args: argparse.Namespace) -> int:
           f"versions {sorted({p.version for p in found})}, days {found[0].day} to {max(p.day for p in found)}")
     by_day = sorted(found, key=lambda p: p.day)  # a file holds one day's records; names start with their time
     newest = sorted((f for p in by_day for f in p.files), key=lambda f: (f.rsplit("/", 2)[-2], f.rsplit("/", 1)[-1]))
-    newest = newest[-max(args.limit, 0):]
+    newest = newest[-args.limit:]
     columns = ["time", "request_id", "instance", "label", "protocol", "latency_ms"]
-    rows = [row for f in newest for row in pq.read_table(f, filesystem=fs, columns=columns).to_pylist()]
-    for row in sorted(rows, key=lambda r: r["time"])[-max(args.limit, 0):]:
+    rows = []
+    for f in newest:
+        try:
+            rows += pq.read_table(f, filesystem=fs, columns=columns).to_pylist()
+        except (pa.ArrowException, ValueError):  # a torn or foreign file (list says which)
+            continue
+    for row in sorted(rows, key=lambda r: r["time"])[-args.limit:]:
         print(f"{row['time'].isoformat()}  {row['request_id']}[{row['instance']}]  {row['label']}  {row['protocol']}  "
               f"{row['latency_ms']:.2f} ms")
     return 0

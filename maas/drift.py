@@ -27,6 +27,9 @@ Z_EDGES = np.array([-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0])  # 10 bins
 BINS = len(Z_EDGES) + 1
 _SHARE_FLOOR = 1e-4  # an empty bin's share, so that the index stays finite
 MAX_ROWS_PER_REQUEST = 4096  # values of each feature one request contributes at most (an image: a sample)
+MAX_VALUES_PER_REQUEST = 1 << 16  # ... and values in all (a wide table: fewer rows), so the work stays small
+Z_CLIP = 10.0  # a served value counts at most this many standard deviations in the mean: one request of
+#                huge values cannot hold a feature's mean shift past its threshold for ever
 
 
 class DriftPolicy(BaseModel):
@@ -51,8 +54,12 @@ class DriftPolicy(BaseModel):
 
 def bin_counts(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """(features, BINS): how many of ``values`` (rows, features) fall in each feature's bins (NaN in none)."""
-    features = values.shape[1]
-    z = (values - mean) / std
+    return z_bin_counts((values - mean) / std)
+
+
+def z_bin_counts(z: np.ndarray) -> np.ndarray:
+    """:func:`bin_counts` of values already in standard deviations (rows, features)."""
+    features = z.shape[1]
     bins = np.searchsorted(Z_EDGES, z, side="right") + np.arange(features) * BINS
     present = ~np.isnan(z)
     return np.bincount(bins[present].ravel(), minlength=features * BINS).reshape(features, BINS).astype(np.float64)
@@ -96,7 +103,7 @@ class _Served:
     shares: np.ndarray | None  # (features, BINS) of the training split
     instances: float = 0.0
     rows: float = 0.0
-    total: np.ndarray | None = None  # (features,) sum of the served values, decayed
+    total: np.ndarray | None = None  # (features,) sum of the served values' z-scores (clipped), decayed
     bins: np.ndarray | None = None  # (features, BINS), decayed
     exported_at: float = -math.inf
 
@@ -123,6 +130,8 @@ class DriftMonitor:
             self._versions[(model, version)] = None
             return
         features = len(mean)
+        if len(std) != features:
+            raise ValueError(f"{features} feature means and {len(std)} standard deviations")
         labels = tuple(names) if len(names) == features else tuple(f"feature {j}" for j in range(features))
         table = None if shares is None else np.asarray(shares, np.float64)
         if table is not None and table.shape != (features, BINS):
@@ -137,14 +146,16 @@ class DriftMonitor:
             return
         n = value.shape[0]
         rows = value.reshape(-1, value.shape[-1])
-        if rows.shape[0] > MAX_ROWS_PER_REQUEST:
-            rows = rows[:: -(-rows.shape[0] // MAX_ROWS_PER_REQUEST)]
-        rows = rows.astype(np.float64, copy=False)
+        most = max(1, min(MAX_ROWS_PER_REQUEST, MAX_VALUES_PER_REQUEST // rows.shape[1]))
+        if rows.shape[0] > most:
+            rows = rows[:: -(-rows.shape[0] // most)]
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = np.clip((rows.astype(np.float64, copy=False) - served.mean) / served.std, -Z_CLIP, Z_CLIP)
         decay = 0.5 ** (n / self.policy.half_life_instances)
-        counts = bin_counts(rows, served.mean, served.std)
+        counts = z_bin_counts(z)
         if served.total is None or served.bins is None:
             served.total, served.bins = np.zeros(served.mean.size), np.zeros_like(counts)
-        served.total = served.total * decay + rows.sum(axis=0)
+        served.total = served.total * decay + z.sum(axis=0)  # in standard deviations
         served.bins = served.bins * decay + counts
         served.rows = served.rows * decay + rows.shape[0]
         served.instances = served.instances * decay + n
@@ -160,7 +171,7 @@ class DriftMonitor:
         served = self._versions.get((model, version))
         if served is None or served.total is None or served.bins is None or served.rows <= 0:
             return None
-        shift = (served.total / served.rows - served.mean) / served.std
+        shift = served.total / served.rows  # the mean of the (clipped) z-scores: the standardized mean shift
         psi = None if served.shares is None else population_stability(served.bins, served.shares)
         policy, enough = self.policy, served.instances >= self.policy.min_instances
         features = tuple(FeatureDrift(

@@ -349,9 +349,14 @@ class Registry:
         not set here, the Serve config decides)."""
         try:
             with self._fs.open_input_stream(f"{self.model_path(model)}/{CAPTURE_FILE}") as f:
-                return float(json.loads(f.read())["sample"])
+                raw = f.read()
         except FileNotFoundError:
             return None
+        try:
+            sample = float(json.loads(raw)["sample"])
+        except (ValueError, KeyError, TypeError):  # not one of ours (hand-edited): as if unset
+            return None
+        return sample if 0.0 <= sample <= 1.0 else None
 
     def set_capture_sample(self, model: str, sample: float | None) -> None:
         """Capture that share of ``model``'s predictions (0: none); ``None`` leaves it to the Serve config."""

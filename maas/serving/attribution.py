@@ -30,6 +30,7 @@ Baseline = Literal["zeros", "training_mean"]
 BASELINES: tuple[Baseline, ...] = ("zeros", "training_mean")
 METHOD = "integrated_gradients"
 PASS_VALUES = 1 << 21  # input values per gradient pass (8 MB of float32, before the model's own activations)
+PASS_ROWS = 256  # ... and path points per pass at most: the model's activations under the tape stay bounded
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def integrated_gradients(fn: Callable[..., Mapping[str, Any]], inputs: Mapping[s
     sums = {k: np.zeros(v.shape, np.float64) for k, v in inputs.items()}
     path = np.empty((n, points), np.float64)  # the explained value along each instance's path
     values_per_point = sum(int(np.prod(v.shape[1:])) for v in inputs.values())
-    rows = max(1, pass_values // max(values_per_point, 1))
+    rows = max(1, min(PASS_ROWS, pass_values // max(values_per_point, 1)))
     for start in range(0, n * points, rows):
         r = np.arange(start, min(start + rows, n * points))
         i, s = r // points, r % points
@@ -138,8 +139,9 @@ def integrated_gradients(fn: Callable[..., Mapping[str, Any]], inputs: Mapping[s
             if gradient is None:
                 raise InvalidInput(f"{what} cannot be explained: output '{output}' has no gradient with respect "
                                    f"to its input '{k}'")
-            np.add.at(sums[k], i, gradient.numpy().astype(np.float64)
-                      * weights[s].reshape(-1, *[1] * (gradient.shape.rank - 1)))
+            weighted = gradient.numpy().astype(np.float64) * weights[s].reshape(-1, *[1] * (gradient.shape.rank - 1))
+            starts = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])  # the rows are in instance order
+            sums[k][i[starts]] += np.add.reduceat(weighted, starts, axis=0)
         path[i, s] = value.numpy()
     return Attributions(output=output, outputs=outputs, target=targets, prediction=path[:, -1],
                         baseline_prediction=path[:, 0],

@@ -15,7 +15,8 @@ they are (``ray.data.read_parquet(<registry>/_captures/model=digits)``)::
 
     <registry>/_captures/model=<model>/version=<v>/day=<YYYY-MM-DD>/<UTC time>-<replica>-<n>.parquet
       request_id, instance, time, label, protocol, latency_ms,   # the prediction
-      <input name>...,                                            # each input, one instance's values (flat)
+      <input name>...,                                            # each input, one instance's values (flat);
+                                                                  # input_<name> where the name is taken
       output_<output name>...                                     # each output, the same
 
 Captured inputs are user data: they are kept where the registry is, readable by whoever reads it,
@@ -32,6 +33,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,14 +147,27 @@ def to_table(records: list[CaptureRecord]) -> pa.Table:
         "protocol": repeat((r.protocol for r in records), pa.string()),
         "latency_ms": repeat((r.latency_ms for r in records), pa.float64()),
     }
-    for prefix, part in (("", "inputs"), ("output_", "outputs")):
+    for part in ("inputs", "outputs"):
         for name in getattr(records[0], part):
             arrays = [getattr(r, part)[name] for r in records]
             flat = np.concatenate([a.reshape(a.shape[0], -1) for a in arrays])
-            width = flat.shape[1]
-            values = pa.array(flat.reshape(-1))
-            columns[prefix + name] = pa.FixedSizeListArray.from_arrays(values, width) if width else values
+            offsets = pa.array(np.arange(flat.shape[0] + 1) * flat.shape[1], pa.int32())
+            # Variable-size lists: files of one partition may hold other lengths (a -1 dimension).
+            values = pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1)))
+            columns[column_name(name, part == "outputs")] = values
     return pa.table(columns)
+
+
+RESERVED = frozenset({"request_id", "instance", "time", "label", "protocol", "latency_ms",  # the record's own
+                      "model", "version", "day"})  # the Hive partitions'
+
+
+def column_name(name: str, output: bool) -> str:
+    """An input keeps its name (so that training reads it as it is), unless the record's own columns,
+    the partitions or the outputs' prefix take it: then ``input_<name>``. An output is ``output_<name>``."""
+    if output:
+        return f"output_{name}"
+    return f"input_{name}" if name in RESERVED or name.startswith(("output_", "input_")) else name
 
 
 def _schema_key(record: CaptureRecord) -> tuple[object, ...]:
@@ -182,55 +197,71 @@ class CaptureWriter:
         self._clock = clock
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        # One thread of its own: a write hung on the storage never takes a thread that loads or
+        # forward passes need, and no second write starts while one still runs (timed out or not).
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="maas-capture")
+        self._writing: asyncio.Future[None] | None = None
         self._files = 0
         self.failures = 0  # writes that failed in a row (the back-off)
 
     def offer(self, record: CaptureRecord) -> None:
         """Buffer one record (on the request path: no I/O here)."""
         self.buffer.add(record)
-        if self._task is None:
+        if self._task is None and not self._closing:
             self._task = asyncio.get_running_loop().create_task(self._run())
-        if len(self.buffer) >= self.policy.flush_records:
-            self._wake.set()
+        if len(self.buffer) >= self.policy.flush_records and not self.failures:
+            self._wake.set()  # after a failure only the back-off wakes the writer
 
     async def _run(self) -> None:
-        while True:
-            wait_s = self.policy.flush_every_s if not self.failures else min(30.0, 2.0 ** self.failures)
+        while not self._closing:
+            wait_s = self.policy.flush_every_s if not self.failures else min(30.0, 2.0 ** min(self.failures, 5))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait_s)
             self._wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # a bug here must not end capture for the replica's life
+                logger.exception("capture: flushing failed")
+                self.failures += 1
 
     async def close(self) -> None:
-        """Stop the background task and write what waits (the replica shutting down)."""
+        """Stop the background task once its flush is done, then write what waits (the replica
+        shutting down)."""
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(Exception):
                 await self._task
             self._task = None
-        await self.flush()
+        with contextlib.suppress(Exception):
+            await self.flush()
 
     async def flush(self) -> None:
         """Write what waits, a file per model, version, day and schema; a group that fails goes back
         with the groups after it. A write that timed out may still land: rows are written at least
         once, and ``(request_id, instance)`` identifies them."""
+        if self._writing is not None and not self._writing.done():
+            return  # the last write still runs (hung storage): its records wait in the buffer meanwhile
         while len(self.buffer):
             groups: dict[tuple[object, ...], list[CaptureRecord]] = {}
             for record in self.buffer.take(self.policy.flush_records):
                 groups.setdefault(_schema_key(record), []).append(record)
             pending = list(groups.values())
-            while pending:
-                try:
-                    await asyncio.wait_for(asyncio.to_thread(self._write, pending[0]), self.policy.write_timeout_s)
-                except (OSError, TimeoutError, pa.ArrowException) as exc:
-                    self.failures += 1
-                    left = [r for group in pending for r in group]
-                    logger.warning("capture: writing %d records failed (%s); they wait for the next try", len(left),
-                                   type(exc).__name__)
-                    self.buffer.put_back(sorted(left, key=lambda r: r.time))
-                    return
-                pending.pop(0)
-                self.failures = 0
+            try:
+                while pending:
+                    self._writing = asyncio.get_running_loop().run_in_executor(self._thread, self._write, pending[0])
+                    await asyncio.wait_for(asyncio.shield(self._writing), self.policy.write_timeout_s)
+                    pending.pop(0)
+                    self.failures = 0
+            except BaseException as exc:  # the storage failed, or the replica stops: nothing taken is lost
+                self.buffer.put_back(sorted((r for group in pending for r in group), key=lambda r: r.time))
+                if not isinstance(exc, (OSError, TimeoutError, pa.ArrowException)):
+                    raise
+                self.failures += 1
+                logger.warning("capture: writing to the registry's storage failed (%s); %d records wait for the "
+                               "next try", type(exc).__name__, len(self.buffer))
+                return
 
     def _write(self, group: list[CaptureRecord]) -> None:
         first = group[0]
@@ -244,9 +275,10 @@ class CaptureWriter:
         self._on_written(first.model, table.num_rows)
 
     def _check_root(self) -> None:
-        """A local registry whose folder is gone (an unmounted disk) is unreachable: never recreated."""
+        """A registry whose root is gone (an unmounted disk, a deleted prefix) is unreachable, as
+        :meth:`maas.registry.Registry.check_reachable` says: capture never recreates it."""
         import pyarrow.fs as pafs
 
         fs, root = resolve_uri(self._registry_uri)
-        if isinstance(fs, pafs.LocalFileSystem) and fs.get_file_info(root).type != pafs.FileType.Directory:
-            raise FileNotFoundError(f"the registry's folder {root} is not there")
+        if fs.get_file_info(root).type != pafs.FileType.Directory:
+            raise FileNotFoundError(f"the registry's root {root} is not there")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 import uuid
@@ -129,6 +130,7 @@ class DataPlane:
         self._on_shadow = on_shadow
         self._draw = draw
         self._capture = capture
+        self._last_after_answer_error = -math.inf
         self._clock = clock
         self._background: set[asyncio.Task[None]] = set()
         self._answering: dict[tuple[str, str], int] = {}  # (model, label or "" when routed): last version used
@@ -170,14 +172,21 @@ class DataPlane:
         for a routed request, a shadow's share starts its shadow prediction in the background."""
         started = self._clock()
         answered, decoded, outputs, labels = await self._infer(model, version, label, decode, inputs_of, info)
-        inputs = inputs_of(decoded)
-        if self._drift is not None:
-            await self._observe_drift(self._drift, model, answered, inputs)
-        latency_ms = (self._clock() - started) * 1000.0
-        if version is None and label is None:
-            self._start_shadow(model, labels.get(SHADOW_LABEL), answered, inputs, outputs, latency_ms)
-        if self._capture is not None:
-            await self._offer_capture(self._capture, model, answered, inputs, outputs, latency_ms, info)
+        try:  # what follows the answer never changes it
+            inputs = inputs_of(decoded)
+            if self._drift is not None:
+                await self._observe_drift(self._drift, model, answered, inputs)
+            latency_ms = (self._clock() - started) * 1000.0
+            if version is None and label is None:
+                self._start_shadow(model, labels.get(SHADOW_LABEL), answered, inputs, outputs, latency_ms)
+            if self._capture is not None:
+                await self._offer_capture(self._capture, model, answered, inputs, outputs, latency_ms, info)
+        except Exception as exc:  # a bug in drift, shadow or capture: logged, the answer stands
+            now = self._clock()
+            if now - self._last_after_answer_error >= 60.0:
+                self._last_after_answer_error = now
+                logger.exception("after answering %s version %d: %s (logged once a minute)", model, answered,
+                                 type(exc).__name__)
         return answered, decoded, outputs
 
     async def _offer_capture(self, capture: CaptureWriter, model: str, version: int, inputs: dict[str, np.ndarray],
@@ -192,8 +201,10 @@ class DataPlane:
             configured = capture.policy.models.get(model)
             sample = configured.sample if configured is not None else 0.0
         if sample > 0.0 and self._draw() < sample:
+            # Outputs are views of their batch's outputs: copied, so that a record holds its own values only.
             capture.offer(CaptureRecord(model, version, info.label, info.protocol, round(latency_ms, 3), time.time(),
-                                        info.request_id or uuid.uuid4().hex, inputs, outputs))
+                                        info.request_id or uuid.uuid4().hex, inputs,
+                                        {k: np.array(v, copy=True) for k, v in outputs.items()}))
 
     def _start_shadow(self, model: str, shadow: Label | None, answered: int, inputs: dict[str, np.ndarray],
                       answer: dict[str, np.ndarray], answer_ms: float) -> None:
@@ -207,6 +218,16 @@ class DataPlane:
         if self._draw() >= shadow.weight:
             return
         figures = self._shadows.figures(model, shadow.version, shadow.id)
+        state = self._host.load_state(model, shadow.version)
+        if state != "ready":  # never loaded on a request's account: loaded in the background, meanwhile skipped
+            outcome = "error" if state == "failed" else "skipped"  # a version that fails to load is the shadow's fault
+            if state == "failed":
+                figures.errors += 1
+            else:
+                figures.skipped += 1
+                self._host.start_load(model, shadow.version)
+            self._on_shadow(model, shadow.version, outcome, figures)
+            return
         if self._shadows_running >= self._shadow_policy.max_concurrent:
             figures.skipped += 1
             self._on_shadow(model, shadow.version, "skipped", figures)
@@ -256,9 +277,12 @@ class DataPlane:
                 return
             pre = metadata.preprocessing
             stats = pre.training_split_stats if pre is not None else None
-            drift.watch(model, version, None if stats is None else stats.mean, None if stats is None else stats.std,
-                        None if stats is None else stats.bin_shares,
-                        (pre.feature_columns or []) if pre is not None else [])
+            names = (pre.feature_columns or []) if pre is not None else []
+            try:
+                drift.watch(model, version, None if stats is None else stats.mean,
+                            None if stats is None else stats.std, None if stats is None else stats.bin_shares, names)
+            except ValueError:  # statistics of another shape than declared (a hand-written record): not watched
+                drift.watch(model, version, None, None, None, names)
         if len(inputs) == 1:
             drift.observe(model, version, next(iter(inputs.values())))
 

@@ -238,8 +238,17 @@ class ModelHost:
         """One prediction outside the shared batcher, in a shadow thread: a slow shadow version holds up
         no batch of client requests (and is not counted in their pending bound)."""
         loaded = await self._loaded(model_id(model, version))
+        step = self.config.max_batch_size
+        n = int(next(iter(inputs.values())).shape[0])
+
+        def run() -> dict[str, np.ndarray]:  # passes of max_batch_size instances, as a client request's
+            parts = [loaded.predict({k: v[i: i + step] for k, v in inputs.items()}) for i in range(0, n, step)]
+            if len(parts) == 1:
+                return parts[0]
+            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._shadow_threads, loaded.predict, inputs)
+            return await asyncio.get_running_loop().run_in_executor(self._shadow_threads, run)
         except MaasError:
             raise
         except Exception as exc:

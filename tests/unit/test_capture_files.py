@@ -37,8 +37,31 @@ def test_a_record_is_a_row_per_instance_with_each_input_and_output_flat() -> Non
                                   "output_probabilities"]
     assert table.num_rows == 3 and table.column("request_id").to_pylist() == ["a", "a", "b"]
     assert table.column("instance").to_pylist() == [0, 1, 0]
-    assert table.column("pixels").type.list_size == 64 and table.column("output_probabilities").type.list_size == 10
+    assert str(table.column("pixels").type) == "list<item: float>" and len(table.column("pixels")[0]) == 64
+    assert len(table.column("output_probabilities")[2]) == 10
     assert table.column("pixels")[1].as_py() == list(range(64, 128))
+
+
+def test_inputs_named_like_the_records_own_columns_are_prefixed_and_lengths_may_vary(tmp_path: Path) -> None:
+    def series(t: int, request_id: str) -> CaptureRecord:
+        return CaptureRecord("seq", 1, "latest", "v2", 1.0, 1_796_000_000.0, request_id,
+                             {"time": np.ones((1, t, 2), np.float32), "version": np.zeros((1, 3), np.float32)},
+                             {"label": np.zeros((1, 4), np.float32)})
+
+    root = tmp_path / "registry"
+    root.mkdir()
+    writer = CaptureWriter(str(root), CapturePolicy(), replica="r")
+    loop = asyncio.new_event_loop()
+    try:
+        writer.buffer.add(series(5, "a"))
+        writer.buffer.add(series(9, "b"))  # another length: another file, the same partition
+        loop.run_until_complete(writer.flush())
+    finally:
+        loop.close()
+    rows = _read(root, "seq")
+    assert [len(r["input_time"]) for r in rows] == [10, 18]  # and the record's own time stays its own
+    assert {"input_time", "input_version", "output_label", "time", "version", "label"} <= set(rows[0])
+    assert rows[0]["label"] == "latest" and rows[0]["version"] == 1
 
 
 def test_the_buffer_drops_its_oldest_records_past_its_bound_and_counts_them() -> None:
@@ -136,6 +159,12 @@ def test_the_capture_commands_set_list_show_and_clean_by_day(make_stack, capsys)
     assert main(["captures", "--registry", registry, "show", "digits", "--limit", "2"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("digits: 6 rows in 3 files, versions [1]") and "d0[1]" in out and "d5" not in out
+    with pytest.raises(SystemExit) as caught:
+        main(["captures", "--registry", registry, "show", "digits", "--limit", "0"])
+    assert caught.value.code == 2 and "--limit must be at least 1" in capsys.readouterr().err
+    day = Path(registry) / "_captures" / "model=digits" / "version=1" / f"day={today:%Y-%m-%d}"
+    (day / "torn.parquet").write_bytes(b"not parquet")  # a torn file is skipped, with a warning
+    assert main(["captures", "--registry", registry, "show", "digits"]) == 0 and "d0[1]" in capsys.readouterr().out
     assert main(["captures", "--registry", registry, "clean", "--keep-days", "2"]) == 0
     assert "would delete digits version 1" in capsys.readouterr().out and len(partitions(registry)) == 3
     assert main(["captures", "--registry", registry, "clean", "--keep-days", "2", "--yes"]) == 0

@@ -124,3 +124,11 @@ def test_the_status_shows_each_versions_drift_and_its_flagged_features(make_stac
     assert drift["features"]["torque"]["mean_shift"] == pytest.approx(2.0, abs=0.2)
     assert drift["features"]["torque"]["psi"] > 1.0 and not drift["features"]["speed"]["flagged"]
     assert status["models"]["digits"]["drift"] == {}  # no training statistics: not watched
+
+
+def test_one_request_of_huge_values_moves_the_mean_shift_by_a_bounded_amount() -> None:
+    monitor, _, _ = _monitor(half_life_instances=500)
+    monitor.observe("m", 1, np.full((1, 3), 3.4e38, np.float32))
+    monitor.observe("m", 1, _training(2000, seed=7))
+    report = monitor.report("m", 1)
+    assert all(np.isfinite(f.mean_shift) and abs(f.mean_shift) < 0.1 for f in report.features), report

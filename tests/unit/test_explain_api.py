@@ -72,6 +72,9 @@ def test_instances_past_the_explain_bound_are_413_before_any_work() -> None:
         _decode({"instances": [[1, 2, 3]] * 3}, policy=ExplainPolicy(max_instances=2))
     with pytest.raises(ValueError, match="steps"):
         ExplainPolicy(steps=300)
+    with pytest.raises(PayloadTooLarge, match=r"would evaluate 306 input values \(2 instances x 51 points\); the limit "
+                                              r"is 300 \(max_path_values of args.explain\)"):
+        _decode({"instances": [[1, 2, 3]] * 2}, policy=ExplainPolicy(max_path_values=300))
 
 
 def test_the_answer_holds_predictions_and_one_explanation_per_instance_in_the_instances_shape() -> None:

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from maas.errors import InferenceError
+from maas.errors import InferenceError, ModelUnavailable
 from maas.serving.shadow import ShadowPolicy, compare
 
 PREDICT = "/v1/models/digits:predict"
@@ -23,6 +23,7 @@ def _shadowed(make_stack, weight: float = 1.0, **options):
     stack.publish()  # version 2
     stack.registry.promote("digits", 1)
     stack.registry.set_label("digits", "shadow", 2, weight=weight)
+    stack.host.loaded.add(2)  # the shadow is loaded here (a shadow not loaded yet: see the test below)
     return stack
 
 
@@ -105,3 +106,21 @@ def test_a_shadow_label_set_again_starts_its_figures_afresh_and_removed_leaves_n
     stack.clock.now += 10
     stack.call("POST", PREDICT, BODY)
     assert stack.call("GET", "/maas/v1/status").json()["models"]["digits"]["shadow"] is None
+
+
+def test_a_shadow_not_loaded_yet_is_loaded_in_the_background_and_one_that_fails_to_load_counts(make_stack) -> None:
+    stack = _shadowed(make_stack)
+    stack.host.loaded.discard(2)
+    stack.host.load_s = 0.05
+    assert stack.call("POST", PREDICT, BODY).status == 200
+    assert _shadow_status(stack)["skipped"] == 1 and stack.host.alone == []  # never on the request's account
+    stack.loop.run_until_complete(asyncio.sleep(0.1))  # loaded in the background
+    assert stack.call("POST", PREDICT, BODY).status == 200
+    assert stack.host.alone == [("digits", 2)] and _shadow_status(stack)["compared"] == 1
+
+    broken = _shadowed(make_stack)
+    broken.host.loaded.discard(2)
+    broken.host.fail[2] = ModelUnavailable("digits version 2 could not be loaded: corrupt")
+    broken.host.tried.add(2)  # its load failed lately
+    assert [broken.call("POST", PREDICT, BODY).status for _ in range(3)] == [200] * 3
+    assert _shadow_status(broken)["errors"] == 3 and broken.host.alone == []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Self
 
+import numpy as np
 from pydantic import BaseModel, Field, NonNegativeInt, PositiveInt, model_validator
 
 from maas.errors import InvalidInput, PayloadTooLarge
@@ -41,6 +42,9 @@ class ExplainPolicy(BaseModel):
     max_instances: PositiveInt = Field(
         default=16, description="Instances one explanation request may carry (each costs steps + 1 gradient "
                                 "passes); more get HTTP 413.")
+    max_path_values: PositiveInt = Field(
+        default=64 * 1024 * 1024, description="Input values along all the paths of one request (instances x "
+                                              "(steps + 1) x values per instance); more get HTTP 413.")
     max_concurrent: PositiveInt = Field(
         default=1, description="Explanations one replica computes at once, in a thread beside its predictions.")
     max_waiting: NonNegativeInt = Field(
@@ -98,6 +102,11 @@ def decode_explain(body: bytes, signature: Signature, limits: RequestLimits, pol
     if n > policy.max_instances:
         raise PayloadTooLarge(f"An explanation request may carry {policy.max_instances} instances "
                               f"(max_instances of args.explain); this one has {n}")
+    values = n * (steps + 1) * sum(int(np.prod(v.shape[1:])) for v in inputs.values())
+    if values > policy.max_path_values:
+        raise PayloadTooLarge(f"This explanation would evaluate {values} input values ({n} instances x {steps + 1} "
+                              f"points); the limit is {policy.max_path_values} (max_path_values of args.explain): "
+                              "ask for fewer instances or steps")
     return ExplainArgs(inputs=inputs, baseline=baseline, steps=steps, output=output, target=target)
 
 

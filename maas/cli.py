@@ -388,14 +388,10 @@ def _models_capture(args: argparse.Namespace) -> int:
     return 0
 
 
-def _capture_registry(args: argparse.Namespace) -> str:
-    return str(args.registry or settings.default_registry_uri())
-
-
 def _captures_list(args: argparse.Namespace) -> int:
     from maas.captures import partitions
 
-    found = partitions(_capture_registry(args), args.model)
+    found = partitions(_registry(args).uri, args.model)
     for p in found:
         print(f"{p.model}\tversion {p.version}\t{p.day}\t{len(p.files)} files\t{p.rows} rows")
     if not found:
@@ -413,10 +409,10 @@ def _captures_show(args: argparse.Namespace) -> int:
 
     if args.limit < 1:
         raise InvalidInput(f"--limit must be at least 1. Received: {args.limit}")
-    found = partitions(_capture_registry(args), args.model)
+    found = partitions(_registry(args).uri, args.model)
     if not found:
         raise InvalidInput(f"no captures of {args.model}")
-    fs, _ = resolve_uri(_capture_registry(args))
+    fs, _ = resolve_uri(_registry(args).uri)
     print(f"{args.model}: {sum(p.rows for p in found)} rows in {sum(len(p.files) for p in found)} files, "
           f"versions {sorted({p.version for p in found})}, days {found[0].day} to {max(p.day for p in found)}")
     by_day = sorted(found, key=lambda p: p.day)  # a file holds one day's records; names start with their time
@@ -438,7 +434,7 @@ def _captures_show(args: argparse.Namespace) -> int:
 def _captures_clean(args: argparse.Namespace) -> int:
     from maas.captures import clean
 
-    old = clean(_capture_registry(args), args.keep_days, model=args.model, dry_run=not args.yes)
+    old = clean(_registry(args).uri, args.keep_days, model=args.model, dry_run=not args.yes)
     verb = "deleted" if args.yes else "would delete"
     for p in old:
         print(f"{verb} {p.model} version {p.version} {p.day}: {p.rows} rows")

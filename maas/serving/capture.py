@@ -40,7 +40,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt
 
-from maas.storage import join_uri, resolve_uri, write_parquet_atomic
+from maas.errors import StorageUnavailable
+from maas.registry import Registry
+from maas.storage import join_uri, write_parquet_atomic
 
 logger = logging.getLogger("ray.serve")
 CAPTURES_DIR = "_captures"  # beside the models: a model's name never starts with "_"
@@ -191,6 +193,7 @@ class CaptureWriter:
                  clock: Callable[[], float] = time.time) -> None:
         self.policy = policy
         self._registry_uri = registry_uri
+        self._registry = Registry(registry_uri)
         self._replica = "".join(c for c in replica if c.isalnum())[-16:] or "replica"
         self._on_written = on_written
         self.buffer = CaptureBuffer(policy.max_buffered_bytes, on_drop)
@@ -256,7 +259,7 @@ class CaptureWriter:
                     self.failures = 0
             except BaseException as exc:  # the storage failed, or the replica stops: nothing taken is lost
                 self.buffer.put_back(sorted((r for group in pending for r in group), key=lambda r: r.time))
-                if not isinstance(exc, (OSError, TimeoutError, pa.ArrowException)):
+                if not isinstance(exc, (OSError, TimeoutError, pa.ArrowException, StorageUnavailable)):
                     raise
                 self.failures += 1
                 logger.warning("capture: writing to the registry's storage failed (%s); %d records wait for the "
@@ -265,7 +268,7 @@ class CaptureWriter:
 
     def _write(self, group: list[CaptureRecord]) -> None:
         first = group[0]
-        self._check_root()
+        self._registry.check_reachable()  # a root gone (an unmounted disk, a deleted prefix): never recreated
         self._files += 1
         stamp = dt.datetime.fromtimestamp(self._clock(), dt.UTC).strftime("%Y%m%dT%H%M%S%f")
         name = f"{stamp}-{self._replica}-{self._files}-{uuid.uuid4().hex[:6]}.parquet"
@@ -274,11 +277,3 @@ class CaptureWriter:
                                              name))
         self._on_written(first.model, table.num_rows)
 
-    def _check_root(self) -> None:
-        """A registry whose root is gone (an unmounted disk, a deleted prefix) is unreachable, as
-        :meth:`maas.registry.Registry.check_reachable` says: capture never recreates it."""
-        import pyarrow.fs as pafs
-
-        fs, root = resolve_uri(self._registry_uri)
-        if fs.get_file_info(root).type != pafs.FileType.Directory:
-            raise FileNotFoundError(f"the registry's root {root} is not there")

@@ -238,17 +238,9 @@ class ModelHost:
         """One prediction outside the shared batcher, in a shadow thread: a slow shadow version holds up
         no batch of client requests (and is not counted in their pending bound)."""
         loaded = await self._loaded(model_id(model, version))
-        step = self.config.max_batch_size
-        n = int(next(iter(inputs.values())).shape[0])
-
-        def run() -> dict[str, np.ndarray]:  # passes of max_batch_size instances, as a client request's
-            parts = [loaded.predict({k: v[i: i + step] for k, v in inputs.items()}) for i in range(0, n, step)]
-            if len(parts) == 1:
-                return parts[0]
-            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._shadow_threads, run)
+        try:  # passes of max_batch_size instances, as a client request's
+            return await asyncio.get_running_loop().run_in_executor(
+                self._shadow_threads, predict_in_passes, loaded, inputs, self.config.max_batch_size)
         except MaasError:
             raise
         except Exception as exc:
@@ -257,17 +249,10 @@ class ModelHost:
     async def _run_alone(self, item: _Item) -> dict[str, np.ndarray]:
         """A request larger than a batch: passes of ``max_batch_size`` instances, in a thread."""
         loaded = await self._loaded(model_id(item.model, item.version))
-        step = self.config.max_batch_size
-        n = item.size
         item.ticket.pass_started = time.monotonic()
-
-        def run() -> dict[str, np.ndarray]:
-            parts = [loaded.predict({k: v[i: i + step] for k, v in item.inputs.items()}) for i in range(0, n, step)]
-            return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-
-        self._batch_size.observe(n, tags={"model": item.model, "version": str(item.version)})
+        self._batch_size.observe(item.size, tags={"model": item.model, "version": str(item.version)})
         try:
-            return await asyncio.to_thread(run)
+            return await asyncio.to_thread(predict_in_passes, loaded, item.inputs, self.config.max_batch_size)
         except MaasError:
             raise
         except Exception as exc:
@@ -355,6 +340,15 @@ class ModelHost:
 
         loaded.on_unload = unloaded
         return loaded
+
+
+def predict_in_passes(loaded: LoadedModel, inputs: dict[str, np.ndarray], step: int) -> dict[str, np.ndarray]:
+    """``inputs`` predicted in passes of at most ``step`` instances (in the caller's thread)."""
+    n = int(next(iter(inputs.values())).shape[0])
+    parts = [loaded.predict({k: v[i: i + step] for k, v in inputs.items()}) for i in range(0, n, step)]
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 async def run_forward_pass(loaded: LoadedModel, inputs: dict[str, Any], n: int) -> dict[str, np.ndarray]:

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import secrets
+import string
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -45,6 +46,10 @@ KEYS_DIR = ".keys"
 ALL_MODELS = "*"
 SECRET_FILE_ENV = "MAAS_KEY_SECRET_FILE"
 _KEY_RE = re.compile(r"maas_(?P<id>[0-9a-f]{12})_(?P<secret>[A-Za-z0-9_-]{43})", flags=re.ASCII)
+# New secrets are alphanumeric (43 of 62 symbols: 256 bits), so a key is one word to a double-click and its
+# three parts split on "_"; keys made before, with url-safe base64 secrets, still parse.
+_SECRET_ALPHABET = string.ascii_letters + string.digits
+_SECRET_CHARS = 43
 _ID_RE = re.compile(r"[0-9a-f]{12}", flags=re.ASCII)
 _HMAC_CONTEXT = b"maas api key records v1"
 
@@ -158,7 +163,7 @@ class KeyStore:
             if model != ALL_MODELS:
                 validate_model_name(model)
         key_id_ = secrets.token_hex(6)
-        key = f"maas_{key_id_}_{secrets.token_urlsafe(32)}"
+        key = f"maas_{key_id_}_{''.join(secrets.choice(_SECRET_ALPHABET) for _ in range(_SECRET_CHARS))}"
         record = ApiKey(id=key_id_, name=name, models=scopes, sha256=digest(key),
                         created_at=utc_now()).signed(self.secret)
         write_atomic(self._fs, self._path(key_id_), record.to_json())

@@ -23,6 +23,15 @@ def test_a_key_is_shown_once_and_stored_only_as_its_hash(tmp_path: Path) -> None
     assert store.get(record.id) == record and store.list() == [record]
 
 
+def test_a_new_key_is_three_words_and_an_old_url_safe_key_still_parses(tmp_path: Path) -> None:
+    store = KeyStore(str(tmp_path), SECRET)
+    for _ in range(50):  # url-safe base64 would put a "_" or "-" in most of 50 secrets
+        key, record = store.create("app", ["digits"])
+        prefix, id_, secret = key.split("_")
+        assert (prefix, id_) == ("maas", record.id) and len(secret) == 43 and secret.isalnum()
+    assert key_id("maas_0123456789ab_" + "a_-" * 14 + "b") == "0123456789ab"
+
+
 def test_authorize_checks_the_secret_the_scope_and_revocation(tmp_path: Path) -> None:
     store = KeyStore(str(tmp_path), SECRET)
     key, record = store.create("app-1", ["digits"])

@@ -680,6 +680,8 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     deployments = ", ".join(f"{name} {d.replicas} replica(s) {d.status}" for name, d in answer.deployments.items())
     print(f"Serving: {deployments or 'no deployments'}")
+    if answer.replica is not None:
+        print(f"Recent, drift and shadow figures are replica {answer.replica}'s")
     for name, model in models.items():
         for line in _model_status_lines(name, model):
             print(line)
@@ -708,8 +710,9 @@ def _model_status_lines(name: str, model: ModelServiceStatus) -> list[str]:
                      else f"mean abs diff {shadow.mean_abs_diff:.4g}" if shadow.mean_abs_diff is not None
                      else "no comparison yet")
         lines.append(f"  shadow v{shadow.version} ({shadow.weight:g} of routed): {shadow.compared} compared, "
-                     f"{agreement}, {shadow.errors} errors, {shadow.skipped} skipped; "
-                     f"p50 {shadow.shadow_p50_ms} ms beside {shadow.answer_p50_ms} ms answering")
+                     f"{agreement}, {shadow.errors} errors, {shadow.skipped} skipped, {shadow.running} running; "
+                     f"p50 {shadow.shadow_p50_ms} ms beside {shadow.answer_p50_ms} ms answering"
+                     + ("" if shadow.state == "ready" else f"; {shadow.state} on this replica"))
     change = model.last_label_change
     if change:
         reason = f" [{change.reason}]" if change.reason else ""

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -45,6 +45,7 @@ from maas.serving.stats import RecentRequests, RequestInfo
 from maas.serving.status import (
     FeatureDriftStatus,
     LabelRoute,
+    LoadState,
     ModelServiceStatus,
     ServiceStatus,
     ShadowStatus,
@@ -57,7 +58,6 @@ D = TypeVar("D")
 MISSING_KEY = ("API key required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' (create one with "
                "`maas keys create`)")
 CANARY_FAULTS = (InferenceError, ModelUnavailable)  # failures that are the canary version's own
-LoadState = Literal["absent", "loading", "ready", "failed"]  # a version on one replica
 
 
 class ServingStorage(Protocol):
@@ -445,7 +445,8 @@ class DataPlane:
             return round(float(np.percentile(found, q)), 2) if found else None
 
         return ShadowStatus(
-            version=label.version, weight=label.weight, compared=figures.compared, errors=figures.errors,
+            version=label.version, weight=label.weight, state=self._host.load_state(model, label.version),
+            running=self._shadows_running, compared=figures.compared, errors=figures.errors,
             skipped=figures.skipped, instances=figures.instances,
             agreement=None if figures.agreement is None else round(figures.agreement, 4),
             mean_abs_diff=None if figures.mean_abs_diff is None else round(figures.mean_abs_diff, 6),
@@ -480,6 +481,6 @@ class DataPlane:
             models = await asyncio.gather(*(model(n) for n in names))
             deployments = await self._deployments() if self._deployments is not None else {}
             return ServiceStatus(models=dict(zip(names, models, strict=True)),
-                                 deployments=deployments)  # validated here
+                                 deployments=deployments, replica=self._replica)  # validated here
 
         return await self._within(status(), deadline, "the service's status")

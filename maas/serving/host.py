@@ -31,10 +31,11 @@ from maas.registry import Registry
 from maas.serving.artifact_cache import ArtifactCache
 from maas.serving.attribution import Attributions
 from maas.serving.config import BatchConfig
-from maas.serving.dataplane import LoadState, PassTicket
+from maas.serving.dataplane import PassTicket
 from maas.serving.protocol.explain import ExplainPolicy
 from maas.serving.runtime import LoadedModel, load_saved_model
 from maas.serving.stats import batch_size_histogram
+from maas.serving.status import LoadState
 
 logger = logging.getLogger("ray.serve")
 

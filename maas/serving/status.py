@@ -6,11 +6,13 @@ Fields are declared in the order the answer has always listed them (the JSON kee
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
 from maas.records import LabelEvent
+
+LoadState = Literal["absent", "loading", "ready", "failed"]  # a version on one replica
 
 
 class _Status(BaseModel):
@@ -80,6 +82,8 @@ class ShadowStatus(_Status):
 
     version: int
     weight: float
+    state: LoadState  # the shadow version on this replica: loading (its share skipped meanwhile), ready, failed
+    running: int  # shadow predictions of this replica running now, out of args.shadow.max_concurrent
     compared: int
     errors: int
     skipped: int
@@ -116,3 +120,4 @@ class ServiceStatus(_Status):
 
     models: dict[str, ModelServiceStatus]
     deployments: dict[str, DeploymentStatus]
+    replica: str | None = None  # the replica that answered: recent, drift and shadow figures are its own

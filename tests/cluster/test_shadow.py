@@ -97,6 +97,24 @@ def _shadow(client: Client, x: np.ndarray, answering: int, want: int, version: i
         assert outcomes == Counter({f"200 v{answering}": 40}), outcomes
 
 
+def _saturated(client: Client, x: np.ndarray, answering: int, version: int, slots: int) -> None:
+    """Rounds of routed requests (bounded, every answer checked) until every ModelServer replica says
+    ``version`` is loaded there and holds all its ``slots``: the shadow's one-time load is over and
+    its stuck predictions are all it will ever run."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + 120
+    while True:
+        answer = json.loads(_maas("status", MODEL, "--json").stdout)
+        shadow = answer["models"][MODEL]["shadow"]
+        if shadow["version"] == version and shadow["state"] == "ready" and shadow["running"] == slots:
+            seen.add(answer["replica"])
+            if len(seen) >= answer["deployments"]["ModelServer"]["replicas"]:
+                return
+        assert time.monotonic() < deadline, (seen, answer["deployments"], shadow)
+        outcomes = _load(client, x, 40)
+        assert outcomes == Counter({f"200 v{answering}": 40}), outcomes
+
+
 def test_a_shadow_is_compared_never_answers_and_a_corrupt_one_fails_no_request(digits_app, tiny_saved_model,
                                                                                 tmp_path: Path) -> None:
     app = digits_app.ensure()
@@ -116,9 +134,8 @@ def test_a_shadow_is_compared_never_answers_and_a_corrupt_one_fails_no_request(d
     x, _ = builtin_held_out(get_template("digits"), settings.default_data_dir())
     client = Client(app.cluster.serve_url, timeout_s=30)
     time.sleep(3)  # registry_refresh_s: the replicas see the labels
-    _load(client, x, 40)  # answering version loaded on every replica
-    baseline, baseline_ms = _timed_load(client, x)
-    assert baseline == Counter({f"200 v{answering}": 160}), baseline
+    outcomes = _load(client, x, 40)  # answering version loaded on every replica
+    assert outcomes == Counter({f"200 v{answering}": 40}), outcomes
     _maas("models", "label", MODEL, "shadow", str(untrained), "--weight", "1.0")
     time.sleep(3)
 
@@ -145,8 +162,15 @@ def test_a_shadow_is_compared_never_answers_and_a_corrupt_one_fails_no_request(d
     with pytest.raises(HTTPError):  # asked for by name, the corrupt version is what fails
         client.predict(MODEL, x[:1], version=corrupt)
 
+    # A shadow that never answers, measured against a baseline taken just before, once its load is
+    # over (a one-time cost of any version a replica loads): its stuck work slows no answer.
+    _maas("models", "unlabel", MODEL, "shadow")
+    time.sleep(3)
+    baseline, baseline_ms = _timed_load(client, x)
+    assert baseline == Counter({f"200 v{answering}": 160}), baseline
     _maas("models", "label", MODEL, "shadow", str(blocked), "--weight", "1.0")
     time.sleep(3)
+    _saturated(client, x, answering, blocked, slots=4)  # args.shadow.max_concurrent of serve_config.yaml
     outcomes, blocked_ms = _timed_load(client, x)
     assert outcomes == Counter({f"200 v{answering}": 160}), outcomes
     print(f"\nmedian latency of 160 routed requests: {baseline_ms:.1f} ms without a shadow, {blocked_ms:.1f} ms "

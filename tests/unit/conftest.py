@@ -21,12 +21,13 @@ from maas.registry import Registry
 from maas.serving.attribution import Attributions
 from maas.serving.canary import CanaryMonitor, CanaryPolicy
 from maas.serving.capture import CapturePolicy, CaptureWriter
-from maas.serving.dataplane import DataPlane, LoadState, PassTicket
+from maas.serving.dataplane import DataPlane, PassTicket
 from maas.serving.http import HttpApi, HttpRequest, HttpResponse, in_thread
 from maas.serving.protocol.explain import ExplainPolicy
 from maas.serving.protocol.limits import RequestLimits
 from maas.serving.shadow import ShadowPolicy
 from maas.serving.stats import RecentRequests
+from maas.serving.status import LoadState
 from maas.serving.storage_cache import StorageCache
 from maas.signature import Signature, TensorSpec
 
@@ -199,8 +200,8 @@ def make_stack(tmp_path: Path) -> Callable[..., Stack]:
         host = FakeHost()
         plane = DataPlane(cache, host, canary=CanaryMonitor(canary or CanaryPolicy()),
                           key_secret=SECRET if auth else None, recent=RecentRequests(),
-                          request_timeout_s=request_timeout_s, drift=DriftMonitor(DriftPolicy(), clock=clock),
-                          shadow=shadow, draw=draw,
+                          request_timeout_s=request_timeout_s, replica="unit-replica",
+                          drift=DriftMonitor(DriftPolicy(), clock=clock), shadow=shadow, draw=draw,
                           capture=None if capture is None else CaptureWriter(str(root), capture, replica="unit"))
         offloaded: list[str] = []
 

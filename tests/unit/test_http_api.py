@@ -214,6 +214,7 @@ def test_status_and_metadata_routes(stack) -> None:
     assert stack.call("GET", "/v2/models/digits/ready").json() == {"name": "digits", "ready": True}
     status = stack.call("GET", "/maas/v1/status").json()
     assert status["models"]["digits"]["versions"] == [1] and status["deployments"] == {}
+    assert status["replica"] == "unit-replica"  # the figures of one replica: which one
     assert stack.call("POST", "/v1/models/digits:classify", b"{}").status == 400
 
 

@@ -90,9 +90,9 @@ def test_a_slow_shadow_slows_no_request_and_beyond_max_concurrent_is_skipped(mak
     stack.run(asyncio.sleep(0))  # the shadows' judges: past their deadline, counted as errors
     shadow = _shadow_status(stack)
     assert shadow["skipped"] == 4 and shadow["errors"] == 2 and shadow["compared"] == 0
-    assert stack.plane._shadows_running == 2  # the two shadows' work still holds their slots
+    assert shadow["running"] == 2 and shadow["state"] == "ready"  # the two shadows' work still holds their slots
     stack.loop.run_until_complete(asyncio.sleep(1.6))
-    assert stack.plane._shadows_running == 0
+    assert _shadow_status(stack)["running"] == 0
 
 
 def test_a_shadow_label_set_again_starts_its_figures_afresh_and_removed_leaves_none(make_stack) -> None:
@@ -113,7 +113,8 @@ def test_a_shadow_not_loaded_yet_is_loaded_in_the_background_and_one_that_fails_
     stack.host.loaded.discard(2)
     stack.host.load_s = 0.05
     assert stack.call("POST", PREDICT, BODY).status == 200
-    assert _shadow_status(stack)["skipped"] == 1 and stack.host.alone == []  # never on the request's account
+    shadow = _shadow_status(stack)
+    assert shadow["skipped"] == 1 and shadow["state"] == "loading" and stack.host.alone == []  # never on its account
     stack.loop.run_until_complete(asyncio.sleep(0.1))  # loaded in the background
     assert stack.call("POST", PREDICT, BODY).status == 200
     assert stack.host.alone == [("digits", 2)] and _shadow_status(stack)["compared"] == 1
@@ -123,4 +124,5 @@ def test_a_shadow_not_loaded_yet_is_loaded_in_the_background_and_one_that_fails_
     broken.host.fail[2] = ModelUnavailable("digits version 2 could not be loaded: corrupt")
     broken.host.tried.add(2)  # its load failed lately
     assert [broken.call("POST", PREDICT, BODY).status for _ in range(3)] == [200] * 3
-    assert _shadow_status(broken)["errors"] == 3 and broken.host.alone == []
+    shadow = _shadow_status(broken)
+    assert shadow["errors"] == 3 and shadow["state"] == "failed" and broken.host.alone == []

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
@@ -80,16 +80,35 @@ def write_file(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         f.write(data)
 
 
+def create_dirs_below(fs: pafs.FileSystem, root: str, folder: str) -> None:
+    """Create ``folder`` and the folders between it and ``root``, never ``root`` itself: on a local
+    disk one level at a time, so a root that vanished (an unmounted volume) raises FileNotFoundError
+    instead of being created again on the disk beneath (where nobody would read what lands there)."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(folder, recursive=True)
+        return
+    relative = PurePosixPath(folder).relative_to(root)  # ValueError: a folder outside the root
+    level = PurePosixPath(root)
+    for part in relative.parts:
+        level = level / part
+        fs.create_dir(str(level), recursive=False)
+
+
 def write_atomic(fs: pafs.FileSystem, path: str, content: bytes | Callable[[str], None], *,
-                 temp_path: str | None = None, create_parent: bool = True) -> None:
+                 temp_path: str | None = None, create_parent: bool = True, root: str | None = None) -> None:
     """Write ``content`` so that readers see the old file, or the whole new one: on a local disk it is
     written to ``temp_path`` (by default beside ``path``, ``<path>.<random>.tmp``) and renamed onto
     ``path``; an object PUT is atomic by itself, so there it is written to ``path`` directly.
 
     ``content`` is the bytes, or a function that writes the file at the path it is given on ``fs``
-    (a Parquet writer). ``create_parent`` creates ``path``'s folder first."""
+    (a Parquet writer). ``create_parent`` creates ``path``'s folder first; with ``root``, only the
+    folders below that existing root (see :func:`create_dirs_below`)."""
     if create_parent:
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        parent = path.rsplit("/", 1)[0]
+        if root is None:
+            fs.create_dir(parent, recursive=True)
+        else:
+            create_dirs_below(fs, root, parent)
     local = isinstance(fs, pafs.LocalFileSystem)
     target = (temp_path or f"{path}.{uuid.uuid4().hex}.tmp") if local else path
     if isinstance(content, bytes):
@@ -100,12 +119,14 @@ def write_atomic(fs: pafs.FileSystem, path: str, content: bytes | Callable[[str]
         fs.move(target, path)
 
 
-def write_parquet_atomic(table: pa.Table, uri: str) -> None:
-    """Write ``table`` so that readers see the whole file or none (see :func:`write_atomic`)."""
+def write_parquet_atomic(table: pa.Table, uri: str, *, root_uri: str | None = None) -> None:
+    """Write ``table`` so that readers see the whole file or none (see :func:`write_atomic`); with
+    ``root_uri``, a folder that must exist already, above ``uri``'s."""
     import pyarrow.parquet as pq
 
     fs, path = resolve_uri(uri)
-    write_atomic(fs, path, lambda target: pq.write_table(table, target, filesystem=fs))
+    root = None if root_uri is None else resolve_uri(root_uri)[1]
+    write_atomic(fs, path, lambda target: pq.write_table(table, target, filesystem=fs), root=root)
 
 
 def list_dir(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:

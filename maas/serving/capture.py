@@ -268,12 +268,14 @@ class CaptureWriter:
 
     def _write(self, group: list[CaptureRecord]) -> None:
         first = group[0]
-        self._registry.check_reachable()  # a root gone (an unmounted disk, a deleted prefix): never recreated
+        # A root gone (an unmounted disk, a deleted prefix) is an outage: checked first for a clear error,
+        # and never created again, even when it vanishes between the check and the write.
+        self._registry.check_reachable()
         self._files += 1
         stamp = dt.datetime.fromtimestamp(self._clock(), dt.UTC).strftime("%Y%m%dT%H%M%S%f")
         name = f"{stamp}-{self._replica}-{self._files}-{uuid.uuid4().hex[:6]}.parquet"
         table = to_table(group)
         write_parquet_atomic(table, join_uri(partition_uri(self._registry_uri, first.model, first.version, first.day),
-                                             name))
+                                             name), root_uri=self._registry_uri)
         self._on_written(first.model, table.num_rows)
 

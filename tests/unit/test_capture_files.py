@@ -105,6 +105,22 @@ def test_the_writer_keeps_what_it_could_not_write_and_writes_it_once_the_storage
     assert [(p.version, p.day, p.rows) for p in partitions(str(root))] == [(1, "2026-11-30", 6), (2, "2026-12-01", 2)]
 
 
+def test_a_root_that_vanishes_after_the_check_is_not_created_again(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "registry"
+    root.mkdir()
+    writer = CaptureWriter(str(root), CapturePolicy(), replica="r")
+    monkeypatch.setattr(writer._registry, "check_reachable", lambda: None)  # the root was there when checked
+    writer.buffer.add(_record(request_id="0"))
+    away = root.rename(tmp_path / "unmounted")
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(writer.flush())
+    finally:
+        loop.close()
+    assert not root.exists() and len(writer.buffer) == 1 and writer.failures == 1
+    assert not list(away.rglob("*.parquet"))
+
+
 def test_predictions_are_captured_through_http_with_the_clients_request_id(make_stack) -> None:
     stack = make_stack(capture=CapturePolicy(models={"digits": ModelCapture(sample=1.0)}))
     body = json.dumps({"instances": [np.ones((8, 8)).tolist()] * 3}).encode()

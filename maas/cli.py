@@ -710,9 +710,10 @@ def _model_status_lines(name: str, model: ModelServiceStatus) -> list[str]:
                      else f"mean abs diff {shadow.mean_abs_diff:.4g}" if shadow.mean_abs_diff is not None
                      else "no comparison yet")
         lines.append(f"  shadow v{shadow.version} ({shadow.weight:g} of routed): {shadow.compared} compared, "
-                     f"{agreement}, {shadow.errors} errors, {shadow.skipped} skipped, {shadow.running} running; "
-                     f"p50 {shadow.shadow_p50_ms} ms beside {shadow.answer_p50_ms} ms answering"
-                     + ("" if shadow.state == "ready" else f"; {shadow.state} on this replica"))
+                     f"{agreement}, {shadow.errors} errors, {shadow.skipped} skipped"
+                     + ("" if shadow.running is None else f", {shadow.running} running")
+                     + f"; p50 {shadow.shadow_p50_ms} ms beside {shadow.answer_p50_ms} ms answering"
+                     + ("" if shadow.state in (None, "ready") else f"; {shadow.state} on this replica"))
     change = model.last_label_change
     if change:
         reason = f" [{change.reason}]" if change.reason else ""

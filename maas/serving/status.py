@@ -82,8 +82,10 @@ class ShadowStatus(_Status):
 
     version: int
     weight: float
-    state: LoadState  # the shadow version on this replica: loading (its share skipped meanwhile), ready, failed
-    running: int  # shadow predictions of this replica running now, out of args.shadow.max_concurrent
+    # The shadow version on this replica (loading: its share skipped meanwhile), and the shadow
+    # predictions running there now, out of args.shadow.max_concurrent; None from a service before them.
+    state: LoadState | None = None
+    running: int | None = None
     compared: int
     errors: int
     skipped: int

@@ -126,3 +126,26 @@ def test_a_shadow_not_loaded_yet_is_loaded_in_the_background_and_one_that_fails_
     assert [broken.call("POST", PREDICT, BODY).status for _ in range(3)] == [200] * 3
     shadow = _shadow_status(broken)
     assert shadow["errors"] == 3 and shadow["state"] == "failed" and broken.host.alone == []
+
+
+def test_maas_status_says_how_many_shadows_run_and_when_the_shadow_is_not_ready_here(make_stack) -> None:
+    from maas.cli import _model_status_lines
+    from maas.serving.status import ServiceStatus
+
+    stack = _shadowed(make_stack)
+    stack.host.loaded.discard(2)
+    stack.host.load_s = 0.05
+    assert stack.call("POST", PREDICT, BODY).status == 200
+    answer = ServiceStatus.model_validate(stack.call("GET", "/maas/v1/status").json())
+    line = next(x for x in _model_status_lines("digits", answer.models["digits"]) if "shadow v2" in x)
+    assert "1 skipped, 0 running; " in line and line.endswith("; loading on this replica"), line
+
+    older = stack.call("GET", "/maas/v1/status").json()  # a service from before state and running
+    for field in ("state", "running"):
+        del older["models"]["digits"]["shadow"][field]
+    del older["replica"]
+    line = next(x for x in _model_status_lines("digits", ServiceStatus.model_validate(older).models["digits"])
+                if "shadow v2" in x)
+    assert "1 skipped; p50" in line and "running" not in line and "on this replica" not in line, line
+    stack.loop.run_until_complete(asyncio.sleep(0.1))  # the background load ends before the loop does
+

@@ -26,7 +26,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -41,7 +41,7 @@ from maas.serving.attribution import Attributions, ExplainArgs, baseline_inputs,
 from maas.serving.canary import CanaryMonitor, Destination, choose_destination
 from maas.serving.capture import CaptureRecord, CaptureWriter
 from maas.serving.shadow import SHADOW_LABEL, ShadowFigures, ShadowMonitor, ShadowPolicy, compare
-from maas.serving.stats import RecentRequests, RequestInfo
+from maas.serving.stats import RecentRequests, RequestInfo, latency_percentile
 from maas.serving.status import (
     FeatureDriftStatus,
     LabelRoute,
@@ -434,24 +434,21 @@ class DataPlane:
     # ---- the service's status ---------------------------------------------------------------------
 
     def _shadow_status(self, model: str, label: Label | None) -> ShadowStatus | None:
-        figures = self._shadows.current(model)
         if label is None:
             return None
+        figures = self._shadows.current(model)
         if figures is None or figures.label_id != label.id:
             figures = ShadowFigures(label.version, label.id)
-
-        def percentile(values: Iterable[float], q: float) -> float | None:
-            found = list(values)
-            return round(float(np.percentile(found, q)), 2) if found else None
-
         return ShadowStatus(
             version=label.version, weight=label.weight, state=self._host.load_state(model, label.version),
             running=self._shadows_running, compared=figures.compared, errors=figures.errors,
             skipped=figures.skipped, instances=figures.instances,
             agreement=None if figures.agreement is None else round(figures.agreement, 4),
             mean_abs_diff=None if figures.mean_abs_diff is None else round(figures.mean_abs_diff, 6),
-            shadow_p50_ms=percentile(figures.shadow_ms, 50), shadow_p99_ms=percentile(figures.shadow_ms, 99),
-            answer_p50_ms=percentile(figures.answer_ms, 50), answer_p99_ms=percentile(figures.answer_ms, 99))
+            shadow_p50_ms=latency_percentile(figures.shadow_ms, 50),
+            shadow_p99_ms=latency_percentile(figures.shadow_ms, 99),
+            answer_p50_ms=latency_percentile(figures.answer_ms, 50),
+            answer_p99_ms=latency_percentile(figures.answer_ms, 99))
 
     def _drift_status(self, model: str) -> dict[str, VersionDriftStatus]:
         reports = self._drift.reports(model) if self._drift is not None else []

@@ -245,7 +245,7 @@ class ModelHost:
         except MaasError:
             raise
         except Exception as exc:
-            raise InferenceError(f"{model} version {version} failed: {type(exc).__name__}") from exc
+            raise pass_failed(model, version, exc) from exc
 
     async def _run_alone(self, item: _Item) -> dict[str, np.ndarray]:
         """A request larger than a batch: passes of ``max_batch_size`` instances, in a thread."""
@@ -257,7 +257,7 @@ class ModelHost:
         except MaasError:
             raise
         except Exception as exc:
-            raise InferenceError(f"{item.model} version {item.version} failed: {type(exc).__name__}") from exc
+            raise pass_failed(item.model, item.version, exc) from exc
 
     # Up to 4 batches at once: a batch waiting for a version to load does not hold up the others.
     @serve.batch(max_batch_size=DEFAULT_BATCHING.max_batch_size,
@@ -295,8 +295,7 @@ class ModelHost:
             outputs = await run_forward_pass(loaded, merged, n)
         except Exception as exc:  # noqa: BLE001 (TensorFlow raises many kinds: each is a request's answer)
             if len(items) == 1:
-                return [exc if isinstance(exc, MaasError) else InferenceError(
-                    f"{loaded.model} version {loaded.version} failed: {type(exc).__name__}")]
+                return [exc if isinstance(exc, MaasError) else pass_failed(loaded.model, loaded.version, exc)]
             return [outcome for item in items for outcome in await self._passes(loaded, [item])]
         answers: list[dict[str, np.ndarray] | Exception] = []
         start = 0
@@ -341,6 +340,12 @@ class ModelHost:
 
         loaded.on_unload = unloaded
         return loaded
+
+
+def pass_failed(model: str, version: int, exc: Exception) -> InferenceError:
+    """What a client is told of a forward pass that raised ``exc``, not one of ours: the version and the
+    exception's type (the runtime's own errors are MaasErrors and are answered as they are)."""
+    return InferenceError(f"{model} version {version} failed: {type(exc).__name__}")
 
 
 def predict_in_passes(loaded: LoadedModel, inputs: dict[str, np.ndarray], step: int) -> dict[str, np.ndarray]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -181,6 +182,12 @@ class RecentRequests:
             answers.popleft()
 
 
+def latency_percentile(latencies_ms: Iterable[float], q: float) -> float | None:
+    """The ``q``-th percentile of latencies, rounded to 0.01 ms as the status shows them; ``None`` for none."""
+    found = list(latencies_ms)
+    return round(float(np.percentile(found, q)), 2) if found else None
+
+
 def _figures(answers: list[_Answer]) -> dict[str, Any]:
     n = len(answers)
     errors = sum(1 for a in answers if a.status >= 500)
@@ -190,6 +197,6 @@ def _figures(answers: list[_Answer]) -> dict[str, Any]:
         "errors": errors,
         "client_errors": sum(1 for a in answers if 400 <= a.status < 500),
         "error_rate": round(errors / n, 4) if n else 0.0,
-        "p50_ms": round(float(np.percentile(latencies, 50)), 2) if n else None,
-        "p99_ms": round(float(np.percentile(latencies, 99)), 2) if n else None,
+        "p50_ms": latency_percentile(latencies, 50),
+        "p99_ms": latency_percentile(latencies, 99),
     }

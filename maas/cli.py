@@ -409,14 +409,16 @@ def _captures_show(args: argparse.Namespace) -> int:
 
     if args.limit < 1:
         raise InvalidInput(f"--limit must be at least 1. Received: {args.limit}")
-    found = partitions(_registry(args).uri, args.model)
+    uri = _registry(args).uri
+    found = partitions(uri, args.model)
     if not found:
         raise InvalidInput(f"no captures of {args.model}")
-    fs, _ = resolve_uri(_registry(args).uri)
+    fs, _ = resolve_uri(uri)
+    days = sorted(p.day for p in found)  # partitions come in version order, then day
     print(f"{args.model}: {sum(p.rows for p in found)} rows in {sum(len(p.files) for p in found)} files, "
-          f"versions {sorted({p.version for p in found})}, days {found[0].day} to {max(p.day for p in found)}")
-    by_day = sorted(found, key=lambda p: p.day)  # a file holds one day's records; names start with their time
-    newest = sorted((f for p in by_day for f in p.files), key=lambda f: (f.rsplit("/", 2)[-2], f.rsplit("/", 1)[-1]))
+          f"versions {sorted({p.version for p in found})}, days {days[0]} to {days[-1]}")
+    # A file holds one day's records, and its name starts with its time: by day folder, then by name.
+    newest = sorted((f for p in found for f in p.files), key=lambda f: (f.rsplit("/", 2)[-2], f.rsplit("/", 1)[-1]))
     newest = newest[-args.limit:]
     columns = ["time", "request_id", "instance", "label", "protocol", "latency_ms"]
     rows = []

@@ -73,7 +73,8 @@ class CapturePolicy(BaseModel):
 
 @dataclass(frozen=True)
 class CaptureRecord:
-    """One captured prediction (the arrays are the request's own: never copied)."""
+    """One captured prediction: the request's own input arrays (not copied), and outputs of its own
+    (the data plane copies them out of their batch's)."""
 
     model: str
     version: int

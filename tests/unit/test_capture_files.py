@@ -189,3 +189,20 @@ def test_the_capture_commands_set_list_show_and_clean_by_day(make_stack, capsys)
     assert clean(registry, 2) == []
     with pytest.raises(Exception, match="at least 1"):
         clean(registry, 0)
+
+
+def test_captures_show_spans_the_days_of_every_version(tmp_path: Path, capsys) -> None:
+    registry = str(tmp_path / "registry")
+    Path(registry).mkdir()
+    today = dt.datetime.now(dt.UTC)
+    early = today - dt.timedelta(days=3)
+    writer = CaptureWriter(registry, CapturePolicy(), replica="r")
+    loop = asyncio.new_event_loop()
+    try:  # version 1 captured today only, version 2 three days ago
+        for version, at in ((1, today), (2, early)):
+            writer.buffer.add(_record(version=version, at=at.timestamp(), request_id=f"v{version}"))
+            loop.run_until_complete(writer.flush())
+    finally:
+        loop.close()
+    assert main(["captures", "--registry", registry, "show", "digits"]) == 0
+    assert f"versions [1, 2], days {early:%Y-%m-%d} to {today:%Y-%m-%d}" in capsys.readouterr().out
